@@ -1,0 +1,101 @@
+"""The typed, validated configuration of one run. Its fields are the DAG's params, one to one."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bonito_tasks.contracts import canonical_json, sha256_hex
+from bonito_tasks.task_types import normalize_task_type
+
+# Bonito was trained on inputs truncated to 1024 tokens. A chunk leaves room in that budget for
+# the prompt's markers and task-type name and for the generated tokens.
+TRAINING_INPUT_TOKENS = 1024
+PROMPT_OVERHEAD_TOKENS = 32
+DEFAULT_MODEL = "BatsResearch/bonito-v1"
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Where documents come from and where artifacts go.
+    source: str = Field(description="Folder, file or s3://bucket/prefix of documents (.txt .md .html .pdf .docx).")
+    store: str = Field(description="Artifact store root: a local folder or s3://bucket/prefix.")
+    max_file_bytes: int = Field(50 * 2**20, gt=0, description="Files larger than this are rejected.")
+
+    # What to generate.
+    task_types: list[str] = Field(
+        default=["exqa"], min_length=1, description="Bonito task types (short or full names)."
+    )
+
+    # Chunking.
+    chunk_max_tokens: int | None = Field(
+        None, gt=16, description="Most tokens per chunk; default leaves room for prompt and output in 1024."
+    )
+    chunk_shard_size: int = Field(500, gt=0, le=100_000, description="Chunks per generate shard (one mapped task each).")
+
+    # Model and engine (vLLM).
+    model_id: str = Field(DEFAULT_MODEL, description="Hub id or local path of the Bonito model.")
+    model_revision: str | None = Field(None, description="Hub revision (commit) to pin; ignored for a local path.")
+    max_model_len: int = Field(2048, gt=0, description="vLLM max_model_len (bonito-v1's 32768 does not fit small GPUs).")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    quantization: str | None = Field(None, description="vLLM quantization, e.g. 'awq' for an AWQ build.")
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_num_seqs: int | None = Field(None, ge=1, description="vLLM batch size limit; default: vLLM's.")
+    seed: int = Field(0, description="Engine seed (vLLM's CPU build rejects per-request seeds).")
+
+    # Sampling (Bonito's defaults).
+    max_tokens: int = Field(256, gt=0, description="Most tokens generated per example.")
+    temperature: float = Field(0.5, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    n: int = Field(1, ge=1, le=16, description="Generations per prompt.")
+
+    # Validation bounds (characters) for example rows.
+    min_output_chars: int = Field(1, ge=0)
+    max_input_chars: int = Field(20_000, gt=0)
+    max_output_chars: int = Field(5_000, gt=0)
+
+    # Publishing.
+    hub_repo_id: str | None = Field(None, description="Hugging Face dataset repo to upload to; empty: local folder only.")
+    hub_private: bool = Field(True, description="Create the Hub repo private.")
+    license: str = Field("other", description="License written into the dataset card.")
+
+    @field_validator("task_types")
+    @classmethod
+    def _normalize_task_types(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(normalize_task_type(v) for v in value))
+
+    @field_validator("source", "store")
+    @classmethod
+    def _required(cls, value: str, info) -> str:
+        if not value.strip():
+            raise ValueError(f"{info.field_name} is empty: set it in the trigger form or BONITO_{info.field_name.upper()}")
+        return value
+
+    @field_validator("hub_repo_id", "model_revision", "quantization", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _fit_budget(self) -> RunConfig:
+        if self.chunk_max_tokens is None:
+            budget = min(TRAINING_INPUT_TOKENS, self.max_model_len) - PROMPT_OVERHEAD_TOKENS - self.max_tokens
+            if budget <= 16:
+                raise ValueError(f"max_tokens={self.max_tokens} leaves no room for a chunk in {TRAINING_INPUT_TOKENS} tokens")
+            object.__setattr__(self, "chunk_max_tokens", budget)
+        needed = self.chunk_max_tokens + PROMPT_OVERHEAD_TOKENS + self.max_tokens
+        if needed > self.max_model_len:
+            raise ValueError(
+                f"chunk_max_tokens ({self.chunk_max_tokens}) + prompt ({PROMPT_OVERHEAD_TOKENS}) + "
+                f"max_tokens ({self.max_tokens}) = {needed} exceeds max_model_len ({self.max_model_len})"
+            )
+        return self
+
+    def sampling_params(self) -> dict:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p, "n": self.n}
+
+    def sha256(self) -> str:
+        return sha256_hex(canonical_json(self.model_dump()))

@@ -1,0 +1,1 @@
+"""Generate stage: Bonito prompts on vLLM, parsed into (input, output) examples."""

@@ -1,0 +1,270 @@
+"""Artifact store: a local directory or an S3 prefix, with atomic writes and the run layout.
+
+Layout: <root>/<dag_id>/<run_id>/<stage>[/shard-NNNNN]/{part-NNNNN.<table>.parquet, _manifest.json}.
+The manifest is written last; a stage directory without one holds nothing committed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bonito_tasks import __version__
+from bonito_tasks.contracts import MANIFEST_NAME, TABLES, Manifest, RunRef, ShardRef, sha256_hex
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class ArtifactStore(ABC):
+    """Keys are '/'-separated paths relative to the store root."""
+
+    root_uri: str
+
+    def uri(self, key: str) -> str:
+        return f"{self.root_uri.rstrip('/')}/{key}"
+
+    def key(self, uri: str) -> str:
+        root = self.root_uri.rstrip("/") + "/"
+        if not uri.startswith(root):
+            raise StoreError(f"{uri} is not inside the store {self.root_uri}")
+        return uri[len(root):]
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write atomically: readers see the old object or the whole new one, never a part."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys under prefix, sorted."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int: ...
+
+    def read_manifest(self, uri_or_key: str) -> Manifest:
+        key = self.key(uri_or_key) if "://" in uri_or_key or uri_or_key.startswith("/") else uri_or_key
+        return Manifest.model_validate_json(self.read_bytes(key))
+
+    def read_shard(self, manifest: Manifest, table: str, index: int, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet shard of a table of a committed stage, cast to the contract schema."""
+        ref = manifest.shards_of(table)[index]
+        stage_key = self.key(manifest.uri).rsplit("/", 1)[0]
+        data = self.read_bytes(f"{stage_key}/{ref.path}")
+        if sha256_hex(data) != ref.sha256:
+            raise StoreError(f"{stage_key}/{ref.path} does not match the sha256 in its manifest")
+        return pq.read_table(io.BytesIO(data), columns=columns).cast(_schema(table, columns))
+
+    def read_table(self, manifest: Manifest, table: str, columns: list[str] | None = None) -> pa.Table:
+        """All shards of one table of a committed stage."""
+        parts = [self.read_shard(manifest, table, i, columns) for i in range(len(manifest.shards_of(table)))]
+        return pa.concat_tables(parts) if parts else _schema(table, columns).empty_table()
+
+
+def _schema(table: str, columns: list[str] | None) -> pa.Schema:
+    schema = TABLES[table]
+    return schema if columns is None else pa.schema([schema.field(c) for c in columns])
+
+
+class LocalStore(ArtifactStore):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.root_uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise StoreError(f"key {key!r} escapes the store root")
+        return path
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return self.uri(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def delete_prefix(self, prefix: str) -> int:
+        base = self._path(prefix)
+        if not base.exists():
+            return 0
+        count = sum(1 for p in base.rglob("*") if p.is_file())
+        shutil.rmtree(base)
+        return count
+
+
+class S3Store(ArtifactStore):
+    """An s3://bucket/prefix through boto3. client_kwargs go to boto3.client('s3', ...)
+    (endpoint_url for MinIO, region_name, aws_access_key_id, ...)."""
+
+    def __init__(self, uri: str, client: Any = None, **client_kwargs: Any):
+        match = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
+        if not match:
+            raise StoreError(f"not an s3:// URI: {uri}")
+        self.bucket, prefix = match.group(1), match.group(2).strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.root_uri = f"s3://{self.bucket}/{prefix}".rstrip("/")
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", **client_kwargs)
+        self.client = client
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        # A single PUT is atomic in S3: the object appears whole or not at all.
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        return self.uri(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def _iter_keys(self, prefix: str) -> Iterable[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self.prefix + prefix.rstrip("/") + "/"
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(self.prefix):]
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(self._iter_keys(prefix))
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self.prefix + k} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+
+def open_store(uri: str, **s3_client_kwargs: Any) -> ArtifactStore:
+    if uri.startswith("s3://"):
+        return S3Store(uri, **s3_client_kwargs)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return LocalStore(uri)
+
+
+def safe_segment(value: str) -> str:
+    """A run id or dag id as one path segment (Airflow run ids hold ':' and '+')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", value)
+
+
+class StageWriter:
+    """Writes one stage (or one shard of a mapped stage) and commits it with its manifest.
+
+    A retry first calls `committed()`: an existing manifest means the work is done. Otherwise
+    `begin()` clears whatever a dead attempt left, shards are added, and `commit()` writes the
+    manifest last.
+    """
+
+    def __init__(self, store: ArtifactStore, run: RunRef, stage: str, shard: int | None = None):
+        self.store, self.run, self.stage = store, run, stage
+        self.prefix = f"{safe_segment(run.dag_id)}/{safe_segment(run.run_id)}/{stage}"
+        if shard is not None:
+            self.prefix += f"/shard-{shard:05d}"
+        self.shards: list[ShardRef] = []
+
+    @property
+    def manifest_key(self) -> str:
+        return f"{self.prefix}/{MANIFEST_NAME}"
+
+    def committed(self) -> Manifest | None:
+        if not self.store.exists(self.manifest_key):
+            return None
+        return self.store.read_manifest(self.manifest_key)
+
+    def reusable(self, config_sha256: str, inputs: list[Manifest] = ()) -> Manifest | None:
+        """The committed manifest, if the same config and inputs produced it (a retry after success)."""
+        done = self.committed()
+        if done and done.config_sha256 == config_sha256 and done.input_manifest_sha256 == [m.sha256 for m in inputs]:
+            return done
+        return None
+
+    def begin(self) -> None:
+        self.store.delete_prefix(self.prefix)
+        self.shards = []
+
+    def add(self, table_name: str, table: pa.Table) -> ShardRef:
+        schema = TABLES[table_name]
+        table = table.select(schema.names).cast(schema)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        index = sum(1 for s in self.shards if s.table == table_name)
+        path = f"part-{index:05d}.{table_name}.parquet"
+        self.store.write_bytes(f"{self.prefix}/{path}", data)
+        ref = ShardRef(table=table_name, path=path, rows=table.num_rows, sha256=sha256_hex(data))
+        self.shards.append(ref)
+        return ref
+
+    def commit(
+        self,
+        *,
+        config_sha256: str,
+        inputs: list[Manifest] = (),
+        counts: dict[str, int] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Manifest:
+        table_counts = {}
+        for ref in self.shards:
+            table_counts[ref.table] = table_counts.get(ref.table, 0) + ref.rows
+        manifest = Manifest(
+            stage=self.stage,
+            dag_id=self.run.dag_id,
+            run_id=self.run.run_id,
+            uri=self.store.uri(self.manifest_key),
+            shards=self.shards,
+            counts={**table_counts, **(counts or {})},
+            metrics=metrics or {},
+            input_manifest_sha256=[m.sha256 for m in inputs],
+            config_sha256=config_sha256,
+            code_version=__version__,
+        )
+        self.store.write_bytes(self.manifest_key, manifest.to_json().encode())
+        return manifest

@@ -1,0 +1,128 @@
+"""
+### bonito_dataset
+
+Turns unlabeled documents into an instruction-tuning dataset with Bonito:
+**extract** -> **chunk** -> **generate** (vLLM, mapped over chunk shards) -> **validate**
+(Great Expectations) -> **publish** (Hugging Face Hub layout; uploaded when `hub_repo_id` is set).
+
+Every stage writes Parquet shards and a `_manifest.json` (written last) under
+`<store>/<dag_id>/<run_id>/<stage>/`. XCom carries only manifest URIs and counts. A retried
+stage whose manifest exists with the same config and inputs is a no-op; otherwise it clears
+its folder and redoes its work, so clearing any task is safe.
+
+Connections: `aws_default` (S3 source or store; extra `endpoint_url` for MinIO),
+`huggingface_default` (Hub token in the password field; `HF_TOKEN` works too).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import dag, get_current_context, task
+
+from bonito_airflow.hooks import HuggingFaceHook
+from bonito_airflow.params import run_params
+from bonito_airflow.runtime import stage_ref, task_runtime
+
+AIRFLOW_HOME = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
+
+RETRIES = dict(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=True,
+               max_retry_delay=timedelta(minutes=10))
+
+
+@dag(
+    dag_id="bonito_dataset",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    default_args=RETRIES,
+    params=run_params(
+        source=os.environ.get("BONITO_SOURCE", ""),
+        store=os.environ.get("BONITO_STORE", str(AIRFLOW_HOME / "bonito-store")),
+        model_id=os.environ.get("BONITO_MODEL", "BatsResearch/bonito-v1"),
+    ),
+    doc_md=__doc__,
+    tags=["bonito", "synthetic-data"],
+)
+def bonito_dataset():
+    @task(doc_md="""
+#### extract
+Reads `.txt .md .html .pdf .docx` under `source` (folder, file or `s3://` prefix) into the
+`documents` table (doc_id = sha256 of the file bytes). Files that can't be read go to `rejects`
+with a reason; the task fails only when nothing at all could be extracted.
+**Artifacts:** `<store>/bonito_dataset/<run_id>/extract/`. **Safe to clear.**
+""")
+    def extract() -> dict:
+        from bonito_tasks.extract import extract as run_extract
+
+        rt = task_runtime(get_current_context())
+        return stage_ref(run_extract(rt.store, rt.run, rt.config, rt.s3_client_kwargs))
+
+    @task(multiple_outputs=True, doc_md="""
+#### chunk
+Splits documents at paragraph and sentence ends into chunks of at most `chunk_max_tokens`
+tokens of the model's tokenizer, in shards of `chunk_shard_size` chunks (one generate task each).
+**Artifacts:** `<store>/bonito_dataset/<run_id>/chunk/`. **Safe to clear.**
+""")
+    def chunk(documents: dict) -> dict:
+        from bonito_tasks.chunk import chunk as run_chunk
+
+        rt = task_runtime(get_current_context())
+        manifest = run_chunk(rt.store, rt.run, rt.config, rt.store.read_manifest(documents["manifest"]))
+        return stage_ref(manifest, shards=list(range(len(manifest.shards_of("chunks")))))
+
+    @task(doc_md="""
+#### generate (one task per chunk shard)
+Runs Bonito on vLLM for every chunk x task type, parses each generation into (input, output)
+and counts parse failures by reason. The engine is shut down when the task ends.
+**Common failures:** out of memory (lower `max_num_seqs` or `max_model_len`), model not found.
+**Artifacts:** `<store>/bonito_dataset/<run_id>/generate/shard-NNNNN/`. Clearing one map index
+redoes only that shard.
+""")
+    def generate(chunks_manifest: str, shard: int) -> dict:
+        from bonito_tasks.generate.run import generate_shard
+
+        rt = task_runtime(get_current_context())
+        manifest = generate_shard(rt.store, rt.run, rt.config, rt.store.read_manifest(chunks_manifest), shard)
+        return stage_ref(manifest, shard=shard)
+
+    @task(doc_md="""
+#### validate
+Runs the Great Expectations suite over all generated examples. On failure the task fails with
+the failing expectations and observed values; the full result is in `validation_result.json`.
+Publish never runs after a failed validation.
+**Artifacts:** `<store>/bonito_dataset/<run_id>/validate/`. **Safe to clear.**
+""")
+    def validate(generated: list[dict]) -> dict:
+        from bonito_tasks.validate import validate as run_validate
+
+        rt = task_runtime(get_current_context())
+        shards = [rt.store.read_manifest(ref["manifest"]) for ref in generated]
+        return stage_ref(run_validate(rt.store, rt.run, rt.config, shards))
+
+    @task(doc_md="""
+#### publish
+Writes the dataset in Hugging Face Hub layout (`data/<task_type>/*.parquet` + card) to the store
+and, when `hub_repo_id` is set, uploads it in one commit with the `huggingface_default` token.
+Re-running it makes no new commit.
+**Artifacts:** `<store>/bonito_dataset/<run_id>/publish/`. **Safe to clear.**
+""")
+    def publish(examples: dict, documents: dict) -> dict:
+        from bonito_tasks.publish import publish as run_publish
+
+        rt = task_runtime(get_current_context())
+        token = HuggingFaceHook().get_token() if rt.config.hub_repo_id else None
+        manifest = run_publish(rt.store, rt.run, rt.config, rt.store.read_manifest(examples["manifest"]),
+                               rt.store.read_manifest(documents["manifest"]), token)
+        return stage_ref(manifest, **{k: manifest.metrics.get(k) for k in ("dataset_uri", "hub_url")})
+
+    documents = extract()
+    chunks = chunk(documents)
+    generated = generate.partial(chunks_manifest=chunks["manifest"]).expand(shard=chunks["shards"])
+    publish(validate(generated), documents)
+
+
+bonito_dataset()

@@ -1,0 +1,61 @@
+"""Hooks: credentials come from Airflow connections (or the environment), never from params."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+
+class HuggingFaceHook(BaseHook):
+    """The Hugging Face Hub token from connection `huggingface_default` (password field, or
+    extra `token`), falling back to the HF_TOKEN environment variable."""
+
+    conn_name_attr = "hf_conn_id"
+    default_conn_name = "huggingface_default"
+    conn_type = "huggingface"
+    hook_name = "Hugging Face Hub"
+
+    def __init__(self, hf_conn_id: str = default_conn_name):
+        super().__init__()
+        self.hf_conn_id = hf_conn_id
+
+    def get_token(self) -> str | None:
+        try:
+            conn = self.get_connection(self.hf_conn_id)
+        except AirflowNotFoundException:
+            return os.environ.get("HF_TOKEN") or None
+        return conn.password or conn.extra_dejson.get("token") or os.environ.get("HF_TOKEN") or None
+
+
+class S3ConnectionHook(BaseHook):
+    """boto3 client arguments from an AWS-style connection (default `aws_default`): login and
+    password are the access key pair; extra may hold endpoint_url (MinIO), region_name and
+    aws_session_token. Without the connection boto3's own credential chain applies."""
+
+    conn_name_attr = "aws_conn_id"
+    default_conn_name = "aws_default"
+    conn_type = "aws"
+    hook_name = "S3 (boto3)"
+
+    def __init__(self, aws_conn_id: str = default_conn_name):
+        super().__init__()
+        self.aws_conn_id = aws_conn_id
+
+    def client_kwargs(self) -> dict[str, Any]:
+        try:
+            conn = self.get_connection(self.aws_conn_id)
+        except AirflowNotFoundException:
+            return {}
+        extra = conn.extra_dejson
+        kwargs = {
+            "aws_access_key_id": conn.login or None,
+            "aws_secret_access_key": conn.password or None,
+            "aws_session_token": extra.get("aws_session_token"),
+            "endpoint_url": extra.get("endpoint_url") or (extra.get("service_config", {}).get("s3", {})
+                                                          .get("endpoint_url")),
+            "region_name": extra.get("region_name"),
+        }
+        return {k: v for k, v in kwargs.items() if v}

@@ -1,0 +1,37 @@
+"""What every task needs from its Airflow context: the run config, the run's identity, the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.sdk import conf
+
+from bonito_airflow.hooks import S3ConnectionHook
+from bonito_tasks.config import RunConfig
+from bonito_tasks.contracts import Manifest, RunRef
+from bonito_tasks.store import ArtifactStore, open_store
+
+
+@dataclass
+class TaskRuntime:
+    config: RunConfig
+    run: RunRef
+    store: ArtifactStore
+    s3_client_kwargs: dict[str, Any]
+
+
+def task_runtime(context: dict, aws_conn_id: str = "aws_default") -> TaskRuntime:
+    config = RunConfig(**context["params"])
+    dag_run = context["dag_run"]
+    base_url = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
+    run = RunRef(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                 run_url=f"{base_url}/dags/{dag_run.dag_id}/runs/{dag_run.run_id}")
+    s3_kwargs = S3ConnectionHook(aws_conn_id).client_kwargs() if "s3://" in config.store + config.source else {}
+    store = open_store(config.store, **(s3_kwargs if config.store.startswith("s3://") else {}))
+    return TaskRuntime(config, run, store, s3_kwargs)
+
+
+def stage_ref(manifest: Manifest, **extra: Any) -> dict[str, Any]:
+    """What goes to XCom: the manifest URI and counts, never data."""
+    return {"manifest": manifest.uri, "counts": manifest.counts, **extra}

@@ -1,0 +1,70 @@
+"""Shared fixtures. Heavy ones (vLLM engine, S3 server, Airflow DB) are session-scoped."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "tests" / "assets"
+SAMPLE_DOCS = ASSETS / "sample_docs"
+TINY_MODEL = ASSETS / "tiny-bonito"
+
+sys.path[:0] = [str(REPO / "plugins"), str(REPO / "dags")]
+# Airflow reads its configuration at import time: point it at a throwaway home before any test imports it.
+from bonito_airflow.local import configure  # noqa: E402
+
+AIRFLOW_HOME = Path(os.environ.get("BONITO_TEST_AIRFLOW_HOME", f"/tmp/bonito-etl-tests-{os.getpid()}"))
+configure(AIRFLOW_HOME)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server (moto in server mode) on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket; yields (bucket name, boto3 client kwargs)."""
+    import boto3
+
+    kwargs = {"endpoint_url": s3_endpoint, "region_name": "us-east-1",
+              "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    name = f"bucket-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", **kwargs).create_bucket(Bucket=name)
+    return name, kwargs
+
+
+def make_config(tmp_path: Path, **overrides):
+    from bonito_tasks.config import RunConfig
+
+    values = dict(source=str(SAMPLE_DOCS), store=str(tmp_path / "store"), model_id=str(TINY_MODEL),
+                  dtype="float32", task_types=["exqa"])
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """One real vLLM engine on the tiny model, shared by every test that generates (start: ~20 s)."""
+    from bonito_tasks.config import RunConfig
+    from bonito_tasks.generate.engine import VllmEngine
+
+    config = RunConfig(source=str(SAMPLE_DOCS), store="/unused", model_id=str(TINY_MODEL), dtype="float32")
+    engine = VllmEngine(config).load()
+    yield engine
+    engine.unload()

@@ -1,0 +1,61 @@
+"""Generate on a real vLLM engine (CPU build) with the bundled tiny Bonito model."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from bonito_tasks.contracts import CHUNKS, EXAMPLES, RunRef, sha256_hex
+from bonito_tasks.generate.run import generate_shard
+from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.task_types import TASK_TYPES
+from conftest import SAMPLE_DOCS, make_config
+
+pytestmark = pytest.mark.vllm
+RUN = RunRef(dag_id="d", run_id="r1")
+
+
+def chunk_stage(store, n: int):
+    text = (SAMPLE_DOCS / "apache-2.0.txt").read_text()
+    paragraphs = [p for p in text.split("\n\n") if len(p.split()) > 20][:n]
+    rows = []
+    for i, p in enumerate(paragraphs):
+        start = text.index(p)
+        rows.append({"chunk_id": sha256_hex(f"doc:{start}"), "doc_id": "doc", "chunk_index": i, "char_start": start,
+                     "char_end": start + len(p), "n_tokens": 1, "text": p})
+    writer = StageWriter(store, RUN, "chunk")
+    writer.begin()
+    writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
+    return writer.commit(config_sha256="x"), rows
+
+
+def test_all_task_types_parse_with_lineage(tmp_path, vllm_engine):
+    store = LocalStore(tmp_path / "store")
+    chunks, rows = chunk_stage(store, 4)
+    config = make_config(tmp_path, task_types=list(TASK_TYPES), n=2)
+    manifest = generate_shard(store, RUN, config, chunks, 0, engine=vllm_engine)
+
+    examples = store.read_table(manifest, "examples")
+    failures = store.read_table(manifest, "parse_failures")
+    m = manifest.metrics
+    assert examples.schema == EXAMPLES
+    assert m["prompts"] == 4 * 16 and m["generations"] == 4 * 16 * 2
+    assert examples.num_rows + failures.num_rows + manifest.counts["duplicates"] == m["generations"]
+    assert sum(m["parse_failures"].values()) == failures.num_rows
+    assert examples.num_rows >= 0.95 * m["generations"] - manifest.counts["duplicates"]
+    assert set(examples["task_type"].to_pylist()) == set(TASK_TYPES)
+    assert m["generated_tokens"] > 0 and m["output_tokens_per_s"] > 0
+
+    by_chunk = {r["chunk_id"]: r for r in rows}
+    for ex in examples.to_pylist():
+        chunk = by_chunk[ex["chunk_id"]]
+        assert (ex["char_start"], ex["char_end"], ex["doc_id"]) == (chunk["char_start"], chunk["char_end"], "doc")
+        assert ex["sample_index"] in (0, 1) and ex["run_id"] == "r1"
+        assert ex["model_revision"].startswith("sha256:")
+        assert json.loads(ex["sampling_params"]) == config.sampling_params()
+        assert "<|pipe|>" not in ex["input"] + ex["output"] and "{{context}}" not in ex["input"]
+    keys = [(e["chunk_id"], e["input"], e["output"]) for e in examples.to_pylist()]
+    assert len(keys) == len(set(keys))
+
+    # A retry of a committed shard does no work and returns the same commit.
+    assert generate_shard(store, RUN, config, chunks, 0, engine=None) == manifest
