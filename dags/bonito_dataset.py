@@ -61,18 +61,20 @@ with a reason; the task fails only when nothing at all could be extracted.
         rt = task_runtime(get_current_context())
         return stage_ref(run_extract(rt.store, rt.run, rt.config, rt.s3_client_kwargs))
 
-    @task(multiple_outputs=True, doc_md="""
+    @task(doc_md="""
 #### chunk
 Splits documents at paragraph and sentence ends into chunks of at most `chunk_max_tokens`
 tokens of the model's tokenizer, in shards of `chunk_shard_size` chunks (one generate task each).
 **Artifacts:** `<store>/bonito_dataset/<run_id>/chunk/`. **Safe to clear.**
 """)
-    def chunk(documents: dict) -> dict:
+    def chunk(documents: dict) -> list[dict]:
+        """One XCom entry per chunk shard: generate is mapped over this list."""
         from bonito_tasks.chunk import chunk as run_chunk
 
         rt = task_runtime(get_current_context())
         manifest = run_chunk(rt.store, rt.run, rt.config, rt.store.read_manifest(documents["manifest"]))
-        return stage_ref(manifest, shards=list(range(len(manifest.shards_of("chunks")))))
+        return [{"manifest": manifest.uri, "shard": i, "chunks": ref.rows}
+                for i, ref in enumerate(manifest.shards_of("chunks"))]
 
     @task(doc_md="""
 #### generate (one task per chunk shard)
@@ -82,12 +84,12 @@ and counts parse failures by reason. The engine is shut down when the task ends.
 **Artifacts:** `<store>/bonito_dataset/<run_id>/generate/shard-NNNNN/`. Clearing one map index
 redoes only that shard.
 """)
-    def generate(chunks_manifest: str, shard: int) -> dict:
+    def generate(chunk_shard: dict) -> dict:
         from bonito_tasks.generate.run import generate_shard
 
         rt = task_runtime(get_current_context())
-        manifest = generate_shard(rt.store, rt.run, rt.config, rt.store.read_manifest(chunks_manifest), shard)
-        return stage_ref(manifest, shard=shard)
+        chunks = rt.store.read_manifest(chunk_shard["manifest"])
+        return stage_ref(generate_shard(rt.store, rt.run, rt.config, chunks, chunk_shard["shard"]))
 
     @task(doc_md="""
 #### validate
@@ -120,8 +122,7 @@ Re-running it makes no new commit.
         return stage_ref(manifest, **{k: manifest.metrics.get(k) for k in ("dataset_uri", "hub_url")})
 
     documents = extract()
-    chunks = chunk(documents)
-    generated = generate.partial(chunks_manifest=chunks["manifest"]).expand(shard=chunks["shards"])
+    generated = generate.expand(chunk_shard=chunk(documents))
     publish(validate(generated), documents)
 
 

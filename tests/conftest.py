@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "tests" / "assets"
 SAMPLE_DOCS = ASSETS / "sample_docs"
-TINY_MODEL = ASSETS / "tiny-bonito"
+TINY_MODEL = Path(os.environ.get("BONITO_TEST_MODEL", ASSETS / "tiny-bonito"))
 
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "dags")]
 # Airflow reads its configuration at import time: point it at a throwaway home before any test imports it.

@@ -1,0 +1,196 @@
+"""The dataset card (README.md): YAML metadata the Hub and `datasets` read, then a description of
+how the data was made, from which sources, under which license, and how to cite Bonito."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from string import Template
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from bonito_tasks.config import RunConfig
+from bonito_tasks.contracts import EXAMPLES, RunRef
+from bonito_tasks.publish.layout import DATA_DIR, SOURCES_FILE, SPLIT, TaskSplit
+from bonito_tasks.task_types import TASK_TYPES
+
+BONITO_CITATION = """\
+@inproceedings{bonito:aclfindings24,
+  title = {Learning to Generate Instruction Tuning Datasets for Zero-Shot Task Adaptation},
+  author = {Nayak, Nihal V. and Nan, Yiyang and Trost, Avi and Bach, Stephen H.},
+  booktitle = {Findings of the Association for Computational Linguistics: ACL 2024},
+  year = {2024},
+  eprint = {2402.18334},
+  archivePrefix = {arXiv},
+  primaryClass = {cs.CL},
+  url = {https://arxiv.org/abs/2402.18334}
+}"""
+
+FIELD_DESCRIPTIONS = {
+    "example_id": "SHA-256 of the example's lineage key",
+    "task_type": "Bonito task type (short name; one config per type)",
+    "input": "the task instruction, with the source passage filled in",
+    "output": "the response to the instruction",
+    "doc_id": "SHA-256 of the source document's bytes (see `sources.jsonl`)",
+    "chunk_id": "the passage the example was generated from",
+    "char_start": "start of the passage in the document text",
+    "char_end": "end (exclusive) of the passage in the document text",
+    "sample_index": "which of the `n` generations for the passage",
+    "model_id": "generating model",
+    "model_revision": "model revision (Hub commit or content hash)",
+    "sampling_params": "sampling parameters, canonical JSON",
+    "run_id": "pipeline run that produced the example",
+}
+
+CARD_TEMPLATE = Template(
+    """\
+---
+${metadata}---
+
+# ${title}
+
+Instruction-tuning examples generated with [Bonito](https://github.com/BatsResearch/bonito) from unlabeled
+documents: ${n_examples} examples of ${n_task_types} task type(s), made from ${n_documents} source documents.
+Each row pairs an `input` (a task instruction built around a passage of a source document) with its `output`,
+and keeps the lineage back to the document, the passage and the generation settings.
+
+## Configurations
+
+| Config | Task type | Examples |
+|---|---|---|
+${config_rows}
+
+```python
+from datasets import load_dataset
+
+dataset = load_dataset("${load_path}", "${first_config}", split="${split}")
+```
+
+## How it was made
+
+- Model: ${models}
+- Sampling parameters: ${sampling}
+- Task types: ${task_types}
+- Chunking: documents split into passages of at most ${chunk_max_tokens} tokens
+- Pipeline run: ${run_link}
+${quality}
+## Source documents
+
+${n_documents} documents (${n_contributing} contributed examples); media types: ${media_types}.
+`${sources_file}` lists each document's `doc_id` (SHA-256 of its bytes), `source_uri`, `media_type` and
+`size_bytes`. The document texts are not part of this dataset.
+
+## Data fields
+
+| Field | Type | Description |
+|---|---|---|
+${field_rows}
+
+## License
+
+${license}
+
+## Citation
+
+Bonito, the model that generated these examples:
+
+```bibtex
+${citation}
+```
+"""
+)
+
+
+def render_card(
+    *,
+    run: RunRef,
+    config: RunConfig,
+    splits: list[TaskSplit],
+    examples: pa.Table,
+    documents: pa.Table,
+    quality: dict[str, Any] | None = None,
+) -> str:
+    n_examples = sum(s.rows for s in splits)
+    title = config.hub_repo_id.split("/")[-1] if config.hub_repo_id else f"Bonito data of {run.dag_id} {run.run_id}"
+    metadata = {
+        "license": config.license,
+        "pretty_name": title,
+        "task_categories": ["text-generation"],
+        "tags": ["bonito", "synthetic", "instruction-tuning"],
+        "size_categories": [size_category(n_examples)],
+        "configs": dataset_configs(splits),
+        "dataset_info": dataset_info(splits),
+    }
+    run_name = f"`{run.dag_id}` / `{run.run_id}`"
+    config_rows = [f"| `default` | all | {n_examples} |"] + [
+        f"| `{s.task_type}` | {TASK_TYPES.get(s.task_type, s.task_type)} | {s.rows} |" for s in splits
+    ]
+    models = sorted(
+        (m["model_id"], m["model_revision"])
+        for m in examples.group_by(["model_id", "model_revision"]).aggregate([]).to_pylist()
+    )
+    sampling = sorted(pc.unique(examples["sampling_params"]).to_pylist())
+    media_types = Counter(documents.column("media_type").to_pylist())
+    return CARD_TEMPLATE.substitute(
+        metadata=yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True),
+        title=title,
+        n_examples=n_examples,
+        n_task_types=len(splits),
+        n_documents=documents.num_rows,
+        n_contributing=pc.count_distinct(examples["doc_id"]).as_py(),
+        config_rows="\n".join(config_rows),
+        load_path=config.hub_repo_id or "path/to/this/folder",
+        first_config=splits[0].task_type,
+        split=SPLIT,
+        models=", ".join(f"`{model}` at revision `{revision}`" for model, revision in models),
+        sampling=", ".join(f"`{params}`" for params in sampling),
+        task_types=", ".join(f"{TASK_TYPES.get(t, t)} (`{t}`)" for t in config.task_types),
+        chunk_max_tokens=config.chunk_max_tokens,
+        run_link=f"[{run_name}]({run.run_url})" if run.run_url else run_name,
+        quality=_quality_section(quality),
+        media_types=", ".join(f"{media_type} ({count})" for media_type, count in sorted(media_types.items())),
+        sources_file=SOURCES_FILE,
+        field_rows="\n".join(f"| `{f.name}` | {f.type} | {FIELD_DESCRIPTIONS.get(f.name, '')} |" for f in EXAMPLES),
+        license=f"`{config.license}`",
+        citation=BONITO_CITATION,
+    )
+
+
+def dataset_configs(splits: list[TaskSplit]) -> list[dict]:
+    """A `default` config with every task type, then one config per task type."""
+
+    def config(name: str, folder_glob: str) -> dict:
+        return {"config_name": name, "data_files": [{"split": SPLIT, "path": f"{folder_glob}/*.parquet"}]}
+
+    return [config("default", f"{DATA_DIR}/*") | {"default": True}] + [config(s.task_type, s.folder) for s in splits]
+
+
+def dataset_info(splits: list[TaskSplit]) -> list[dict]:
+    """Features and row counts per config, as `datasets` writes them (it checks the counts on load)."""
+
+    def info(name: str, parts: list[TaskSplit]) -> dict:
+        return {
+            "config_name": name,
+            "features": [{"name": f.name, "dtype": str(f.type)} for f in EXAMPLES],  # fresh: no YAML aliases
+            "splits": [{"name": SPLIT, "num_examples": sum(s.rows for s in parts)}],
+            "download_size": sum(s.download_size for s in parts),
+        }
+
+    return [info("default", splits)] + [info(s.task_type, [s]) for s in splits]
+
+
+def size_category(n: int) -> str:
+    """The Hub's size_categories bucket for n rows."""
+    labels = ["n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B"]
+    labels += ["1B<n<10B", "10B<n<100B", "100B<n<1T"]
+    return next((label for exponent, label in enumerate(labels, start=3) if n < 10**exponent), "n>1T")
+
+
+def _quality_section(quality: dict[str, Any] | None) -> str:
+    if not quality:
+        return ""
+    lines = [f"- {key}: {v if isinstance(v, (str, int, float)) else json.dumps(v)}" for key, v in quality.items()]
+    return "\n## Quality\n\n" + "\n".join(lines) + "\n"

@@ -1,0 +1,204 @@
+"""Upload a dataset folder to a Hugging Face Hub dataset repo in one atomic commit.
+
+Every attempt compares the repo's current files with ours and commits only the difference, on
+top of the head it looked at (`parent_commit`): a retry after a lost answer, or a re-run of the
+same publish, finds nothing to change and makes no commit. Transient failures (429, 5xx,
+timeouts, dropped connections) are retried with jittered exponential backoff; 401/403 are not.
+The token never appears in logs or errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi, RepoFile
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+T = TypeVar("T")
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    timeout_s: float = 120.0  # longest wait to connect, or for the next bytes of a read or write
+
+    def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """Wait before retry number `attempt` (1-based): half fixed, half random, doubling each time."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        wait = ceiling / 2 + random.uniform(0, ceiling / 2)
+        return min(self.max_delay_s, max(wait, retry_after_s or 0.0))
+
+
+@dataclass(frozen=True)
+class HubCommit:
+    repo_url: str
+    commit_sha: str  # the head that holds the files
+    created: bool  # False when the repo already held identical files
+
+
+def upload_dataset(
+    files: Mapping[str, bytes],
+    *,
+    repo_id: str,
+    token: str,
+    private: bool,
+    replace_folder: str,
+    commit_message: str,
+    commit_description: str = "",
+    endpoint: str | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+) -> HubCommit:
+    """Make the dataset repo's main branch hold `files` (path in repo -> bytes), in one commit.
+
+    Files of the repo under `replace_folder` that are not in `files` are deleted in the same
+    commit (stale shards of an earlier publish); other files of the repo are left alone.
+    """
+    from huggingface_hub import HfApi
+
+    if not token:
+        raise PublishError(f"a Hugging Face token with write access to {repo_id} is needed to upload")
+    api = HfApi(endpoint=endpoint, token=token, library_name="bonito-etl")
+
+    repo_url = f"{api.endpoint}/datasets/{repo_id}"
+
+    def attempt() -> HubCommit:
+        head = _head_creating_repo(api, repo_id, private, retry.timeout_s)
+        remote = _remote_files(api, repo_id, head)
+        operations = _operations(files, remote, replace_folder)
+        if not operations:
+            logger.info("dataset repo %s already holds these files at %s; no commit", repo_id, head)
+            return HubCommit(repo_url, head, created=False)
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            repo_type="dataset",
+            parent_commit=head,
+        )
+        logger.info("committed %d change(s) to dataset repo %s: %s", len(operations), repo_id, info.oid)
+        return HubCommit(repo_url, info.oid, created=True)
+
+    with _request_timeout(retry.timeout_s):
+        return _with_retries(attempt, retry, repo_id, token)
+
+
+def _head_creating_repo(api: HfApi, repo_id: str, private: bool, timeout_s: float) -> str:
+    """The commit at main; the repo is created first when it does not exist (or is not visible)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return api.repo_info(repo_id, repo_type="dataset", revision="main", timeout=timeout_s).sha
+    except RepositoryNotFoundError:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        return api.repo_info(repo_id, repo_type="dataset", revision="main", timeout=timeout_s).sha
+
+
+def _remote_files(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile]:
+    from huggingface_hub import RepoFile
+
+    tree = api.list_repo_tree(repo_id, repo_type="dataset", revision=revision, recursive=True)
+    return {entry.path: entry for entry in tree if isinstance(entry, RepoFile)}
+
+
+def _operations(files: Mapping[str, bytes], remote: Mapping[str, RepoFile], replace_folder: str) -> list:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    adds = [CommitOperationAdd(p, data) for p, data in sorted(files.items()) if not _same(remote.get(p), data)]
+    stale = [CommitOperationDelete(p) for p in sorted(remote) if p.startswith(replace_folder) and p not in files]
+    return adds + stale
+
+
+def _same(remote: RepoFile | None, data: bytes) -> bool:
+    """Whether a remote file holds exactly `data` (LFS/Xet files by sha256, others by git blob id)."""
+    if remote is None or remote.size != len(data):
+        return False
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == hashlib.sha256(data).hexdigest()
+    blob = hashlib.sha1(b"blob %d\0" % len(data))
+    blob.update(data)
+    return remote.blob_id == blob.hexdigest()
+
+
+def _with_retries(call: Callable[[], T], policy: RetryPolicy, repo_id: str, token: str) -> T:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except Exception as err:
+            status = _status(err)
+            if status in (401, 403):
+                raise PublishError(
+                    f"the Hugging Face token is missing or lacks write access to dataset repo {repo_id} (HTTP {status})"
+                ) from None
+            cause = f"{type(err).__name__}: {_redact(str(err), token)}"
+            if not _transient(err) or attempt >= policy.attempts:
+                raise PublishError(f"upload to dataset repo {repo_id} failed (attempt {attempt}): {cause}") from None
+            delay = policy.delay(attempt, _retry_after(err))
+            logger.warning(
+                "upload to %s: attempt %d/%d failed (%s); retrying in %.2fs",
+                repo_id, attempt, policy.attempts, f"HTTP {status}" if status else type(err).__name__, delay,
+            )
+            time.sleep(delay)
+
+
+def _status(err: Exception) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _transient(err: Exception) -> bool:
+    import httpx2
+
+    network = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+    return _status(err) in TRANSIENT_STATUS or isinstance(err, network)
+
+
+def _retry_after(err: Exception) -> float | None:
+    response = getattr(err, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    return float(value) if value and value.replace(".", "", 1).isdigit() else None
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+@contextmanager
+def _request_timeout(seconds: float) -> Iterator[None]:
+    """Bound every request of huggingface_hub's shared HTTP client (it waits forever by default).
+
+    Wraps the installed client factory (a private global of huggingface_hub; set_client_factory
+    is the public setter) and puts it back afterwards.
+    """
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    previous = _http._GLOBAL_CLIENT_FACTORY
+
+    def bounded_client() -> Any:
+        client = previous()
+        client.timeout = seconds
+        return client
+
+    set_client_factory(bounded_client)
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
