@@ -39,23 +39,23 @@ class RunConfig(BaseModel):
     model_id: str = Field(DEFAULT_MODEL, description="Hub id or local path of the Bonito model.")
     model_revision: str | None = Field(None, description="Hub revision (commit) to pin; ignored for a local path.")
     max_model_len: int = Field(2048, gt=0, description="vLLM max_model_len (bonito-v1's 32768 does not fit small GPUs).")
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="Model weights dtype for vLLM.")
     quantization: str | None = Field(None, description="vLLM quantization, e.g. 'awq' for an AWQ build.")
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may use.")
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM batch size limit; default: vLLM's.")
     seed: int = Field(0, description="Engine seed (vLLM's CPU build rejects per-request seeds).")
 
     # Sampling (Bonito's defaults).
     max_tokens: int = Field(256, gt=0, description="Most tokens generated per example.")
-    temperature: float = Field(0.5, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(0.5, ge=0, description="Sampling temperature (Bonito: 0.5; 0.7 for mcqa).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     n: int = Field(1, ge=1, le=16, description="Generations per prompt.")
 
     # Validation bounds (characters) for example rows.
-    min_output_chars: int = Field(1, ge=0)
-    max_input_chars: int = Field(20_000, gt=0)
-    max_output_chars: int = Field(5_000, gt=0)
+    min_output_chars: int = Field(1, ge=0, description="Shortest valid example output.")
+    max_input_chars: int = Field(20_000, gt=0, description="Longest valid example input.")
+    max_output_chars: int = Field(5_000, gt=0, description="Longest valid example output.")
 
     # Publishing.
     hub_repo_id: str | None = Field(None, description="Hugging Face dataset repo to upload to; empty: local folder only.")
