@@ -45,6 +45,7 @@ class RunConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may use.")
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM batch size limit; default: vLLM's.")
     seed: int = Field(0, description="Engine seed (vLLM's CPU build rejects per-request seeds).")
+    checkpoint_prompts: int = Field(256, gt=0, description="Prompts per generate checkpoint (a retry resumes after the last).")
 
     # Sampling (Bonito's defaults).
     max_tokens: int = Field(256, gt=0, description="Most tokens generated per example.")

@@ -68,8 +68,9 @@ EXAMPLES = pa.schema(
     ]
 )
 
-# A generation that did not parse: kept so that nothing is silently lost.
-PARSE_FAILURES = pa.schema(
+# A generation that did not become an example, and why (no_pipe, extra_pipe, duplicate,
+# prompt_too_long): with `examples` it accounts for every (chunk_id, task_type, sample_index).
+DROPPED_GENERATIONS = pa.schema(
     [
         pa.field("chunk_id", pa.string(), nullable=False),
         pa.field("task_type", pa.string(), nullable=False),
@@ -86,7 +87,7 @@ TABLES: dict[str, pa.Schema] = {
     "rejects": REJECTS,
     "chunks": CHUNKS,
     "examples": EXAMPLES,
-    "parse_failures": PARSE_FAILURES,
+    "dropped_generations": DROPPED_GENERATIONS,
     "quarantine": QUARANTINE,
 }
 

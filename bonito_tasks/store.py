@@ -57,18 +57,24 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int: ...
 
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
     def read_manifest(self, uri_or_key: str) -> Manifest:
         key = self.key(uri_or_key) if "://" in uri_or_key or uri_or_key.startswith("/") else uri_or_key
         return Manifest.model_validate_json(self.read_bytes(key))
 
     def read_shard(self, manifest: Manifest, table: str, index: int, columns: list[str] | None = None) -> pa.Table:
         """One Parquet shard of a table of a committed stage, cast to the contract schema."""
-        ref = manifest.shards_of(table)[index]
         stage_key = self.key(manifest.uri).rsplit("/", 1)[0]
+        return self.read_part(stage_key, manifest.shards_of(table)[index], columns)
+
+    def read_part(self, stage_key: str, ref: ShardRef, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet part of a stage folder, checked against its sha256 and the contract schema."""
         data = self.read_bytes(f"{stage_key}/{ref.path}")
         if sha256_hex(data) != ref.sha256:
-            raise StoreError(f"{stage_key}/{ref.path} does not match the sha256 in its manifest")
-        return pq.read_table(io.BytesIO(data), columns=columns).cast(_schema(table, columns))
+            raise StoreError(f"{stage_key}/{ref.path} does not match its recorded sha256")
+        return pq.read_table(io.BytesIO(data), columns=columns).cast(_schema(ref.table, columns))
 
     def read_table(self, manifest: Manifest, table: str, columns: list[str] | None = None) -> pa.Table:
         """All shards of one table of a committed stage."""
@@ -118,6 +124,9 @@ class LocalStore(ArtifactStore):
         if not base.is_dir():
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> int:
         base = self._path(prefix)
@@ -173,6 +182,9 @@ class S3Store(ArtifactStore):
 
     def list(self, prefix: str) -> list[str]:
         return sorted(self._iter_keys(prefix))
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)

@@ -23,11 +23,14 @@ from pathlib import Path
 from airflow.sdk import dag, get_current_context, task
 
 from bonito_airflow.hooks import HuggingFaceHook
+from bonito_airflow.operators import BonitoGenerateOperator
 from bonito_airflow.params import run_params
 from bonito_airflow.runtime import stage_ref, task_runtime
 
 AIRFLOW_HOME = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
 
+GPU_POOL = "gpu"
+GPU_QUEUE = os.environ.get("BONITO_GPU_QUEUE", "gpu")
 RETRIES = dict(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=True,
                max_retry_delay=timedelta(minutes=10))
 
@@ -76,20 +79,17 @@ tokens of the model's tokenizer, in shards of `chunk_shard_size` chunks (one gen
         return [{"manifest": manifest.uri, "shard": i, "chunks": ref.rows}
                 for i, ref in enumerate(manifest.shards_of("chunks"))]
 
-    @task(doc_md="""
+    generate_doc = """
 #### generate (one task per chunk shard)
 Runs Bonito on vLLM for every chunk x task type, parses each generation into (input, output)
-and counts parse failures by reason. The engine is shut down when the task ends.
-**Common failures:** out of memory (lower `max_num_seqs` or `max_model_len`), model not found.
+and records every dropped generation with its reason. Results are checkpointed every
+`checkpoint_prompts` prompts; a retry resumes after the last checkpoint. The engine is shut
+down when the task ends. Pool `gpu` (one slot per GPU), queue `$BONITO_GPU_QUEUE` (`gpu`).
+**Common failures:** out of memory (the retry halves max_num_seqs; else lower max_model_len),
+model not found (check model_id / model_revision).
 **Artifacts:** `<store>/bonito_dataset/<run_id>/generate/shard-NNNNN/`. Clearing one map index
-redoes only that shard.
-""")
-    def generate(chunk_shard: dict) -> dict:
-        from bonito_tasks.generate.run import generate_shard
-
-        rt = task_runtime(get_current_context())
-        chunks = rt.store.read_manifest(chunk_shard["manifest"])
-        return stage_ref(generate_shard(rt.store, rt.run, rt.config, chunks, chunk_shard["shard"]))
+redoes only what that shard lacks.
+"""
 
     @task(doc_md="""
 #### validate
@@ -122,8 +122,10 @@ Re-running it makes no new commit.
         return stage_ref(manifest, **{k: manifest.metrics.get(k) for k in ("dataset_uri", "hub_url")})
 
     documents = extract()
-    generated = generate.expand(chunk_shard=chunk(documents))
-    publish(validate(generated), documents)
+    generated = BonitoGenerateOperator.partial(
+        task_id="generate", pool=GPU_POOL, queue=GPU_QUEUE, doc_md=generate_doc
+    ).expand(chunk_shard=chunk(documents))
+    publish(validate(generated.output), documents)
 
 
 bonito_dataset()

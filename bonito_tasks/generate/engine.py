@@ -6,11 +6,38 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import sha256_hex
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NUM_SEQS = 256  # vLLM's default on a GPU; the base that out-of-memory retries halve
+
+
+class EngineFailure(RuntimeError):
+    """The engine could not start or died; the message says what happened and what to change."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind  # "out_of_memory" or "engine_died"
+
+
+def _as_engine_failure(err: BaseException, config: RunConfig, max_num_seqs: int | None) -> EngineFailure:
+    text = f"{type(err).__name__}: {err}"
+    if "out of memory" in text.lower() or type(err).__name__ == "OutOfMemoryError":
+        return EngineFailure(
+            f"vLLM ran out of memory ({text}). Lower max_num_seqs (now {max_num_seqs or 'vLLM default'}), "
+            f"max_model_len (now {config.max_model_len}) or gpu_memory_utilization (now "
+            f"{config.gpu_memory_utilization}), or use a quantized model; the retry halves max_num_seqs.",
+            "out_of_memory",
+        )
+    return EngineFailure(
+        f"the vLLM engine failed ({text}). Check the worker's GPU and the model ({config.model_id}); "
+        "the retry resumes after the last checkpoint.",
+        "engine_died",
+    )
 
 
 @dataclass(frozen=True)
@@ -33,8 +60,9 @@ def model_revision(config: RunConfig) -> str:
 class VllmEngine:
     """vllm.LLM built from a RunConfig. Use as a context manager so the engine is always released."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, max_num_seqs: int | None = None):
         self.config = config
+        self.max_num_seqs = max_num_seqs or config.max_num_seqs
         self.llm = None
 
     def load(self) -> VllmEngine:
@@ -51,10 +79,13 @@ class VllmEngine:
             tensor_parallel_size=c.tensor_parallel_size,
             gpu_memory_utilization=c.gpu_memory_utilization,
         )
-        if c.max_num_seqs:
-            engine_args["max_num_seqs"] = c.max_num_seqs
+        if self.max_num_seqs:
+            engine_args["max_num_seqs"] = self.max_num_seqs
         log.info("starting vLLM engine: %s", engine_args)
-        self.llm = LLM(**engine_args)
+        try:
+            self.llm = LLM(**engine_args)
+        except Exception as err:
+            raise _as_engine_failure(err, c, self.max_num_seqs) from err
         return self
 
     def generate(self, prompts: list[str], sampling_params: dict) -> list[list[Completion]]:
@@ -64,6 +95,45 @@ class VllmEngine:
         params = SamplingParams(**sampling_params)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[Completion(o.text, len(o.token_ids)) for o in out.outputs] for out in outputs]
+
+    def prompt_tokens(self, prompts: list[str]) -> list[int]:
+        tokenizer = self.llm.get_tokenizer()
+        return [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+
+    def stream(self, prompts: dict[int, str], sampling_params: dict, flush_every: int
+               ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """Completions as requests finish, in lists of about `flush_every` prompts.
+
+        All prompts are queued at once so the engine batches as freely as one `LLM.generate`
+        call; results are handed back as they finish so the caller can checkpoint them."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(**sampling_params, output_kind=RequestOutputKind.FINAL_ONLY)
+        engine = self.llm.llm_engine
+        by_request = {}
+        try:
+            for index, prompt in prompts.items():
+                engine.add_request(f"p{index}", prompt, params)  # outputs carry this external id
+                by_request[f"p{index}"] = index
+            finished: list[tuple[int, list[Completion]]] = []
+            while engine.has_unfinished_requests():
+                try:
+                    outputs = engine.step()
+                except Exception as err:
+                    raise _as_engine_failure(err, self.config, self.max_num_seqs) from err
+                for out in outputs:
+                    if out.finished:
+                        completions = [Completion(o.text, len(o.token_ids)) for o in out.outputs]
+                        finished.append((by_request.pop(out.request_id), completions))
+                if len(finished) >= flush_every:
+                    yield finished
+                    finished = []
+            if finished:
+                yield finished
+        finally:
+            if by_request and engine.has_unfinished_requests():  # stopped early: leave nothing queued
+                engine.abort_request(list(by_request))
 
     def unload(self) -> None:
         if self.llm is None:

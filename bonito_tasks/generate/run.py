@@ -1,99 +1,259 @@
-"""Generate stage: one shard of chunks x task types -> Bonito examples, parse failures counted."""
+"""Generate stage: one shard of chunks x task types -> Bonito examples, checkpointed as it goes.
+
+Completed prompts are written in checkpoints (Parquet parts plus a `_checkpoint-NNNNN.json`
+marker, written last) while the engine keeps running. A retry after a crash keeps the
+checkpoints and generates only the prompts they lack; the shard's manifest then lists every
+part, so each (chunk_id, task_type, sample_index) is in `examples` or `dropped_generations`
+exactly once.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import EXAMPLES, PARSE_FAILURES, Manifest, RunRef, canonical_json, sha256_hex
-from bonito_tasks.generate.engine import VllmEngine, model_revision
+from bonito_tasks.contracts import (
+    DROPPED_GENERATIONS,
+    EXAMPLES,
+    Manifest,
+    RunRef,
+    ShardRef,
+    canonical_json,
+    sha256_hex,
+)
+from bonito_tasks.generate.engine import (
+    DEFAULT_MAX_NUM_SEQS,
+    Completion,
+    EngineFailure,
+    VllmEngine,
+    model_revision,
+)
 from bonito_tasks.generate.parse import ParseFailure, parse_generation
 from bonito_tasks.generate.prompt import build_prompt
-from bonito_tasks.store import ArtifactStore, StageWriter
+from bonito_tasks.store import StageWriter
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_PREFIX = "_checkpoint-"
+ENGINE_FAILURES = "_engine_failures.json"
+PROGRESS_EVERY_S = 30
+
+
+@dataclass
+class ShardState:
+    """What the shard has committed so far, across attempts."""
+
+    done: set[int] = field(default_factory=set)  # prompt indexes in checkpoints
+    seen: set[tuple[str, str, str]] = field(default_factory=set)  # (chunk_id, input, output)
+    counts: Counter = field(default_factory=Counter)  # examples, drop reasons, generated_tokens
+    checkpoints: int = 0
+
 
 def generate_shard(
-    store: ArtifactStore,
-    run: RunRef,
-    config: RunConfig,
-    chunks: Manifest,
-    shard: int,
-    engine: VllmEngine | None = None,
+    store, run: RunRef, config: RunConfig, chunks: Manifest, shard: int, engine: VllmEngine | None = None
 ) -> Manifest:
     """Generate examples for one chunk shard. Pass a loaded `engine` to share it across calls;
     without one, an engine is started for this shard and shut down before returning."""
     writer = StageWriter(store, run, "generate", shard=shard)
-    if done := writer.reusable(config.sha256(), [chunks]):
+    config_sha = config.sha256()
+    if done := writer.reusable(config_sha, [chunks]):
         log.info("generate shard %d already committed at %s; reusing it", shard, done.uri)
         return done
-    writer.begin()
-    table = store.read_shard(chunks, "chunks", shard)
-    rows = table.to_pylist()
+    state = _resume(writer, config_sha, chunks)
+    resumed = len(state.done)
+    rows = store.read_shard(chunks, "chunks", shard).to_pylist()
     jobs = [(row, task_type) for row in rows for task_type in config.task_types]
-    prompts = [build_prompt(row["text"], task_type) for row, task_type in jobs]
-    log.info("generate shard %d: %d chunks x %d task types = %d prompts, n=%d",
-             shard, len(rows), len(config.task_types), len(prompts), config.n)
+    pending = {i: build_prompt(row["text"], t) for i, (row, t) in enumerate(jobs) if i not in state.done}
+    log.info("generate shard %d: %d chunks x %d task types = %d prompts (n=%d); %d done in %d checkpoint(s)",
+             shard, len(rows), len(config.task_types), len(jobs), config.n, len(state.done), state.checkpoints)
 
     started = time.monotonic()
-    if engine is None:
-        with VllmEngine(config) as own_engine:
-            completions = own_engine.generate(prompts, config.sampling_params())
-    else:
-        completions = engine.generate(prompts, config.sampling_params())
+    attempt_tokens = 0
+    if pending:
+        failures = _engine_failures(writer)
+        own_engine = None
+        try:
+            if engine is None:
+                engine = own_engine = VllmEngine(config, max_num_seqs=_backed_off_max_num_seqs(config, failures))
+                own_engine.load()
+            recorder = _Recorder(writer, run, config, chunks, jobs, state)
+            too_long = _too_long(engine, config, pending)
+            if too_long:
+                recorder.commit({i: None for i in too_long})
+                for i in too_long:
+                    del pending[i]
+            progress = _Progress(shard, len(jobs), len(state.done))
+            for batch in engine.stream(pending, config.sampling_params(), flush_every=config.checkpoint_prompts):
+                attempt_tokens += recorder.commit(dict(batch))
+                progress.update(len(state.done), attempt_tokens)
+        except EngineFailure as failure:
+            store.write_bytes(f"{writer.prefix}/{ENGINE_FAILURES}",
+                              json.dumps(failures + [{"error": str(failure), "kind": failure.kind}]).encode())
+            raise
+        finally:
+            if own_engine is not None:
+                own_engine.unload()
     wall_s = time.monotonic() - started
 
-    sampling = canonical_json(config.sampling_params())
-    revision = model_revision(config)
-    examples, failures, seen = [], [], set()
-    failure_reasons: Counter[str] = Counter()
-    duplicates = generated_tokens = 0
-    for (row, task_type), outs in zip(jobs, completions):
-        for sample_index, out in enumerate(outs):
-            generated_tokens += out.n_tokens
-            try:
-                parsed = parse_generation(out.text, row["text"])
-            except ParseFailure as failure:
-                failure_reasons[failure.reason] += 1
-                failures.append({"chunk_id": row["chunk_id"], "task_type": task_type, "sample_index": sample_index,
-                                 "reason": failure.reason, "generated_text": out.text})
-                continue
-            key = (row["chunk_id"], parsed.input, parsed.output)
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            examples.append({
-                "example_id": sha256_hex(f"{run.run_id}:{row['chunk_id']}:{task_type}:{sample_index}"),
-                "task_type": task_type,
-                "input": parsed.input,
-                "output": parsed.output,
-                "doc_id": row["doc_id"],
-                "chunk_id": row["chunk_id"],
-                "char_start": row["char_start"],
-                "char_end": row["char_end"],
-                "sample_index": sample_index,
-                "model_id": config.model_id,
-                "model_revision": revision,
-                "sampling_params": sampling,
-                "run_id": run.run_id,
-            })
-    writer.add("examples", pa.Table.from_pylist(examples, EXAMPLES))
-    writer.add("parse_failures", pa.Table.from_pylist(failures, PARSE_FAILURES))
+    counts = state.counts
     metrics = {
-        "prompts": len(prompts),
-        "generations": len(prompts) * config.n,
-        "generated_tokens": generated_tokens,
-        "wall_s": round(wall_s, 3),
-        "output_tokens_per_s": round(generated_tokens / wall_s, 1) if wall_s else None,
-        "parse_failures": dict(failure_reasons),
-        "duplicates_dropped": duplicates,
+        "prompts": len(jobs),
+        "generations": len(jobs) * config.n,
+        "resumed_prompts": resumed,
+        "generated_tokens": counts["generated_tokens"],
+        "attempt_wall_s": round(wall_s, 3),
+        "attempt_output_tokens_per_s": round(attempt_tokens / wall_s, 1) if wall_s > 0 else None,
+        "parse_failures": {r: counts[r] for r in ("no_pipe", "extra_pipe") if counts[r]},
+        "duplicates_dropped": counts["duplicate"],
+        "prompts_too_long": counts["prompt_too_long"] // config.n,
+        "checkpoints": state.checkpoints,
     }
-    log.info("generate shard %d: %s", shard, metrics)
-    return writer.commit(config_sha256=config.sha256(), inputs=[chunks], counts={"duplicates": duplicates},
-                         metrics=metrics)
+    log.info("generate shard %d committed: %s", shard, metrics)
+    return writer.commit(config_sha256=config_sha, inputs=[chunks], metrics=metrics)
+
+
+def _resume(writer: StageWriter, config_sha: str, chunks: Manifest) -> ShardState:
+    """Reload the checkpoints of an earlier attempt with the same config and input; otherwise
+    (or when there are none) start the shard from an empty folder."""
+    store = writer.store
+    keys = store.list(writer.prefix)
+    markers = [json.loads(store.read_bytes(k)) for k in keys if k.rsplit("/", 1)[-1].startswith(CHECKPOINT_PREFIX)]
+    state = ShardState()
+    if not markers or any((m["config_sha256"], m["input_sha256"]) != (config_sha, chunks.sha256) for m in markers):
+        writer.begin()
+        return state
+    writer.shards = [ShardRef(**ref) for m in markers for ref in m["shards"]]
+    kept = {f"{writer.prefix}/{ref.path}" for ref in writer.shards}
+    for key in keys:  # parts a dead attempt wrote after its last checkpoint
+        if key not in kept and not key.rsplit("/", 1)[-1].startswith("_"):
+            store.delete(key)
+    for marker in markers:
+        state.done.update(marker["prompts"])
+        state.counts.update(marker["counts"])
+    for ref in writer.shards:
+        if ref.table == "examples":
+            part = store.read_part(writer.prefix, ref, columns=["chunk_id", "input", "output"])
+            state.seen.update(zip(*(part[c].to_pylist() for c in ("chunk_id", "input", "output"))))
+    state.checkpoints = len(markers)
+    log.info("resuming from %d checkpoint(s): %d prompts already generated", len(markers), len(state.done))
+    return state
+
+
+class _Recorder:
+    """Turns finished prompts into rows and commits them as one checkpoint."""
+
+    def __init__(self, writer: StageWriter, run: RunRef, config: RunConfig, chunks: Manifest, jobs, state: ShardState):
+        self.writer, self.run, self.config, self.jobs, self.state = writer, run, config, jobs, state
+        self.config_sha, self.input_sha = config.sha256(), chunks.sha256
+        self.sampling = canonical_json(config.sampling_params())
+        self.revision = model_revision(config)
+
+    def commit(self, finished: dict[int, list[Completion] | None]) -> int:
+        """Write one checkpoint for these prompts (None: prompt too long). Returns tokens generated."""
+        examples, dropped, counts = [], [], Counter()
+        for index, completions in sorted(finished.items()):
+            row, task_type = self.jobs[index]
+            for sample_index in range(self.config.n):
+                reason, text = self._record(row, task_type, sample_index, completions, examples, counts)
+                if reason:
+                    counts[reason] += 1
+                    dropped.append({"chunk_id": row["chunk_id"], "task_type": task_type,
+                                    "sample_index": sample_index, "reason": reason, "generated_text": text})
+        counts["examples"] = len(examples)
+        before = len(self.writer.shards)
+        if examples:
+            self.writer.add("examples", pa.Table.from_pylist(examples, EXAMPLES))
+        if dropped:
+            self.writer.add("dropped_generations", pa.Table.from_pylist(dropped, DROPPED_GENERATIONS))
+        marker = {
+            "config_sha256": self.config_sha,
+            "input_sha256": self.input_sha,
+            "prompts": sorted(finished),
+            "shards": [ref.model_dump() for ref in self.writer.shards[before:]],
+            "counts": dict(counts),
+        }
+        name = f"{CHECKPOINT_PREFIX}{self.state.checkpoints:05d}.json"
+        self.writer.store.write_bytes(f"{self.writer.prefix}/{name}", json.dumps(marker).encode())
+        self.state.checkpoints += 1
+        self.state.done.update(finished)
+        self.state.counts.update(counts)
+        return counts["generated_tokens"]
+
+    def _record(self, row, task_type, sample_index, completions, examples, counts) -> tuple[str | None, str]:
+        """Append the example for one generation, or return why it was dropped and its text."""
+        if completions is None:
+            return "prompt_too_long", ""
+        out = completions[sample_index]
+        counts["generated_tokens"] += out.n_tokens
+        try:
+            parsed = parse_generation(out.text, row["text"])
+        except ParseFailure as failure:
+            return failure.reason, out.text
+        key = (row["chunk_id"], parsed.input, parsed.output)
+        if key in self.state.seen:
+            return "duplicate", out.text
+        self.state.seen.add(key)
+        examples.append({
+            "example_id": sha256_hex(f"{self.run.run_id}:{row['chunk_id']}:{task_type}:{sample_index}"),
+            "task_type": task_type,
+            "input": parsed.input,
+            "output": parsed.output,
+            "doc_id": row["doc_id"],
+            "chunk_id": row["chunk_id"],
+            "char_start": row["char_start"],
+            "char_end": row["char_end"],
+            "sample_index": sample_index,
+            "model_id": self.config.model_id,
+            "model_revision": self.revision,
+            "sampling_params": self.sampling,
+            "run_id": self.run.run_id,
+        })
+        return None, ""
+
+
+def _too_long(engine: VllmEngine, config: RunConfig, prompts: dict[int, str]) -> list[int]:
+    """Prompts that leave no room for max_tokens within max_model_len (rejected, never sent)."""
+    limit = config.max_model_len - config.max_tokens
+    indexes = list(prompts)
+    lengths = engine.prompt_tokens([prompts[i] for i in indexes])
+    return [i for i, n in zip(indexes, lengths) if n > limit]
+
+
+def _engine_failures(writer: StageWriter) -> list[dict]:
+    key = f"{writer.prefix}/{ENGINE_FAILURES}"
+    return json.loads(writer.store.read_bytes(key)) if writer.store.exists(key) else []
+
+
+def _backed_off_max_num_seqs(config: RunConfig, failures: list[dict]) -> int | None:
+    """Halve the batch size for every out-of-memory failure an earlier attempt recorded."""
+    ooms = sum(1 for f in failures if f["kind"] == "out_of_memory")
+    if not ooms:
+        return config.max_num_seqs
+    base = config.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+    backed_off = max(1, base >> ooms)
+    log.warning("%d earlier attempt(s) ran out of memory: max_num_seqs %d -> %d", ooms, base, backed_off)
+    return backed_off
+
+
+class _Progress:
+    """Logs a progress line every 10% of the shard or every 30 s, whichever comes first."""
+
+    def __init__(self, shard: int, total: int, done: int):
+        self.shard, self.total = shard, total
+        self.started = self.last_time = time.monotonic()
+        self.last_done = done
+
+    def update(self, done: int, tokens: int) -> None:
+        now = time.monotonic()
+        if done - self.last_done < self.total / 10 and now - self.last_time < PROGRESS_EVERY_S and done < self.total:
+            return
+        elapsed = now - self.started
+        log.info("generate shard %d: %d/%d prompts (%.0f%%), %.0f output tok/s",
+                 self.shard, done, self.total, 100 * done / self.total, tokens / elapsed if elapsed else 0)
+        self.last_done, self.last_time = done, now

@@ -70,7 +70,7 @@ def validate(store: ArtifactStore, run: RunRef, config: RunConfig, generated: li
             "suite": _suite_ref(),
             "rows": examples.num_rows,
             "generate_shards": len(generated),
-            "parse_failures": sum(m.rows_of("parse_failures") for m in generated),
+            "dropped_generations": sum(m.rows_of("dropped_generations") for m in generated),
             "failed": outcome.failed,
             "result_uri": result_uri,
         }
@@ -190,8 +190,8 @@ def failure_message(summary: dict[str, Any]) -> str:
         headline = (
             f"validate failed for {summary['dag_id']} / {summary['run_id']}: no example rows to validate. "
             f"The {summary['generate_shards']} generate shard(s) produced 0 examples "
-            f"({summary['parse_failures']} generations failed to parse): nothing was generated, "
-            "or every generation failed to parse. Check the generate logs and parse_failures tables."
+            f"({summary['dropped_generations']} generations dropped): nothing was generated, or every "
+            "generation failed to parse. Check the generate logs and the dropped_generations tables."
         )
         return f"{headline}\nFull GX result: {summary['result_uri']}"
     failed = summary["failed"]

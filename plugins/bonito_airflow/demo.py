@@ -6,14 +6,14 @@ import json
 import sys
 import time
 
-from bonito_airflow.local import REPO, configure, load_dag, migrate_db
+from bonito_airflow.local import REPO, configure, load_dag, setup_db
 
 DEMO_DIR = REPO / "demo-output"
 
 
 def main() -> int:
     configure(DEMO_DIR / "airflow")
-    migrate_db()
+    setup_db()
     from bonito_tasks.contracts import RunRef
     from bonito_tasks.store import StageWriter, open_store
 

@@ -13,27 +13,30 @@ REPO = Path(__file__).resolve().parents[2]
 def configure(home: Path) -> None:
     """Point Airflow at `home` and this repo. Must run before airflow is imported."""
     home.mkdir(parents=True, exist_ok=True)
-    env = {
+    os.environ.update({
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "GX_ANALYTICS_ENABLED": "false",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
         "TOKENIZERS_PARALLELISM": "false",
-    }
-    os.environ.update(env)
-    paths = [str(REPO / "plugins"), str(REPO / "dags"), str(REPO)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    })
+    paths = [str(REPO / "plugins"), str(REPO / "dags"), str(REPO), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
 
 
-def migrate_db() -> None:
-    """Create or upgrade the metadata database (idempotent)."""
+def _airflow(*args: str) -> None:
     airflow = Path(sys.executable).with_name("airflow")
-    subprocess.run([str(airflow), "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(airflow), *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def setup_db() -> None:
+    """Create or upgrade the metadata database and the `gpu` pool (idempotent). The pool has
+    one slot per GPU (BONITO_GPU_SLOTS, default 1); generate tasks run in it."""
+    _airflow("db", "migrate")
+    _airflow("pools", "set", "gpu", os.environ.get("BONITO_GPU_SLOTS", "1"), "GPU slots for bonito generate tasks")
 
 
 def load_dag(dag_id: str):

@@ -11,9 +11,9 @@ pytestmark = [pytest.mark.airflow, pytest.mark.vllm]
 
 @pytest.fixture(scope="module")
 def dag():
-    from bonito_airflow.local import load_dag, migrate_db
+    from bonito_airflow.local import load_dag, setup_db
 
-    migrate_db()
+    setup_db()
     return load_dag("bonito_dataset")
 
 
@@ -47,3 +47,9 @@ def test_full_run_publishes_dataset_with_lineage(dag, tmp_path):
         assert row["doc_id"] == chunk["doc_id"] and row["doc_id"] in doc_ids
         assert (row["char_start"], row["char_end"]) == (chunk["char_start"], chunk["char_end"])
         assert row["run_id"] == dag_run.run_id and row["task_type"] in ("exqa", "ynqa")
+
+
+def test_generate_is_mapped_in_gpu_pool(dag):
+    generate = dag.get_task("generate")
+    assert generate.pool == "gpu" and generate.queue == "gpu"
+    assert type(generate).__name__ == "MappedOperator"

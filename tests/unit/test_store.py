@@ -35,6 +35,9 @@ def test_bytes_roundtrip_list_and_delete(store):
     assert store.list("a/b") == ["a/b/one.bin", "a/b/two.bin"]
     assert store.delete_prefix("a/b") == 2
     assert store.list("a") == ["a/c.bin"]
+    store.delete("a/c.bin")
+    store.delete("a/c.bin")  # deleting what is gone is fine
+    assert store.list("a") == []
 
 
 def test_stage_commit_and_read_back(store):

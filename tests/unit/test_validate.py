@@ -14,7 +14,7 @@ import pytest
 
 import bonito_tasks
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import EXAMPLES, PARSE_FAILURES, RunRef
+from bonito_tasks.contracts import EXAMPLES, DROPPED_GENERATIONS, RunRef
 from bonito_tasks.store import LocalStore, StageWriter
 from bonito_tasks.validate import (
     EXAMPLES_SUITE,
@@ -62,7 +62,7 @@ def commit_generate_shard(store, rows: list[dict], shard: int = 0, parse_failure
             {"chunk_id": f"c-{i}", "task_type": "exqa", "sample_index": 0, "reason": "no_pipe", "generated_text": ""}
             for i in range(parse_failures)
         ]
-        writer.add("parse_failures", pa.Table.from_pylist(failures, schema=PARSE_FAILURES))
+        writer.add("dropped_generations", pa.Table.from_pylist(failures, schema=DROPPED_GENERATIONS))
     return writer.commit(config_sha256="generate-config")
 
 
@@ -200,7 +200,7 @@ def test_zero_rows_fails_with_a_clear_message(store, config):
 
     message = str(caught.value)
     assert "no example rows" in message
-    assert "2 generate shard(s) produced 0 examples (2 generations failed to parse)" in message
+    assert "2 generate shard(s) produced 0 examples (2 generations dropped)" in message
     assert [f["name"] for f in caught.value.summary["failed"]] == ["has_rows"]
     assert_failed_without_commit(store, caught.value)
 

@@ -1,0 +1,209 @@
+"""Generation on an OpenAI-compatible completions server (e.g. `vllm serve`): a drop-in for VllmEngine.
+
+Airflow workers without GPUs send prompts to a GPU service; `run.generate_shard` parses the
+texts and writes lineage exactly as it does for the in-process engine.
+
+- Client: httpx, one pooled client used by a pool of `concurrency` threads, so at most
+  `concurrency` requests are in flight and `stream()` stays a plain generator the caller
+  checkpoints between. Not the `openai` SDK: `/tokenize` and per-choice `token_ids` are vLLM
+  extensions outside its typed surface, and its built-in retries have fixed delays. httpx is
+  what the SDK is built on, so a worker needs nothing more.
+- Token counts: prompts through the server's `/tokenize` (the served tokenizer, BOS included as
+  for a completion; the worker needs no model files). Completions through vLLM's
+  `return_token_ids`, so `n_tokens` is exact per choice (EOS included, as in-process); a server
+  without that extension gets `usage.completion_tokens` split evenly over the n choices.
+- No per-request `seed`: vLLM's CPU build rejects it. Start the server with `--seed`.
+- Retries: 408, 429, 5xx, timeouts and connection errors, with jittered exponential backoff
+  (a numeric Retry-After is honoured up to the cap). Any other 4xx fails at once
+  (kind "rejected"); a request out of attempts fails with kind "engine_died". A retry after a
+  timeout may leave the abandoned request running on the server; only the retry's answer is used.
+- The API key travels only in the Authorization header and is masked in every message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Iterator
+
+from bonito_tasks.config import RunConfig
+from bonito_tasks.generate.engine import Completion, EngineFailure
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = {408, 429}  # and every 5xx
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5  # tries per request, the first included
+    base_delay_s: float = 1.0  # wait before try k+1: base * 2**(k-1) * uniform(0.5, 1), capped
+    max_delay_s: float = 30.0
+    timeout_s: float = 600.0  # per request: a completion may queue behind others on the server
+
+    def delay(self, attempt: int, retry_after: str | None) -> float:
+        try:
+            return min(float(retry_after), self.max_delay_s)
+        except (TypeError, ValueError):
+            return min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s) * random.uniform(0.5, 1)
+
+
+class OpenAICompletionsEngine:
+    """Completions from a server at `base_url` (e.g. http://gpu-host:8000; a trailing /v1 is
+    accepted). Use as a context manager so the connection pool is always released."""
+
+    def __init__(self, config: RunConfig, base_url: str, api_key: str | None = None, concurrency: int = 16,
+                 retry: RetryPolicy = RetryPolicy(), served_model_name: str | None = None):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.config = config
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.model = served_model_name or config.model_id
+        self.concurrency = concurrency
+        self.retry = retry
+        self._api_key = api_key
+        self._client = None
+        self._pool = None
+
+    def load(self) -> OpenAICompletionsEngine:
+        """Open the connection pool and check that the server serves the model with a long enough context."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        self._client = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=self.retry.timeout_s,
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="completions")
+        try:
+            cards = {card["id"]: card for card in self._request("GET", "/v1/models")["data"]}
+            if self.model not in cards:
+                raise self._failure(
+                    f"the server at {self.base_url} does not serve model '{self.model}'; it serves {sorted(cards)}. "
+                    "Set the served model name (or model_id) to one of them.", "rejected")
+            served_len = cards[self.model].get("max_model_len")
+            if served_len is not None and served_len < self.config.max_model_len:
+                raise self._failure(
+                    f"the server at {self.base_url} serves '{self.model}' with max_model_len {served_len}, "
+                    f"below the run's max_model_len {self.config.max_model_len}: lower the run's max_model_len "
+                    f"or restart the server with --max-model-len {self.config.max_model_len}.", "rejected")
+        except BaseException:
+            self.unload()
+            raise
+        log.info("completions server %s: model %s (max_model_len %s), %d requests in flight at most",
+                 self.base_url, self.model, served_len, self.concurrency)
+        return self
+
+    def prompt_tokens(self, prompts: list[str]) -> list[int]:
+        bodies = {i: {"model": self.model, "prompt": p} for i, p in enumerate(prompts)}
+        counts = dict(self._as_completed("/tokenize", bodies))
+        return [counts[i]["count"] for i in range(len(prompts))]
+
+    def stream(self, prompts: dict[int, str], sampling_params: dict, flush_every: int
+               ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """Completions as requests finish, in lists of about `flush_every` prompts (see VllmEngine.stream).
+        On a failure the prompts that did finish are handed back first, then EngineFailure is raised."""
+        n = sampling_params.get("n", 1)
+        bodies = {i: {"model": self.model, "prompt": p, **sampling_params, "return_token_ids": True}
+                  for i, p in prompts.items()}
+        finished: list[tuple[int, list[Completion]]] = []
+        try:
+            for index, response in self._as_completed("/v1/completions", bodies):
+                finished.append((index, self._completions(response, n)))
+                if len(finished) >= flush_every:
+                    yield finished
+                    finished = []
+        except EngineFailure:
+            if finished:
+                yield finished
+            raise
+        if finished:
+            yield finished
+
+    def unload(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> OpenAICompletionsEngine:
+        return self.load()
+
+    def __exit__(self, *exc) -> None:
+        self.unload()
+
+    def _as_completed(self, path: str, bodies: dict[int, dict]) -> Iterator[tuple[int, dict]]:
+        """POST every body through the pool; (key, response JSON) as each finishes. The first
+        failure, or the caller stopping early, cancels what is queued and stops retries."""
+        stop = threading.Event()
+        futures = {self._pool.submit(self._request, "POST", path, body, stop): key for key, body in bodies.items()}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            stop.set()
+            for future in futures:
+                future.cancel()
+
+    def _request(self, method: str, path: str, body: dict | None = None, stop: threading.Event | None = None) -> dict:
+        import httpx
+
+        stop = stop or threading.Event()
+        url = f"{self.base_url}{path}"
+        for attempt in range(1, self.retry.attempts + 1):
+            retry_after = None
+            try:
+                response = self._client.request(method, path, json=body)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as err:
+                problem = f"{type(err).__name__}: {err}"
+            else:
+                if response.is_success:
+                    return response.json()
+                problem = f"HTTP {response.status_code}: {_error_text(response)}"
+                if response.status_code not in RETRY_STATUSES and response.status_code < 500:
+                    raise self._failure(
+                        f"{method} {url} was rejected ({problem}). Check the server URL, the API key and the "
+                        f"served model name ('{self.model}'); retrying cannot help.", "rejected")
+                retry_after = response.headers.get("retry-after")
+            if attempt == self.retry.attempts or stop.is_set():
+                break
+            delay = self.retry.delay(attempt, retry_after)
+            log.warning("%s", self._mask(f"{method} {url} failed ({problem}); retry {attempt}/"
+                                         f"{self.retry.attempts - 1} in {delay:.1f}s"))
+            if stop.wait(delay):
+                break
+        raise self._failure(
+            f"{method} {url} failed after {attempt} attempt(s); last error: {problem}. Check that the server is "
+            f"up ({self.base_url}/health) and not overloaded (lower the concurrency, now {self.concurrency}); "
+            "the retry resumes after the last checkpoint.", "engine_died")
+
+    def _completions(self, response: dict, n: int) -> list[Completion]:
+        choices = sorted(response["choices"], key=lambda c: c["index"])
+        if len(choices) != n:
+            raise self._failure(f"the server at {self.base_url} returned {len(choices)} choices for n={n}; "
+                                "it must support n (vLLM does).", "rejected")
+        total = (response.get("usage") or {}).get("completion_tokens", 0)
+        share, extra = divmod(total, n)
+        return [Completion(c["text"], len(c["token_ids"]) if c.get("token_ids") is not None else share + (i < extra))
+                for i, c in enumerate(choices)]
+
+    def _failure(self, message: str, kind: str) -> EngineFailure:
+        return EngineFailure(self._mask(message), kind)
+
+    def _mask(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def _error_text(response) -> str:
+    """The server's error message (OpenAI error shape) or the start of the body."""
+    try:
+        error = response.json().get("error")
+        text = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        text = None
+    return str(text or response.text or response.reason_phrase)[:500]

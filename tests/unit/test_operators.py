@@ -1,0 +1,37 @@
+"""BonitoGenerateOperator in the Airflow providers' style: execute() with the library call mocked
+(the real call, on a real engine, is covered by tests/integration and the e2e DAG run)."""
+
+from types import SimpleNamespace
+from unittest import mock
+
+import pyarrow as pa
+import pytest
+
+from bonito_tasks.contracts import CHUNKS, RunRef
+from bonito_tasks.store import LocalStore, StageWriter
+from conftest import TINY_MODEL
+
+pytestmark = pytest.mark.airflow
+
+
+def test_execute_delegates_one_shard(tmp_path):
+    from bonito_airflow.operators import BonitoGenerateOperator
+
+    store = LocalStore(tmp_path / "store")
+    writer = StageWriter(store, RunRef(dag_id="bonito_dataset", run_id="run-1"), "chunk")
+    writer.begin()
+    writer.add("chunks", CHUNKS.empty_table())
+    chunks = writer.commit(config_sha256="x")
+    params = {"source": "/docs", "store": str(tmp_path / "store"), "model_id": str(TINY_MODEL), "n": 2}
+    context = {"params": params, "dag_run": SimpleNamespace(dag_id="bonito_dataset", run_id="run-1")}
+
+    op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 3})
+    committed = chunks.model_copy(update={"stage": "generate", "counts": {"examples": 7}})
+    with mock.patch("bonito_tasks.generate.run.generate_shard", return_value=committed) as generate_shard:
+        result = op.execute(context)
+
+    store_arg, run, config, chunks_arg, shard = generate_shard.call_args.args
+    assert (run.dag_id, run.run_id, shard) == ("bonito_dataset", "run-1", 3)
+    assert config.n == 2 and chunks_arg == chunks and store_arg.root_uri == store.root_uri
+    assert result == {"manifest": committed.uri, "counts": {"examples": 7}}
+    assert op.template_fields == ("chunk_shard",)
