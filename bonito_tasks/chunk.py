@@ -1,16 +1,23 @@
 """Chunk stage: documents -> chunks of at most N model tokens, cut at paragraph and sentence ends.
 
-Chunks are written in shards of `chunk_shard_size`; generate is mapped over the shards.
+Chunks under `chunk_min_chars` are dropped; exact-duplicate chunks across the corpus are kept
+once, with every other place they occur in `also_in`. Chunks are written in shards of
+`chunk_shard_size`; generate is mapped over the shards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
+import tempfile
 import time
+from bisect import bisect_right
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import CHUNKS, Manifest, RunRef, sha256_hex
@@ -18,6 +25,7 @@ from bonito_tasks.store import ArtifactStore, StageWriter
 
 log = logging.getLogger(__name__)
 
+COUNT_BATCH = 256  # texts per tokenizer call
 PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 SENTENCE_END = re.compile(r"(?<=[.!?;:])[\"')\]]*\s+")
 
@@ -40,14 +48,18 @@ def _spans(text: str, pattern: re.Pattern, start: int, end: int) -> Iterator[tup
 
 
 class Chunker:
-    def __init__(self, tokenizer: Any, max_tokens: int):
+    def __init__(self, tokenizer: Any, max_tokens: int, overlap_tokens: int = 0):
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        self.overlap_tokens = overlap_tokens
 
     def count(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        counts = []
+        for first in range(0, len(texts), COUNT_BATCH):  # batches: encodings of a whole book are large
+            ids = self.tokenizer(texts[first:first + COUNT_BATCH], add_special_tokens=False,
+                                 return_attention_mask=False)["input_ids"]
+            counts += map(len, ids)
+        return counts
 
     def _units(self, text: str) -> list[tuple[int, int, int]]:
         """(start, end, tokens) pieces no longer than max_tokens: whole paragraphs when they fit,
@@ -76,73 +88,128 @@ class Chunker:
             windows.append((start + offsets[first][0], start + offsets[last][1], last - first + 1))
         return windows
 
+    def _overlap(self, text: str, start: int, end: int) -> list[tuple[int, int, int]]:
+        """The trailing whole sentences of text[start:end] (not all of it) within overlap_tokens."""
+        sentences = list(_spans(text, SENTENCE_END, start, end))[1:]
+        carry: list[tuple[int, int, int]] = []
+        for s_start, _ in reversed(sentences):
+            tokens = self.count([text[s_start:end]])[0]
+            if tokens > self.overlap_tokens:
+                break
+            carry = [(s_start, end, tokens)]
+        return carry
+
     def split(self, text: str) -> list[tuple[int, int]]:
-        """[start, end) spans of text, each at most max_tokens when tokenized on its own."""
+        return [(a, b) for a, b, _ in self.split_counted(text)]
+
+    def split_counted(self, text: str) -> list[tuple[int, int, int]]:
+        """[start, end) spans of text with their tokens, each at most max_tokens when tokenized on
+        its own. With overlap_tokens, a span starts with the last whole sentences of the one before."""
         spans: list[tuple[int, int]] = []
         current: list[tuple[int, int, int]] = []
         used = 0
         for unit in self._units(text):
             if current and used + unit[2] + 1 > self.max_tokens:  # +1: the joining whitespace
                 spans.append((current[0][0], current[-1][1]))
-                current, used = [], 0
+                current = self._overlap(text, *spans[-1]) if self.overlap_tokens else []
+                used = current[0][2] if current else 0
+                if current and used + unit[2] + 1 > self.max_tokens:
+                    current, used = [], 0
             current.append(unit)
             used += unit[2] + (1 if len(current) > 1 else 0)
         if current:
             spans.append((current[0][0], current[-1][1]))
         return self._enforce_limit(text, spans)
 
-    def _enforce_limit(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Token counts of joined pieces are estimates; split any span that still runs over."""
+    def _enforce_limit(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        """Token counts of joined pieces are estimates: count each span, split any that runs over."""
         result = []
         for (start, end), tokens in zip(spans, self.count([text[a:b] for a, b in spans])):
             if tokens <= self.max_tokens:
-                result.append((start, end))
+                result.append((start, end, tokens))
             else:
-                result.extend((a, b) for a, b, _ in self._token_windows(text, start, end))
+                windows = [(a, b) for a, b, _ in self._token_windows(text, start, end)]
+                result += [(a, b, n) for (a, b), n in zip(windows, self.count([text[a:b] for a, b in windows]))]
         return result
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
+def _reshard(path: str, size: int) -> Iterator[pa.Table]:
+    """The rows of a Parquet file in tables of exactly `size` rows (the last may be shorter)."""
+    buffer = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+        table = pa.Table.from_batches([batch])
+        buffer = table if buffer is None else pa.concat_tables([buffer, table])
+        while buffer.num_rows >= size:
+            yield buffer.slice(0, size)
+            buffer = buffer.slice(size)
+    if buffer is not None and buffer.num_rows:
+        yield buffer
+
+
+def _page(page_starts: list[int] | None, char_start: int) -> int | None:
+    return bisect_right(page_starts, char_start) if page_starts else None
+
+
 def chunk(store: ArtifactStore, run: RunRef, config: RunConfig, documents: Manifest) -> Manifest:
+    """Two passes, memory bounded by one documents shard plus the chunk hashes: pass 1 chunks
+    each documents shard into a local spool file, keeping the first chunk of each distinct text
+    and noting where its exact duplicates are; pass 2 writes the kept chunks, with `also_in`,
+    in shards of chunk_shard_size."""
     writer = StageWriter(store, run, "chunk")
     if done := writer.reusable(config.sha256(), [documents]):
         log.info("chunk already committed at %s; reusing it", done.uri)
         return done
     writer.begin()
     started = time.monotonic()
-    chunker = Chunker(load_tokenizer(config), config.chunk_max_tokens)
-    pending: list[dict] = []
-    n_docs = 0
-
-    def flush(rows: list[dict]) -> None:
-        writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
-
-    for shard in range(len(documents.shards_of("documents"))):
-        docs = store.read_shard(documents, "documents", shard, columns=["doc_id", "text"])
-        for doc_id, text in zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist()):
-            n_docs += 1
-            spans = chunker.split(text)
-            pieces = [text[a:b] for a, b in spans]
-            for index, ((start, end), piece, tokens) in enumerate(zip(spans, pieces, chunker.count(pieces))):
-                pending.append({
-                    "chunk_id": sha256_hex(f"{doc_id}:{start}:{end}"),
-                    "doc_id": doc_id,
-                    "chunk_index": index,
-                    "char_start": start,
-                    "char_end": end,
-                    "n_tokens": tokens,
-                    "text": piece,
-                })
-                if len(pending) == config.chunk_shard_size:
-                    flush(pending)
-                    pending = []
-    if pending:
-        flush(pending)
+    chunker = Chunker(load_tokenizer(config), config.chunk_max_tokens, config.chunk_overlap_tokens)
+    spool_schema = CHUNKS.remove(CHUNKS.get_field_index("also_in"))
+    seen: set[bytes] = set()  # 128-bit text digests of kept chunks: about 80 bytes each
+    duplicates: dict[bytes, list[dict]] = {}  # digest -> the other places with the same text
+    n_docs = n_short = 0
+    with tempfile.TemporaryDirectory(prefix="bonito-chunk-") as tmp:
+        spool_path = os.path.join(tmp, "spool.parquet")
+        with pq.ParquetWriter(spool_path, spool_schema, compression="zstd") as spool:
+            for shard in range(len(documents.shards_of("documents"))):
+                docs = store.read_shard(documents, "documents", shard, columns=["doc_id", "text", "page_starts"])
+                rows = []
+                for doc_id, text, page_starts in zip(*(docs[c].to_pylist() for c in docs.column_names)):
+                    n_docs += 1
+                    spans = chunker.split_counted(text)
+                    kept = [s for s in spans if len(text[s[0]:s[1]].strip()) >= config.chunk_min_chars]
+                    n_short += len(spans) - len(kept)
+                    for index, (start, end, tokens) in enumerate(kept):
+                        piece = text[start:end]
+                        digest = _digest(piece)
+                        if digest in seen:
+                            duplicates.setdefault(digest, []).append(
+                                {"doc_id": doc_id, "char_start": start, "char_end": end})
+                            continue
+                        seen.add(digest)
+                        rows.append({"chunk_id": sha256_hex(f"{doc_id}:{start}:{end}"), "doc_id": doc_id,
+                                     "chunk_index": index, "char_start": start, "char_end": end,
+                                     "n_tokens": tokens, "text": piece, "page": _page(page_starts, start)})
+                if rows:
+                    spool.write_table(pa.Table.from_pylist(rows, spool_schema))
+        n_chunks = len(seen)
+        seen.clear()
+        for table in _reshard(spool_path, config.chunk_shard_size):
+            also_in = [duplicates.get(_digest(t), []) for t in table["text"].to_pylist()]
+            writer.add("chunks", table.append_column("also_in", pa.array(also_in, CHUNKS.field("also_in").type)))
+    n_dupes = sum(len(v) for v in duplicates.values())
+    from bonito_tasks.validate import validate_chunks  # GX contract before the commit
+    validate_chunks(store, writer, documents)
     manifest = writer.commit(
         config_sha256=config.sha256(),
         inputs=[documents],
-        counts={"documents": n_docs, "shards": len(writer.shards)},
-        metrics={"wall_s": round(time.monotonic() - started, 3), "chunk_max_tokens": config.chunk_max_tokens},
+        counts={"documents": n_docs, "shards": len(writer.shards), "duplicate_chunks": n_dupes,
+                "short_chunks": n_short},
+        metrics={"wall_s": round(time.monotonic() - started, 3), "chunk_max_tokens": config.chunk_max_tokens,
+                 "chunk_overlap_tokens": config.chunk_overlap_tokens, "chunk_min_chars": config.chunk_min_chars},
     )
-    log.info("chunked %d documents into %d chunks in %d shard(s)", n_docs, manifest.counts.get("chunks", 0),
-             len(writer.shards))
+    log.info("chunked %d documents into %d chunks in %d shard(s); dropped %d exact duplicate(s) and %d chunk(s) "
+             "under %d chars", n_docs, n_chunks, len(writer.shards), n_dupes, n_short, config.chunk_min_chars)
     return manifest

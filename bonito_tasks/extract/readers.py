@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
+
+import pyarrow as pa
 
 
 class Reject(Exception):
@@ -78,10 +80,30 @@ def read_pdf(data: bytes) -> Extracted:
     return Extracted("\n".join(pages), page_starts)
 
 
+# A DOCX is a zip: refuse to inflate one whose members would expand past these before parsing.
+# zipfile never inflates a member beyond its declared size, so the declared sizes are a bound.
+DOCX_MAX_UNCOMPRESSED = 256 * 2**20
+DOCX_MAX_RATIO = 200
+
+
+def check_zip(data: bytes) -> None:
+    import zipfile
+
+    try:
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError) as err:
+        raise Reject("corrupt_docx", f"DOCX is not a zip archive: {err}") from err
+    total = sum(m.file_size for m in members)
+    if total > DOCX_MAX_UNCOMPRESSED or total > DOCX_MAX_RATIO * max(len(data), 1):
+        raise Reject("zip_bomb", f"DOCX would inflate {len(data)} bytes to {total} bytes "
+                                 f"(limits: {DOCX_MAX_UNCOMPRESSED} bytes, ratio {DOCX_MAX_RATIO})")
+
+
 def read_docx(data: bytes) -> Extracted:
     import docx
     from docx.table import Table
 
+    check_zip(data)
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception as err:  # python-docx raises zipfile, KeyError and lxml errors alike
@@ -97,6 +119,74 @@ def read_docx(data: bytes) -> Extracted:
     return Extracted("\n\n".join(b for b in blocks if b.strip()))
 
 
+def _missing_column(column: str, found: list[str]) -> Reject:
+    return Reject("missing_text_column", f"no text column {column!r}; columns: {', '.join(found) or 'none'}")
+
+
+def _texts(values: Iterable[Any]) -> Iterator[str]:
+    return (v for v in values if isinstance(v, str) and v.strip())
+
+
+def read_jsonl(data: bytes, column: str) -> Iterator[str]:
+    import json
+
+    first = True
+    for number, line in enumerate(decode_text(data).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise Reject("corrupt_table", f"line {number} is not JSON: {err}") from err
+        if not isinstance(row, dict):
+            raise Reject("corrupt_table", f"line {number} is not a JSON object")
+        if first and column not in row:
+            raise _missing_column(column, list(row))
+        first = False
+        yield from _texts([row.get(column)])
+
+
+def read_csv(data: bytes, column: str) -> Iterator[str]:
+    import csv
+
+    csv.field_size_limit(2**31 - 1)  # a document is one field; the default limit is 128 KiB
+    reader = csv.DictReader(io.StringIO(decode_text(data), newline=""))
+    try:
+        if column not in (reader.fieldnames or []):
+            raise _missing_column(column, list(reader.fieldnames or []))
+        yield from _texts(row[column] for row in reader)
+    except csv.Error as err:
+        raise Reject("corrupt_table", f"CSV line {reader.line_num}: {err}") from err
+
+
+def read_parquet(data: bytes, column: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(pa.BufferReader(data))
+        if column not in file.schema_arrow.names:
+            raise _missing_column(column, file.schema_arrow.names)
+        for batch in file.iter_batches(columns=[column], batch_size=1024):
+            yield from _texts(batch.column(0).to_pylist())
+    except (pa.ArrowException, OSError) as err:
+        raise Reject("corrupt_table", f"Parquet cannot be read: {err}") from err
+
+
+def read_hf_dataset(path: str, column: str) -> Iterator[str]:
+    """A folder written by datasets' save_to_disk (memory-mapped; a DatasetDict gives every split)."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(path)
+    except Exception as err:  # datasets raises FileNotFoundError, JSON and Arrow errors alike
+        raise Reject("corrupt_table", f"saved dataset cannot be loaded: {type(err).__name__}: {err}") from err
+    for split in loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]:
+        if column not in split.column_names:
+            raise _missing_column(column, split.column_names)
+        for chunk in split.data.column(column).chunks:
+            yield from _texts(chunk.to_pylist())
+
+
 READERS: dict[str, tuple[str, Callable[[bytes], Extracted]]] = {
     ".txt": ("text/plain", read_text),
     ".md": ("text/markdown", read_text),
@@ -105,4 +195,11 @@ READERS: dict[str, tuple[str, Callable[[bytes], Extracted]]] = {
     ".htm": ("text/html", read_html),
     ".pdf": ("application/pdf", read_pdf),
     ".docx": ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", read_docx),
+}
+
+# Tabular formats: every non-blank value of the text column becomes a document.
+TABLE_READERS: dict[str, tuple[str, Callable[[bytes, str], Iterator[str]]]] = {
+    ".jsonl": ("application/jsonl", read_jsonl),
+    ".csv": ("text/csv", read_csv),
+    ".parquet": ("application/vnd.apache.parquet", read_parquet),
 }

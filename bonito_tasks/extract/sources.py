@@ -1,42 +1,124 @@
-"""Where documents come from: a local file or folder, or an s3:// prefix."""
+"""Where documents come from: a local file or folder, or an s3:// prefix.
+
+A file the walk itself cannot use (a symlink out of the source root, a dangling link) is yielded
+with `reject` set, so it lands in `rejects` like any other bad file.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+# A folder written by `datasets.Dataset.save_to_disk` holds these two files; it is read as one source.
+HF_DATASET_MARKERS = ("dataset_info.json", "state.json")
+HF_DATASET = ".hf_dataset"  # the pseudo-suffix such a folder is read under
 
 
 @dataclass(frozen=True)
 class SourceFile:
     uri: str
     size: int
-    read: Callable[[], bytes]
+    read: Callable[[int], bytes]  # read(max_bytes): at most max_bytes + 1 bytes, so oversize shows
+    suffix: str = ""
+    local_path: str | None = None
+    reject: tuple[str, str] | None = None  # (reason, detail) found while listing
 
 
-def iter_source(source: str, **s3_client_kwargs: Any) -> Iterator[SourceFile]:
-    """Files of a source in a stable (sorted) order."""
+def _suffix(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+def matches(relative: str, include: list[str], exclude: list[str]) -> bool:
+    """Glob filter on a '/'-separated path relative to the source: '*' spans folders, as in fnmatch."""
+    def hit(pattern: str) -> bool:
+        # "**/x" also matches "x" at the top level.
+        return fnmatchcase(relative, pattern) or (pattern.startswith("**/") and fnmatchcase(relative, pattern[3:]))
+
+    return any(hit(p) for p in include) and not any(hit(p) for p in exclude)
+
+
+def iter_source(source: str, include: list[str] = ("**",), exclude: list[str] = (),
+                **s3_client_kwargs: Any) -> Iterator[SourceFile]:
+    """Files of a source in a stable (sorted) order, filtered by include/exclude globs."""
+    include, exclude = list(include), list(exclude)
     if source.startswith("s3://"):
-        yield from _iter_s3(source, **s3_client_kwargs)
+        yield from _iter_s3(source, include, exclude, **s3_client_kwargs)
     else:
-        yield from _iter_local(source[len("file://"):] if source.startswith("file://") else source)
+        yield from _iter_local(source[len("file://"):] if source.startswith("file://") else source, include, exclude)
 
 
-def _iter_local(path: str) -> Iterator[SourceFile]:
-    root = Path(path).resolve()
+def _unreadable(uri: str, err: OSError) -> SourceFile:
+    return SourceFile(uri, 0, lambda _: b"", _suffix(uri), reject=("unreadable", f"{type(err).__name__}: {err.strerror}"))
+
+
+def _local_file(path: Path, uri: str) -> SourceFile:
+    def read(max_bytes: int) -> bytes:
+        with open(path, "rb") as f:
+            return f.read(max_bytes + 1)
+
+    try:
+        size = path.stat().st_size
+    except OSError as err:  # gone or inaccessible since it was listed
+        return _unreadable(uri, err)
+    return SourceFile(uri=uri, size=size, read=read, suffix=_suffix(path.name), local_path=str(path))
+
+
+def _hf_dataset(folder: Path) -> SourceFile:
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return SourceFile(uri=str(folder), size=size, read=lambda _: b"", suffix=HF_DATASET, local_path=str(folder))
+
+
+def _iter_local(path: str, include: list[str], exclude: list[str]) -> Iterator[SourceFile]:
+    root = Path(path).absolute()
     if root.is_file():
-        files = [root]
-    elif root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    else:
+        yield _local_file(root.resolve(), str(root))
+        return
+    if not root.is_dir():
         raise FileNotFoundError(f"source {path!r} is neither a file nor a folder")
-    for file in files:
-        yield SourceFile(uri=str(file), size=file.stat().st_size, read=file.read_bytes)
+    if all((root / m).is_file() for m in HF_DATASET_MARKERS):
+        yield _hf_dataset(root)
+        return
+    real_root = root.resolve()
+    errors: list[OSError] = []  # folders os.walk could not list
+    for folder, dirs, files in os.walk(root, onerror=errors.append):  # does not follow symlinked folders
+        while errors:
+            err = errors.pop()
+            yield _unreadable(err.filename, err)
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for d in list(dirs):  # saved datasets and symlinked folders are entries, not walked into
+            if (here / d).is_symlink() or all((here / d / m).is_file() for m in HF_DATASET_MARKERS):
+                dirs.remove(d)
+                files.append(d)
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            entry = here / name
+            relative = entry.relative_to(root).as_posix()
+            if not matches(relative, include, exclude):
+                continue
+            uri = str(entry)
+            target = entry.resolve()
+            if target != real_root and real_root not in target.parents:
+                yield SourceFile(uri, 0, lambda _: b"", _suffix(name),
+                                 reject=("symlink_escape", f"links to {target}, outside the source root {real_root}"))
+            elif not target.exists():
+                yield SourceFile(uri, 0, lambda _: b"", _suffix(name), reject=("unreadable", "dangling symlink"))
+            elif target.is_dir():
+                if all((target / m).is_file() for m in HF_DATASET_MARKERS):
+                    yield _hf_dataset(entry)
+            elif target.is_file():
+                yield _local_file(entry, uri)
+    for err in errors:
+        yield _unreadable(err.filename, err)
 
 
-def _iter_s3(uri: str, client: Any = None, **client_kwargs: Any) -> Iterator[SourceFile]:
+def _iter_s3(uri: str, include: list[str], exclude: list[str], client: Any = None,
+             **client_kwargs: Any) -> Iterator[SourceFile]:
     match = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
     if not match:
         raise ValueError(f"not an s3:// URI: {uri}")
@@ -45,13 +127,21 @@ def _iter_s3(uri: str, client: Any = None, **client_kwargs: Any) -> Iterator[Sou
         import boto3
 
         client = boto3.client("s3", **client_kwargs)
+    base = prefix[:prefix.rfind("/") + 1]  # globs match keys relative to the prefix's folder
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = obj["Key"]
-            if key.endswith("/") or os.path.basename(key).startswith("."):
+            name = os.path.basename(key)
+            if key.endswith("/") or name.startswith("."):
                 continue
-            yield SourceFile(
-                uri=f"s3://{bucket}/{key}",
-                size=obj["Size"],
-                read=lambda key=key: client.get_object(Bucket=bucket, Key=key)["Body"].read(),
-            )
+            if not matches(key[len(base):], include, exclude):
+                continue
+
+            def read(max_bytes: int, key: str = key) -> bytes:
+                body = client.get_object(Bucket=bucket, Key=key)["Body"]
+                try:
+                    return body.read(max_bytes + 1)  # streamed: never more than the limit allows
+                finally:
+                    body.close()
+
+            yield SourceFile(uri=f"s3://{bucket}/{key}", size=obj["Size"], read=read, suffix=_suffix(name))

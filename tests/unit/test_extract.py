@@ -1,4 +1,3 @@
-import pyarrow as pa
 import pytest
 
 from bonito_tasks.contracts import DOCUMENTS, RunRef, sha256_hex
