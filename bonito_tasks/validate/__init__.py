@@ -1,15 +1,33 @@
-"""Validate stage: Great Expectations suites as code and the gate over generated examples."""
+"""Validate stage: Great Expectations suites as code, the gate and quarantine over generated
+examples, contracts at the extract and chunk boundaries, Data Docs and the quality report."""
 
-from bonito_tasks.validate.run import ValidationFailed, SuiteRun, run_suite, validate
-from bonito_tasks.validate.suites import EXAMPLES_SUITE, SUITE_VERSION, build_examples_suite, example_expectations
+from bonito_tasks.validate.boundaries import validate_chunks, validate_documents
+from bonito_tasks.validate.run import ExamplesCheck, SuiteRun, ValidationFailed, check_examples, validate
+from bonito_tasks.validate.suites import (
+    DATASET_SUITE,
+    EXAMPLES_SUITE,
+    LABEL_SETS,
+    SUITE_VERSION,
+    build_dataset_suite,
+    build_examples_suite,
+    dataset_expectations,
+    example_expectations,
+)
 
 __all__ = [
+    "DATASET_SUITE",
     "EXAMPLES_SUITE",
+    "LABEL_SETS",
     "SUITE_VERSION",
+    "ExamplesCheck",
     "SuiteRun",
     "ValidationFailed",
+    "build_dataset_suite",
     "build_examples_suite",
+    "check_examples",
+    "dataset_expectations",
     "example_expectations",
-    "run_suite",
     "validate",
+    "validate_chunks",
+    "validate_documents",
 ]

@@ -1,4 +1,4 @@
-"""The validate stage runs the real Great Expectations suite over examples from fake generate shards."""
+"""The validate stage runs the real Great Expectations suites over examples from fake generate and chunk stages."""
 
 from __future__ import annotations
 
@@ -14,152 +14,213 @@ import pytest
 
 import bonito_tasks
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import EXAMPLES, DROPPED_GENERATIONS, RunRef
+from bonito_tasks.contracts import CHUNKS, DROPPED_GENERATIONS, EXAMPLES, RunRef
 from bonito_tasks.store import LocalStore, StageWriter
-from bonito_tasks.validate import (
-    EXAMPLES_SUITE,
-    SUITE_VERSION,
-    ValidationFailed,
-    example_expectations,
-    validate,
-)
+from bonito_tasks.validate import EXAMPLES_SUITE, SUITE_VERSION, ValidationFailed, example_expectations, validate
 
 RUN = RunRef(dag_id="d", run_id="r")
+TASKS = ["exqa", "mcqa", "ynqa", "nli", "te", "paraphrase_id", "sentiment", "topic_class", "coref", "summarization"]
 
 
-def example_rows(n: int = 3, first: int = 0) -> list[dict]:
-    task_types = ["exqa", "nli", "summarization"]
-    return [
-        {
-            "example_id": f"ex-{i}",
-            "task_type": task_types[i % len(task_types)],
-            "input": f"Read the passage about topic {i}. What is it about?",
-            "output": f"Topic {i}.",
-            "doc_id": "doc-0",
-            "chunk_id": f"chunk-{i}",
-            "char_start": 100 * i,
-            "char_end": 100 * i + 90,
-            "sample_index": 0,
-            "model_id": "BatsResearch/bonito-v1",
-            "model_revision": "abc123",
-            "sampling_params": '{"max_tokens":256,"n":1,"temperature":0.5,"top_p":0.95}',
-            "run_id": "r",
-        }
-        for i in range(first, first + n)
-    ]
+def context(i: int) -> str:
+    return f"Lease {i}: the lease runs for twelve months. The tenant pays rent of 900 euros on the first day of each month."
 
 
-def examples_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=EXAMPLES)
+def clean_row(i: int, task_type: str) -> dict:
+    ctx = context(i)
+    input_output = {
+        "exqa": (f"{ctx}\nHow long does the lease run?", "twelve months"),
+        "mcqa": (f"{ctx}\nWhat is the rent?\nOptions:\n- 900 euros\n- 500 euros", "900 euros"),
+        "ynqa": (f"{ctx}\nIs the rent paid every month?", "Yes."),
+        "nli": (f"Premise: {ctx}\nHypothesis: rent is paid yearly. True, false or neither?", "False"),
+        "te": (f"{ctx}\nDoes it follow that the lease is monthly? yes or no", "no"),
+        "paraphrase_id": (f"Is '{ctx}' a paraphrase of 'Rent is 900 euros a month'?", "yes"),
+        "sentiment": (f"{ctx}\nIs the tone positive, negative or neutral?", "neutral"),
+        "topic_class": (f"{ctx}\nWhat is the topic?", "real estate"),
+        "coref": (f"{ctx}\nWho pays the rent?", "the tenant"),
+        "summarization": (f"Summarize: {ctx}", "A twelve-month lease at 900 euros a month."),
+    }[task_type]
+    return {
+        "example_id": f"ex-{i}",
+        "task_type": task_type,
+        "input": input_output[0],
+        "output": input_output[1],
+        "doc_id": "doc-0",
+        "chunk_id": f"chunk-{i}",
+        "char_start": 200 * i,
+        "char_end": 200 * i + len(ctx),
+        "sample_index": 0,
+        "model_id": "BatsResearch/bonito-v1",
+        "model_revision": "abc123",
+        "sampling_params": '{"max_tokens":256,"n":1,"temperature":0.5,"top_p":0.95}',
+        "run_id": "r",
+    }
+
+
+def clean_rows(n: int, first: int = 0, tasks: list[str] = TASKS) -> list[dict]:
+    return [clean_row(i, tasks[i % len(tasks)]) for i in range(first, first + n)]
+
+
+def commit_chunks(store, n: int) -> None:
+    writer = StageWriter(store, RUN, "chunk")
+    writer.begin()
+    rows = [{"chunk_id": f"chunk-{i}", "doc_id": "doc-0", "chunk_index": i, "char_start": 200 * i,
+             "char_end": 200 * i + len(context(i)), "n_tokens": 30, "text": context(i), "also_in": []}
+            for i in range(n)]
+    writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
+    writer.commit(config_sha256="chunk-config")
 
 
 def commit_generate_shard(store, rows: list[dict], shard: int = 0, parse_failures: int = 0):
     writer = StageWriter(store, RUN, "generate", shard=shard)
     writer.begin()
-    writer.add("examples", examples_table(rows))
+    writer.add("examples", pa.Table.from_pylist(rows, schema=EXAMPLES))
     if parse_failures:
         failures = [
             {"chunk_id": f"c-{i}", "task_type": "exqa", "sample_index": 0, "reason": "no_pipe", "generated_text": ""}
             for i in range(parse_failures)
         ]
         writer.add("dropped_generations", pa.Table.from_pylist(failures, schema=DROPPED_GENERATIONS))
-    return writer.commit(config_sha256="generate-config")
+    return writer.commit(config_sha256="generate-config", metrics={"parse_failures": {"no_pipe": parse_failures}})
 
 
 @pytest.fixture
 def store(tmp_path):
-    return LocalStore(tmp_path / "store")
+    store = LocalStore(tmp_path / "store")
+    commit_chunks(store, 200)
+    return store
 
 
-@pytest.fixture
-def config(tmp_path):
-    return RunConfig(
-        source=str(tmp_path / "docs"), store=str(tmp_path / "store"), max_input_chars=200, max_output_chars=100
-    )
+def run_config(tmp_path, **overrides) -> RunConfig:
+    values = dict(source=str(tmp_path / "docs"), store=str(tmp_path / "store"), task_types=TASKS,
+                  max_input_tokens=200, max_output_tokens=100)
+    return RunConfig(**(values | overrides))
 
 
-def assert_failed_without_commit(store, err: ValidationFailed) -> dict:
-    """Nothing committed, only the GX result left for the on-call; returns that result."""
-    writer = StageWriter(store, RUN, "validate")
-    assert writer.committed() is None
-    result_key = f"{writer.prefix}/validation_result.json"
-    assert store.list(writer.prefix) == [result_key]
-    assert err.summary["result_uri"] == store.uri(result_key)
-    assert err.summary["result_uri"] in str(err)
-    result = json.loads(store.read_bytes(result_key))
-    assert result["success"] is False
-    return result
-
-
-def test_clean_examples_pass_and_a_rerun_reuses_the_manifest(store, config):
+def test_clean_examples_pass_with_docs_and_report_and_a_rerun_reuses_the_manifest(store, tmp_path):
+    config = run_config(tmp_path)
     shards = [
-        commit_generate_shard(store, example_rows(3), shard=0),
-        commit_generate_shard(store, example_rows(2, first=3), shard=1),
+        commit_generate_shard(store, clean_rows(30), shard=0, parse_failures=2),
+        commit_generate_shard(store, clean_rows(20, first=30), shard=1),
     ]
 
     manifest = validate(store, RUN, config, shards)
 
     expected = pa.concat_tables([store.read_table(m, "examples") for m in shards])
     assert store.read_table(manifest, "examples").equals(expected)
-    assert manifest.stage == "validate" and manifest.counts["examples"] == 5
+    assert manifest.counts == {"examples": 50, "examples_in": 50}
     assert manifest.input_manifest_sha256 == [m.sha256 for m in shards]
-    assert manifest.metrics["suite"] == {"name": EXAMPLES_SUITE, "version": SUITE_VERSION}
-    assert manifest.metrics["quality"] == {"rows": 5, "pass_rate": 1.0}
+    assert manifest.metrics["suite"]["name"] == EXAMPLES_SUITE and manifest.metrics["suite"]["version"] == SUITE_VERSION
     assert all(e["success"] for e in manifest.metrics["expectations"])
-    suite_names = [e.meta["name"] for e in example_expectations(config)]
-    assert [e["name"] for e in manifest.metrics["expectations"]] == suite_names
+    names = [e["name"] for e in manifest.metrics["expectations"]]
+    assert names[: len(example_expectations(config))] == [e.meta["name"] for e in example_expectations(config)]
+    assert {"min_pass_rate", "min_rows", "max_duplicate_rate"} <= set(names)
+
+    quality = manifest.metrics["quality"]
+    assert (quality["rows"], quality["passed"], quality["quarantined"], quality["pass_rate"]) == (50, 50, 0, 1.0)
+    assert quality["parse_failures"] == {"no_pipe": 2} and quality["dropped_generations"] == 2
+    assert quality["labels"]["ynqa"] == {"yes": 5} and set(quality["output_tokens"]) == set(TASKS)
+    for uri in [quality["data_docs_uri"], quality["report_uri"], quality["summary_uri"], *quality["plots"].values()]:
+        assert Path(uri).is_file(), uri
+    assert set(quality["plots"]) == {"output_tokens.svg", "labels.svg", "failures.svg"}
+    assert "<svg" in Path(quality["report_uri"]).read_text()
+    assert json.loads(Path(quality["summary_uri"]).read_text())["pass_rate"] == 1.0
+    docs = Path(quality["data_docs_uri"]).parent
+    assert any(p.name.endswith(".html") for p in (docs / "validations").rglob("*"))
 
     assert validate(store, RUN, config, shards) == manifest
 
 
-def defect(field: str, value, row: int = 1):
-    def apply(rows):
-        rows[row][field] = value
-        return rows
-
-    return apply
+def defect(name: str, kind: str, **changes):
+    return name, kind, changes
 
 
-def duplicate_pair(rows):
-    rows[2]["input"], rows[2]["output"] = rows[0]["input"], rows[0]["output"]
-    return rows
+LONG = "and so on " * 10
+DEFECTS = [
+    defect("output_length", "summarization", output=""),
+    defect("input_length", "summarization", input=f"Summarize: {{ctx}} {'x' * 900}"),
+    defect("no_leftover_markup:input", "summarization", input="Summarize {{context}}: {ctx}"),
+    defect("no_leftover_markup:output", "summarization", output="A lease.\n<|pipe|>\nA lease."),
+    defect("requested_task_type", "summarization", task_type="qg"),
+    defect("known_chunk", "summarization", chunk_id="no-such-chunk"),
+    defect("instruction_not_context_copy", "summarization", input="{ctx}"),
+    defect("exqa_answer_in_context", "exqa", output="fourteen years"),
+    defect("mcqa_answer_in_options", "mcqa", output="700 euros"),
+    defect("ynqa_label", "ynqa", output="maybe"),
+    defect("nli_label", "nli", output="perhaps"),
+    defect("te_label", "te", output="perhaps"),
+    defect("paraphrase_id_label", "paraphrase_id", output="perhaps"),
+    defect("sentiment_label_shape", "sentiment", output="neutral " + LONG),
+    defect("topic_class_label_shape", "topic_class", output="real estate " + LONG),
+    defect("coref_label_shape", "coref", output="the tenant " + LONG * 3),
+]
 
 
-@pytest.mark.parametrize(
-    "corrupt, failed_name, column, unexpected",
-    [
-        (defect("output", ""), "output_length", "output", 1),
-        (defect("input", "x" * 201), "input_length", "input", 1),
-        (defect("output", "The answer\n<|pipe|>\nTopic 1."), "no_leftover_markup:output", "output", 1),
-        (defect("input", "Read {{context}} and answer."), "no_leftover_markup:input", "input", 1),
-        (duplicate_pair, "unique_input_output", "(input, output)", 2),  # both rows of the pair
-        (defect("task_type", "poetry"), "known_task_type", "task_type", 1),
-    ],
-    ids=["empty_output", "too_long_input", "leftover_pipe", "leftover_context", "duplicate_pair", "unknown_task_type"],
-)
-def test_each_defect_fails_the_gate(store, config, corrupt, failed_name, column, unexpected):
-    shard = commit_generate_shard(store, corrupt(example_rows(3)))
+def test_each_defect_quarantines_exactly_its_row(store, tmp_path):
+    config = run_config(tmp_path, min_pass_rate=0.5)
+    rows = clean_rows(60)
+    expected = {}
+    for k, (name, task_type, changes) in enumerate(DEFECTS):
+        row = clean_row(100 + k, task_type)
+        row.update({key: value.replace("{ctx}", context(100 + k)) if isinstance(value, str) else value
+                    for key, value in changes.items()})
+        rows.append(row)
+        expected[row["example_id"]] = [name]
+    repeat = dict(clean_row(150, "summarization"), input=rows[9]["input"], output=rows[9]["output"])
+    rows.append(repeat)  # the second occurrence of a pair is quarantined, the first goes on
+    expected[repeat["example_id"]] = ["unique_input_output"]
+
+    manifest = validate(store, RUN, config, [commit_generate_shard(store, rows)])
+
+    quarantine = store.read_table(manifest, "quarantine").to_pylist()
+    assert {r["example_id"]: r["failed_expectations"] for r in quarantine} == expected
+    passed = store.read_table(manifest, "examples")["example_id"].to_pylist()
+    assert passed == [r["example_id"] for r in rows if r["example_id"] not in expected]
+    row_level = {e.meta["name"] for e in example_expectations(config) if e.meta["level"] == "row"}
+    assert row_level == {name for names in expected.values() for name in names}, "every check has a defect"
+    quality = manifest.metrics["quality"]
+    assert quality["quarantined"] == len(expected) and quality["failed_expectations"]["ynqa_label"] == 1
+
+
+def assert_failed_without_commit(store, err: ValidationFailed) -> None:
+    writer = StageWriter(store, RUN, "validate")
+    assert writer.committed() is None
+    assert Path(err.summary["data_docs_uri"]).is_file() and err.summary["data_docs_uri"] in str(err)
+    assert json.loads(Path(err.summary["result_uri"]).read_text())["dataset"]["success"] is False
+
+
+def test_below_the_pass_rate_the_run_fails_and_commits_nothing(store, tmp_path):
+    rows = clean_rows(20, tasks=["summarization"])
+    for row in rows[:4]:
+        row["output"] = ""
+    shard = commit_generate_shard(store, rows)
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(store, RUN, config, [shard])
+        validate(store, RUN, run_config(tmp_path), [shard])
 
     err = caught.value
-    assert [f["name"] for f in err.summary["failed"]] == [failed_name]
-    assert f"{failed_name} (" in str(err) and f" on {column}" in str(err)
-    assert f"{unexpected} unexpected" in str(err)
-    result = assert_failed_without_commit(store, err)
-    failed_in_result = [r["expectation_config"]["meta"]["name"] for r in result["results"] if not r["success"]]
-    assert failed_in_result == [failed_name]
+    message = str(err)
+    assert [f["name"] for f in err.summary["failed"]] == ["min_pass_rate"]
+    assert "min_pass_rate (expect_column_mean_to_be_between on passed): observed 0.8 against threshold min_value=0.9" in message
+    assert "Rows quarantined by expectation: output_length: 4" in message and "publish will not run" in message
+    assert_failed_without_commit(store, err)
+    assert pickle.loads(pickle.dumps(err)).summary == err.summary
 
 
-def test_message_samples_are_truncated(store, config):
-    shard = commit_generate_shard(store, defect("input", "y" * 5000)(example_rows(3)))
+def test_duplicate_rate_min_rows_and_label_share_thresholds(store, tmp_path):
+    rows = clean_rows(30, tasks=["ynqa"])  # every answer is "yes"
+    rows[1].update(input=rows[0]["input"], output=rows[0]["output"])
+    shard = commit_generate_shard(store, rows)
+    config = run_config(tmp_path, task_types=["ynqa"], min_pass_rate=0.5, min_rows=100, max_duplicate_rate=0.01)
 
     with pytest.raises(ValidationFailed) as caught:
         validate(store, RUN, config, [shard])
 
-    assert "expected length between 1 and 200 characters" in str(caught.value)
-    assert "y" * 5000 not in str(caught.value) and "'yyy" in str(caught.value)
+    failed = {f["name"]: f for f in caught.value.summary["failed"]}
+    assert set(failed) == {"min_rows", "max_duplicate_rate", "max_label_share:ynqa"}
+    assert failed["min_rows"]["observed_value"] == 29
+    assert failed["max_label_share:ynqa"]["observed_value"] == 1.0
+    assert "max_label_share:ynqa (expect_column_max_to_be_between on label_share__ynqa): observed 1.0" in str(caught.value)
 
 
 class ContractBreakingStore(LocalStore):
@@ -170,43 +231,57 @@ class ContractBreakingStore(LocalStore):
         self.examples = examples
 
     def read_table(self, manifest, table, columns=None):
-        return self.examples
+        return self.examples if table == "examples" else super().read_table(manifest, table, columns)
 
 
-def test_null_column_fails_the_gate(tmp_path, config):
-    rows = example_rows(3)
+def test_a_null_breaks_the_contract_and_fails_the_run(tmp_path):
+    rows = clean_rows(3)
     rows[1]["model_revision"] = None
     nullable = pa.Table.from_pylist(rows, schema=pa.schema([f.with_nullable(True) for f in EXAMPLES]))
     store = ContractBreakingStore(tmp_path / "store", nullable)
-    with pytest.raises(ValueError, match="non-nullable"):  # the store's own writes already refuse it
-        StageWriter(store, RUN, "generate", shard=9).add("examples", nullable)
-    shard = commit_generate_shard(store, example_rows(3))
+    commit_chunks(store, 3)
+    shard = commit_generate_shard(store, clean_rows(3))
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(store, RUN, config, [shard])
+        validate(store, RUN, run_config(tmp_path), [shard])
 
-    err = caught.value
-    assert [f["name"] for f in err.summary["failed"]] == ["not_null:model_revision"]
-    assert "on model_revision" in str(err)
-    assert_failed_without_commit(store, err)
-    assert pickle.loads(pickle.dumps(err)).summary == err.summary
+    assert [f["name"] for f in caught.value.summary["failed"]] == ["not_null:model_revision"]
+    assert "on model_revision__present" in str(caught.value)
+    assert StageWriter(store, RUN, "validate").committed() is None
 
 
-def test_zero_rows_fails_with_a_clear_message(store, config):
+def test_a_schema_break_is_named(tmp_path):
+    table = pa.Table.from_pylist(clean_rows(3), schema=EXAMPLES)
+    table = table.set_column(table.schema.get_field_index("sample_index"), "sample_index",
+                             table["sample_index"].cast(pa.int64()))
+    store = ContractBreakingStore(tmp_path / "store", table.drop_columns(["run_id"]))
+    commit_chunks(store, 3)
+
+    with pytest.raises(ValidationFailed, match="breaks the contract: missing column run_id \\(string\\); "
+                                               "column sample_index is int64, expected int32"):
+        validate(store, RUN, run_config(tmp_path), [commit_generate_shard(store, clean_rows(3))])
+
+
+def test_zero_rows_fails_with_a_clear_message(store, tmp_path):
     shards = [commit_generate_shard(store, [], shard=0, parse_failures=2), commit_generate_shard(store, [], shard=1)]
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(store, RUN, config, shards)
+        validate(store, RUN, run_config(tmp_path), shards)
 
-    message = str(caught.value)
-    assert "no example rows" in message
-    assert "2 generate shard(s) produced 0 examples (2 generations dropped)" in message
-    assert [f["name"] for f in caught.value.summary["failed"]] == ["has_rows"]
-    assert_failed_without_commit(store, caught.value)
+    assert "2 generate shard(s) produced 0 examples (2 generations dropped)" in str(caught.value)
+    assert StageWriter(store, RUN, "validate").committed() is None
 
 
-def test_expectation_names_are_unique_and_cover_every_column(config):
-    names = [e.meta["name"] for e in example_expectations(config)]
+def test_a_missing_chunk_stage_is_named(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    shard = commit_generate_shard(store, clean_rows(3))
+
+    with pytest.raises(ValidationFailed, match="needs the chunk stage .* re-run the chunk task"):
+        validate(store, RUN, run_config(tmp_path), [shard])
+
+
+def test_expectation_names_are_unique_and_cover_every_column(tmp_path):
+    names = [e.meta["name"] for e in example_expectations(run_config(tmp_path))]
     assert len(names) == len(set(names))
     assert {f"not_null:{column}" for column in EXAMPLES.names} <= set(names)
 
