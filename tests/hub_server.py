@@ -1,7 +1,8 @@
 """A test fixture standing in for the Hugging Face Hub, which is unreachable from here.
 
 A stdlib HTTP server on 127.0.0.1 (random port) that speaks the subset of the Hub protocol that
-huggingface_hub 2.x and datasets 5.x use to create a dataset repo, commit files and read them back.
+huggingface_hub 2.x and datasets 5.x use to create a dataset repo, commit files and read them back,
+and open pull requests (a commit with `create_pr=1`, or `POST .../discussions`, makes `refs/pr/N`).
 Preupload answers "regular" for every file, so clients send contents inside the commit and never
 use LFS or Xet; the tree lists *.parquet files as the Hub lists LFS files. Repos and commits live
 in memory so tests can inspect them. Faults can be
@@ -31,6 +32,9 @@ API_ROUTE = re.compile(
     r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
     r"(?:/(?P<action>preupload|commit|tree|paths-info|revision)/(?P<rev>[^/]+)(?P<rest>/.*)?)?$"
 )
+DISCUSSION_ROUTE = re.compile(
+    r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/discussions(?:/(?P<num>\d+))?$"
+)
 RESOLVE_ROUTE = re.compile(
     r"^/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
 )
@@ -51,16 +55,29 @@ class Commit:
 
 
 @dataclass
+class Discussion:
+    num: int
+    title: str
+    description: str
+    is_pull_request: bool
+    status: str = "open"  # open, closed, merged, draft
+
+
+@dataclass
 class Repo:
     repo_id: str
     repo_type: str  # "model", "dataset" or "space"
     private: bool
     commits: dict[str, Commit] = field(default_factory=dict)
-    refs: dict[str, str] = field(default_factory=dict)  # branch -> commit oid
+    refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit oid
+    discussions: list[Discussion] = field(default_factory=list)
 
     def resolve(self, revision: str) -> Commit | None:
         oid = self.refs.get(revision, revision)
         return self.commits.get(oid)
+
+    def open_pull_requests(self) -> list[Discussion]:
+        return [d for d in self.discussions if d.is_pull_request and d.status in ("open", "draft")]
 
     def history(self, branch: str = "main") -> list[Commit]:
         """Commits reachable from the branch, newest first."""
@@ -131,6 +148,15 @@ class HubServer:
     def repo(self, repo_id: str, repo_type: str = "dataset") -> Repo:
         return self.repos[(repo_type, repo_id)]
 
+    def merge(self, repo_id: str, num: int, repo_type: str = "dataset") -> None:
+        """Merge pull request `num` into main (its tree becomes main's), as a reviewer would."""
+        with self._lock:
+            repo = self.repo(repo_id, repo_type)
+            pr = next(d for d in repo.discussions if d.num == num and d.is_pull_request)
+            files = repo.commits[repo.refs[f"refs/pr/{num}"]].files
+            self._commit(repo, f"Merge pull request #{num}", pr.title, dict(files), repo.refs["main"])
+            pr.status = "merged"
+
     def count(self, method: str, path_pattern: str) -> int:
         return sum(1 for m, p in self.requests if m == method and re.search(path_pattern, p))
 
@@ -173,6 +199,10 @@ class HubServer:
                 rev = unquote(match["rev"] or "main")
                 rest = unquote(match["rest"] or "").lstrip("/")
                 return self._api(method, repo, match["action"], rev, rest, query, body)
+            if match := DISCUSSION_ROUTE.match(raw_path):
+                repo = self._repo(match["type"][:-1], match["repo"])
+                self._auth(headers, repo, write=method == "POST")
+                return self._discussions(method, repo, int(match["num"]) if match["num"] else None, query, body)
             if (match := RESOLVE_ROUTE.match(raw_path)) and method in ("GET", "HEAD"):
                 repo = self._repo(match["type"][:-1] if match["type"] else "model", match["repo"])
                 self._auth(headers, repo, write=False)
@@ -191,12 +221,65 @@ class HubServer:
         self._commit(repo, "initial commit", "", {".gitattributes": GITATTRIBUTES}, parent=None)
         return _json({"url": url, "name": repo_id, "id": repo_id})
 
-    def _commit(self, repo: Repo, title: str, description: str, files: dict[str, bytes], parent: str | None) -> Commit:
+    def _commit(
+        self, repo: Repo, title: str, description: str, files: dict[str, bytes], parent: str | None, ref: str = "main"
+    ) -> Commit:
         tree = ",".join(f"{p}:{git_blob_sha1(d)}" for p, d in sorted(files.items()))
         oid = hashlib.sha1(f"{parent}\n{title}\n{description}\n{tree}\n{len(repo.commits)}".encode()).hexdigest()
         commit = repo.commits[oid] = Commit(oid, title, description, files, parent)
-        repo.refs["main"] = oid
+        repo.refs[ref] = oid
         return commit
+
+    def _open_pr(self, repo: Repo, title: str, description: str, status: str = "draft") -> Discussion:
+        pr = Discussion(len(repo.discussions) + 1, title, description, is_pull_request=True, status=status)
+        repo.discussions.append(pr)
+        repo.refs[f"refs/pr/{pr.num}"] = repo.refs["main"]
+        return pr
+
+    def _discussion_url(self, repo: Repo, num: int) -> str:
+        prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
+        return f"{self.url}/{prefix}{repo.repo_id}/discussions/{num}"
+
+    def _discussion_json(self, repo: Repo, d: Discussion) -> dict:
+        return {
+            "num": d.num, "title": d.title, "status": d.status, "isPullRequest": d.is_pull_request,
+            "createdAt": "2024-01-01T00:00:00.000Z", "author": {"name": "bonito-bot"},
+            "repo": {"name": repo.repo_id, "type": repo.repo_type}, "pinned": False, "numComments": 1,
+        }
+
+    def _discussions(self, method: str, repo: Repo, num: int | None, query: dict, body: bytes):
+        if method == "POST" and num is None:
+            payload = json.loads(body)
+            if payload.get("pullRequest"):
+                d = self._open_pr(repo, payload["title"], payload.get("description") or "")
+            else:
+                d = Discussion(len(repo.discussions) + 1, payload["title"], payload.get("description") or "", False)
+                repo.discussions.append(d)
+            return _json({"num": d.num, "url": self._discussion_url(repo, d.num)})
+        if method == "GET" and num is None:
+            wanted_type = query.get("type", ["all"])[0]
+            wanted_status = query.get("status", ["all"])[0]
+            found = [
+                self._discussion_json(repo, d) for d in repo.discussions
+                if wanted_type == "all" or (wanted_type == "pull_request") == d.is_pull_request
+                if wanted_status == "all" or (d.status in ("open", "draft")) == (wanted_status == "open")
+            ]
+            page = int(query.get("p", ["0"])[0])
+            return _json({"discussions": found[page * 50 : (page + 1) * 50], "count": len(found), "start": page * 50})
+        if method == "GET":
+            d = next((d for d in repo.discussions if d.num == num), None)
+            if d is None:
+                raise HubError(404, f"Discussion {num} not found")
+            event = {
+                "id": f"event-{num}", "type": "comment", "createdAt": "2024-01-01T00:00:00.000Z",
+                "author": {"name": "bonito-bot"},
+                "data": {"edited": False, "hidden": False, "latest": {"raw": d.description}},
+            }
+            details = {"events": [event], "filesWithConflicts": [], "diff": ""}
+            if d.is_pull_request:
+                details["changes"] = {"base": "refs/heads/main"}
+            return _json(self._discussion_json(repo, d) | details)
+        raise HubError(405, f"{method} not supported on discussions")
 
     def _api(self, method: str, repo: Repo, action: str | None, rev: str, rest: str, query: dict, body: bytes):
         if action is None or action == "revision":
@@ -212,7 +295,7 @@ class HubServer:
             ]
             return _json({"files": files, "commitOid": head.oid})
         if action == "commit":
-            return self._apply_commit(repo, rev, head, body)
+            return self._apply_commit(repo, rev, head, body, create_pr=query.get("create_pr", ["0"])[0] == "1")
         if action == "tree":
             recursive = query.get("recursive", ["False"])[0].lower() == "true"
             entries = _tree_entries(head.files, rest, recursive)
@@ -224,9 +307,14 @@ class HubServer:
             return _json([e for p in wanted for e in _path_entry(head.files, p)])
         raise HubError(404, f"no route for {method} {action}")
 
-    def _apply_commit(self, repo: Repo, rev: str, head: Commit, body: bytes):
-        if rev != "main":
-            raise HubError(400, "this fixture commits to main only")
+    def _apply_commit(self, repo: Repo, rev: str, head: Commit, body: bytes, create_pr: bool):
+        if rev != "main" and not rev.startswith("refs/pr/"):
+            raise HubError(400, "this fixture commits to main or to a pull request only")
+        if create_pr and rev != "main":
+            raise HubError(400, "create_pr opens a pull request against main")
+        pr = next((d for d in repo.discussions if rev == f"refs/pr/{d.num}"), None)
+        if pr and pr.status not in ("open", "draft"):
+            raise HubError(403, f"pull request {pr.num} is {pr.status}")
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
         header = lines[0]["value"]
         if header.get("parentCommit") and header["parentCommit"] != head.oid:
@@ -243,10 +331,16 @@ class HubServer:
                 files = {p: d for p, d in files.items() if not p.startswith(prefix)}
             else:
                 raise HubError(400, f"unsupported commit operation {key}")
-        commit = self._commit(repo, header["summary"], header.get("description", ""), files, parent=head.oid)
+        if create_pr:
+            pr = self._open_pr(repo, header["summary"], header.get("description", ""), status="open")
+        ref = f"refs/pr/{pr.num}" if pr else rev
+        commit = self._commit(repo, header["summary"], header.get("description", ""), files, parent=head.oid, ref=ref)
+        if pr:
+            pr.status = "open"  # as on the Hub, a draft PR opens with its first commit
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
         commit_url = f"{self.url}/{prefix}{repo.repo_id}/commit/{commit.oid}"
-        return _json({"success": True, "commitOid": commit.oid, "commitUrl": commit_url, "pullRequestUrl": None})
+        pr_url = self._discussion_url(repo, pr.num) if create_pr else None
+        return _json({"success": True, "commitOid": commit.oid, "commitUrl": commit_url, "pullRequestUrl": pr_url})
 
     def _repo_info(self, repo: Repo, rev: str):
         commit = repo.resolve(rev)

@@ -1,26 +1,38 @@
-"""Publish stage: the validated examples as a Hugging Face dataset folder in the store (Parquet
-shards per task type, dataset card, sources sidecar), uploaded to the Hub when the run config
-names a repo."""
+"""Publish stage: the validated examples as a Hugging Face dataset (Parquet shards per task type,
+dataset card, sources sidecar, quality plots), written to the store and uploaded to the Hub and/or
+exported to S3 when the run config names a repo or an export prefix.
+
+Modes (`publish_mode`): "overwrite" makes the dataset this run's snapshot; "append" adds this run's
+rows that the dataset does not hold yet (see layout.py) and the card counts everything; "pr" opens a
+Hub pull request with the snapshot instead of committing to main. The store folder always holds the
+complete dataset as published.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import PurePosixPath
+from typing import Any, Iterator, Mapping
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import Manifest, RunRef, sha256_hex
 from bonito_tasks.publish.card import render_card
 from bonito_tasks.publish.hub import HubCommit, PublishError, RetryPolicy, upload_dataset
 from bonito_tasks.publish.layout import (
+    ASSETS_DIR,
     CARD_FILE,
     DATA_DIR,
     DEFAULT_ROWS_PER_SHARD,
     SOURCE_COLUMNS,
     SOURCES_FILE,
+    ExistingFiles,
+    Snapshot,
+    append_snapshot,
     sources_jsonl,
     task_splits,
 )
-from bonito_tasks.store import ArtifactStore, StageWriter
+from bonito_tasks.store import ArtifactStore, StageWriter, StoreError, open_store, safe_segment
 
 __all__ = ["DATASET_DIR", "STAGE", "HubCommit", "PublishError", "RetryPolicy", "publish", "upload_dataset"]
 
@@ -28,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 STAGE = "publish"
 DATASET_DIR = "dataset"  # under the stage folder
+REPLACED = (f"{DATA_DIR}/", f"{ASSETS_DIR}/")  # folders a publish owns: stale files there are deleted
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 
 
 def publish(
@@ -41,9 +55,11 @@ def publish(
     endpoint: str | None = None,
     retry: RetryPolicy = RetryPolicy(),
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    s3_client_kwargs: Mapping[str, Any] | None = None,
 ) -> Manifest:
-    """Write the dataset folder `<stage>/dataset/` and, when `config.hub_repo_id` is set, make the
-    Hub repo hold the same files (one commit, none when it already does). Returns the manifest.
+    """Write the dataset folder `<stage>/dataset/`; when `config.hub_repo_id` is set make the Hub
+    repo hold the same files (one commit, none when it already does); when `config.export_s3_uri`
+    is set copy them there too (with `s3_client_kwargs`). Returns the manifest.
 
     `examples` is the validate stage's manifest (table "examples"; `metrics["quality"]` goes into
     the card when present), `documents` the extract stage's. `endpoint` defaults to HF_ENDPOINT.
@@ -55,47 +71,152 @@ def publish(
         return done
     if config.hub_repo_id and not token:
         raise PublishError(f"a Hugging Face token with write access to {config.hub_repo_id} is needed to upload")
+    if config.publish_mode == "pr" and not config.hub_repo_id:
+        raise PublishError("publish_mode 'pr' opens a pull request on the Hub: set hub_repo_id")
+    if config.export_s3_uri and not config.export_s3_uri.startswith("s3://"):
+        raise PublishError(f"export_s3_uri must be an s3://bucket/prefix URI, not {config.export_s3_uri!r}")
 
     rows = store.read_table(examples, "examples")
     if rows.num_rows == 0:
         raise PublishError("the validated examples table is empty: nothing to publish")
     sources = store.read_table(documents, "documents", columns=SOURCE_COLUMNS)
-    splits = task_splits(rows, rows_per_shard)
-    card = render_card(
-        run=run, config=config, splits=splits, examples=rows, documents=sources, quality=examples.metrics.get("quality")
-    )
-    files = {path: data for split in splits for path, data in split.shards.items()}
-    files[SOURCES_FILE] = sources_jsonl(sources)
-    files[CARD_FILE] = card.encode()
+    quality = examples.metrics.get("quality")
+    assets = quality_plots(store, quality)
+    export = open_store(config.export_s3_uri, **(s3_client_kwargs or {})) if config.export_s3_uri else None
+    built: list[Snapshot] = []
+
+    def build(existing: ExistingFiles) -> dict[str, bytes]:
+        """The dataset's files: this run's snapshot, or (append) the existing dataset plus this run."""
+        if config.publish_mode == "append":
+            snapshot = append_snapshot(existing, rows, sources, safe_segment(run.run_id), rows_per_shard)
+        else:
+            snapshot = Snapshot(task_splits(rows, rows_per_shard), rows, sources)
+        built.append(snapshot)
+        if snapshot.skipped == rows.num_rows and CARD_FILE in existing.paths:
+            # An append that adds no row changes nothing, the card included.
+            kept = [p for p in existing.paths if p in (CARD_FILE, SOURCES_FILE) or p.startswith(REPLACED)]
+            return {p: existing.read(p) for p in kept}
+        card = render_card(
+            run=run, config=config, splits=snapshot.splits, examples=snapshot.examples, documents=snapshot.sources,
+            quality=quality, plots=[(label, path) for label, path, _ in assets],
+        )
+        files = {path: data for split in snapshot.splits for path, data in split.shards.items()}
+        files |= {path: data for _, path, data in assets}
+        files[SOURCES_FILE] = sources_jsonl(snapshot.sources)
+        files[CARD_FILE] = card.encode()
+        return files
+
+    commit = None
+    if config.hub_repo_id:
+        run_line = f"Run: {run.run_url}" if run.run_url else f"Run: {run.dag_id} / {run.run_id}"
+        commit, files = upload_dataset(
+            build,
+            repo_id=config.hub_repo_id,
+            token=token,
+            private=config.hub_private,
+            replace_folders=REPLACED,
+            commit_message=f"Publish {rows.num_rows} Bonito examples ({run.run_id}, {config.publish_mode})",
+            commit_description=f"{run_line}\nMode: {config.publish_mode}",
+            create_pr=config.publish_mode == "pr",
+            endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None,
+            retry=retry,
+        )
+    else:
+        files = build(StoreFiles(export) if export else NoFiles())
+    snapshot = built[-1]
 
     writer.begin()
     dataset_key = f"{writer.prefix}/{DATASET_DIR}"
     for path, data in sorted(files.items()):
         store.write_bytes(f"{dataset_key}/{path}", data)
-    logger.info("wrote %d files (%d examples) to %s", len(files), rows.num_rows, store.uri(dataset_key))
+    logger.info("wrote %d files (%d examples) to %s", len(files), snapshot.examples.num_rows, store.uri(dataset_key))
     metrics = {
         "dataset_uri": store.uri(dataset_key),
-        "examples": rows.num_rows,
-        "examples_per_task_type": {split.task_type: split.rows for split in splits},
+        "publish_mode": config.publish_mode,
+        "examples": snapshot.examples.num_rows,
+        "examples_added": rows.num_rows - snapshot.skipped,
+        "duplicates_skipped": snapshot.skipped,
+        "examples_per_task_type": {split.task_type: split.rows for split in snapshot.splits},
         "files": {path: {"bytes": len(data), "sha256": sha256_hex(data)} for path, data in sorted(files.items())},
     }
-    if config.hub_repo_id:
-        run_line = f"Run: {run.run_url}" if run.run_url else f"Run: {run.dag_id} / {run.run_id}"
-        commit = upload_dataset(
-            files,
-            repo_id=config.hub_repo_id,
-            token=token,
-            private=config.hub_private,
-            replace_folder=f"{DATA_DIR}/",
-            commit_message=f"Publish {rows.num_rows} Bonito examples ({run.run_id})",
-            commit_description=f"{run_line}\nExamples per task type: {metrics['examples_per_task_type']}",
-            endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None,
-            retry=retry,
-        )
+    if commit:
         metrics |= {"hub_url": commit.repo_url, "hub_commit_sha": commit.commit_sha, "hub_new_commit": commit.created}
+        if commit.pr_url:
+            metrics["hub_pr_url"] = commit.pr_url
+    if export:
+        export_files(export, files)
+        metrics["export_uri"] = export.root_uri
     return writer.commit(
         config_sha256=config.sha256(),
         inputs=inputs,
-        counts={"examples": rows.num_rows, "documents": sources.num_rows},
+        counts={"examples": snapshot.examples.num_rows, "documents": snapshot.sources.num_rows},
         metrics=metrics,
     )
+
+
+class NoFiles:
+    """No existing dataset (append without a Hub repo or export prefix starts from nothing)."""
+
+    paths: list[str] = []
+
+    def read(self, path: str) -> bytes:
+        raise KeyError(path)
+
+
+class StoreFiles:
+    """The dataset files under a store root (an S3 export prefix)."""
+
+    def __init__(self, store: ArtifactStore):
+        self.store = store
+        top = [name for name in (SOURCES_FILE, CARD_FILE) if store.exists(name)]
+        self.paths = sorted(top + [key for folder in REPLACED for key in store.list(folder.rstrip("/"))])
+
+    def read(self, path: str) -> bytes:
+        return self.store.read_bytes(path)
+
+
+def export_files(export: ArtifactStore, files: Mapping[str, bytes]) -> None:
+    """Make the export prefix hold `files`: shards first, stale shards and plots removed, the card
+    last (S3 has no multi-object commit; the card is the marker that the export is complete)."""
+    for path in sorted(files):
+        if path != CARD_FILE:
+            export.write_bytes(path, files[path])
+    for folder in REPLACED:
+        for key in export.list(folder.rstrip("/")):
+            if key not in files:
+                export.delete(key)
+    export.write_bytes(CARD_FILE, files[CARD_FILE])
+    logger.info("exported %d files to %s", len(files), export.root_uri)
+
+
+def quality_plots(store: ArtifactStore, quality: Any) -> list[tuple[str, str, bytes]]:
+    """(label, path in the dataset, bytes) of each image that validate's quality summary names by
+    store key or URI. Images that are not in the store are left out with a warning."""
+    plots, names = [], set()
+    for label, ref in _image_refs(quality):
+        try:
+            key = store.key(ref) if "://" in ref or ref.startswith("/") else ref
+            data = store.read_bytes(key) if store.exists(key) else None
+        except (StoreError, OSError) as err:
+            logger.warning("quality plot %s: %s; left out of the dataset", ref, err)
+            continue
+        if data is None:
+            logger.warning("quality plot %s is not in the store; left out of the dataset", ref)
+            continue
+        name = PurePosixPath(key).name
+        if name in names:
+            name = f"{sha256_hex(key)[:8]}-{name}"
+        names.add(name)
+        plots.append((label, f"{ASSETS_DIR}/{name}", data))
+    return plots
+
+
+def _image_refs(value: Any, label: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, str) and value.lower().endswith(IMAGE_SUFFIXES):
+        yield label or PurePosixPath(value).stem, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _image_refs(item, PurePosixPath(str(key)).stem.replace("_", " "))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _image_refs(item, label)

@@ -3,8 +3,9 @@ how the data was made, from which sources, under which license, and how to cite 
 
 from __future__ import annotations
 
-import json
+import math
 from collections import Counter
+from collections.abc import Mapping
 from string import Template
 from typing import Any
 
@@ -75,7 +76,7 @@ dataset = load_dataset("${load_path}", "${first_config}", split="${split}")
 - Sampling parameters: ${sampling}
 - Task types: ${task_types}
 - Chunking: documents split into passages of at most ${chunk_max_tokens} tokens
-- Pipeline run: ${run_link}
+- Pipeline run: ${run_link}${runs_note}
 ${quality}
 ## Source documents
 
@@ -112,7 +113,10 @@ def render_card(
     examples: pa.Table,
     documents: pa.Table,
     quality: dict[str, Any] | None = None,
+    plots: list[tuple[str, str]] = (),
 ) -> str:
+    """The card; `quality` is validate's `metrics["quality"]` of this run, `plots` (label, path in
+    the dataset) its images."""
     n_examples = sum(s.rows for s in splits)
     title = config.hub_repo_id.split("/")[-1] if config.hub_repo_id else f"Bonito data of {run.dag_id} {run.run_id}"
     metadata = {
@@ -133,6 +137,7 @@ def render_card(
         for m in examples.group_by(["model_id", "model_revision"]).aggregate([]).to_pylist()
     )
     sampling = sorted(pc.unique(examples["sampling_params"]).to_pylist())
+    n_runs = pc.count_distinct(examples["run_id"]).as_py()
     media_types = Counter(documents.column("media_type").to_pylist())
     return CARD_TEMPLATE.substitute(
         metadata=yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True),
@@ -150,7 +155,8 @@ def render_card(
         task_types=", ".join(f"{TASK_TYPES.get(t, t)} (`{t}`)" for t in config.task_types),
         chunk_max_tokens=config.chunk_max_tokens,
         run_link=f"[{run_name}]({run.run_url})" if run.run_url else run_name,
-        quality=_quality_section(quality),
+        runs_note=f" (latest of {n_runs} runs whose rows the dataset holds)" if n_runs > 1 else "",
+        quality=_quality_section(quality, plots, run.run_id),
         media_types=", ".join(f"{media_type} ({count})" for media_type, count in sorted(media_types.items())),
         sources_file=SOURCES_FILE,
         field_rows="\n".join(f"| `{f.name}` | {f.type} | {FIELD_DESCRIPTIONS.get(f.name, '')} |" for f in EXAMPLES),
@@ -189,8 +195,42 @@ def size_category(n: int) -> str:
     return next((label for exponent, label in enumerate(labels, start=3) if n < 10**exponent), "n>1T")
 
 
-def _quality_section(quality: dict[str, Any] | None) -> str:
-    if not quality:
+def _quality_section(quality: Mapping[str, Any] | None, plots: list[tuple[str, str]], run_id: str) -> str:
+    """Validate's summary, as far as it is understood: numbers (rows, pass rate, quarantined rows),
+    label distributions, reasons rows failed, and plots. Keys of other shapes are left out."""
+    if not isinstance(quality, Mapping) or not (quality or plots):
         return ""
-    lines = [f"- {key}: {v if isinstance(v, (str, int, float)) else json.dumps(v)}" for key, v in quality.items()]
-    return "\n## Quality\n\n" + "\n".join(lines) + "\n"
+    lines, tables = [], []
+    for key, value in quality.items():
+        name = str(key).replace("_", " ")
+        if key == "pass_rate" and _number(value):
+            lines.append(f"- Pass rate: {value:.1%} of the generated examples passed validation")
+        elif _number(value):
+            lines.append(f"- {name.capitalize()}: {value:g}")
+        elif isinstance(value, Mapping) and any(word in name.lower() for word in ("label", "distribution", "balance")):
+            tables.extend(_count_tables(name, value, "Label"))
+        elif isinstance(value, Mapping) and any(word in name.lower() for word in ("fail", "quarantin")):
+            tables.extend(_count_tables(name, value, "Reason"))
+    body = "\n".join(lines + tables + [f"![{_cell(label)}]({path})" for label, path in plots])
+    return f"\n## Quality\n\nValidation of run `{run_id}` (Great Expectations):\n\n{body}\n" if body else ""
+
+
+def _count_tables(name: str, value: Mapping, header: str) -> list[str]:
+    """`{key: count}`, or `{group: {key: count}}` (e.g. per task type), as Markdown tables."""
+    if value and all(_number(v) for v in value.values()):
+        rows = "\n".join(f"| {_cell(key)} | {count:g} |" for key, count in value.items())
+        return [f"\n{name.capitalize()}:\n\n| {header} | Rows |\n|---|---|\n{rows}\n"]
+    return [
+        table
+        for group, counts in value.items()
+        if isinstance(counts, Mapping)
+        for table in _count_tables(f"{name}, {group}", counts, header)
+    ]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")

@@ -1,10 +1,13 @@
-"""Upload a dataset folder to a Hugging Face Hub dataset repo in one atomic commit.
+"""Upload a dataset to a Hugging Face Hub dataset repo in one atomic commit.
 
 Every attempt compares the repo's current files with ours and commits only the difference, on
 top of the head it looked at (`parent_commit`): a retry after a lost answer, or a re-run of the
-same publish, finds nothing to change and makes no commit. Transient failures (429, 5xx,
-timeouts, dropped connections) are retried with jittered exponential backoff; 401/403 are not.
-The token never appears in logs or errors.
+same publish, finds nothing to change and makes no commit. In "pr" mode the pull request is
+opened first (titled with the commit message, which names the run) and the files are committed
+to its ref `refs/pr/N` on top of its head: a retry finds the PR by title and a commit whose answer
+was lost is not repeated (a lost answer to the PR creation itself can leave one empty draft PR).
+Transient failures (429, 5xx, timeouts, dropped connections, a head that moved under the commit)
+are retried with jittered exponential backoff; 401/403 are not. The token never appears in logs or errors.
 """
 
 from __future__ import annotations
@@ -12,17 +15,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 if TYPE_CHECKING:
-    from huggingface_hub import HfApi, RepoFile
+    from huggingface_hub import Discussion, HfApi, RepoFile
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_STATUS = frozenset({408, 412, 429, 500, 502, 503, 504})  # 412: main moved; the retry rebuilds on it
 T = TypeVar("T")
 
 
@@ -47,26 +51,46 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class HubCommit:
     repo_url: str
-    commit_sha: str  # the head that holds the files
-    created: bool  # False when the repo already held identical files
+    commit_sha: str  # the commit that holds the files (the PR's head in "pr" mode)
+    created: bool  # False when the repo (or an open PR) already held identical files
+    pr_url: str | None = None
+
+
+class HubFiles:
+    """The dataset repo's files at one commit; `read` downloads one (cached for the attempt)."""
+
+    def __init__(self, api: HfApi, repo_id: str, revision: str, files: Mapping[str, RepoFile], cache_dir: str):
+        self._api, self._repo_id, self._revision, self._cache_dir = api, repo_id, revision, cache_dir
+        self.paths = sorted(files)
+
+    def read(self, path: str) -> bytes:
+        local = self._api.hf_hub_download(
+            self._repo_id, path, repo_type="dataset", revision=self._revision, cache_dir=self._cache_dir
+        )
+        with open(local, "rb") as f:
+            return f.read()
 
 
 def upload_dataset(
-    files: Mapping[str, bytes],
+    build: Callable[[HubFiles], Mapping[str, bytes]],
     *,
     repo_id: str,
     token: str,
     private: bool,
-    replace_folder: str,
+    replace_folders: tuple[str, ...],
     commit_message: str,
     commit_description: str = "",
+    create_pr: bool = False,
     endpoint: str | None = None,
     retry: RetryPolicy = RetryPolicy(),
-) -> HubCommit:
-    """Make the dataset repo's main branch hold `files` (path in repo -> bytes), in one commit.
+) -> tuple[HubCommit, dict[str, bytes]]:
+    """Make the dataset repo hold the files `build` returns (path in repo -> bytes), in one commit.
 
-    Files of the repo under `replace_folder` that are not in `files` are deleted in the same
-    commit (stale shards of an earlier publish); other files of the repo are left alone.
+    `build` gets the repo's current files; every attempt calls it again on the head it looked at,
+    so an append merges with what is really there. Repo files under `replace_folders` that are not
+    in the result are deleted in the same commit; other files are left alone. With `create_pr` the
+    commit goes to a pull request against main instead (this run's open one, else a new one),
+    unless main already holds the files. Returns the commit and the files.
     """
     from huggingface_hub import HfApi
 
@@ -76,26 +100,37 @@ def upload_dataset(
 
     repo_url = f"{api.endpoint}/datasets/{repo_id}"
 
-    def attempt() -> HubCommit:
+    def attempt(cache_dir: str) -> tuple[HubCommit, dict[str, bytes]]:
         head = _head_creating_repo(api, repo_id, private, retry.timeout_s)
         remote = _remote_files(api, repo_id, head)
-        operations = _operations(files, remote, replace_folder)
+        files = dict(build(HubFiles(api, repo_id, head, remote, cache_dir)))
+        operations = _operations(files, remote, replace_folders)
         if not operations:
             logger.info("dataset repo %s already holds these files at %s; no commit", repo_id, head)
-            return HubCommit(repo_url, head, created=False)
+            return HubCommit(repo_url, head, created=False), files
+        pr_url, revision = None, "main"
+        if create_pr:
+            pr = _pull_request(api, repo_id, commit_message, commit_description)
+            pr_url, revision = pr.url, pr.git_reference
+            head = api.repo_info(repo_id, repo_type="dataset", revision=revision, timeout=retry.timeout_s).sha
+            operations = _operations(files, _remote_files(api, repo_id, revision), replace_folders)
+            if not operations:
+                logger.info("pull request %s already holds these files", pr_url)
+                return HubCommit(repo_url, head, created=False, pr_url=pr_url), files
         info = api.create_commit(
             repo_id,
             operations,
             commit_message=commit_message,
             commit_description=commit_description,
             repo_type="dataset",
+            revision=revision,
             parent_commit=head,
         )
-        logger.info("committed %d change(s) to dataset repo %s: %s", len(operations), repo_id, info.oid)
-        return HubCommit(repo_url, info.oid, created=True)
+        logger.info("committed %d change(s) to dataset repo %s at %s: %s", len(operations), repo_id, revision, info.oid)
+        return HubCommit(repo_url, info.oid, created=True, pr_url=pr_url), files
 
-    with _request_timeout(retry.timeout_s):
-        return _with_retries(attempt, retry, repo_id, token)
+    with _request_timeout(retry.timeout_s), tempfile.TemporaryDirectory(prefix="bonito-hub-") as cache_dir:
+        return _with_retries(lambda: attempt(cache_dir), retry, repo_id, token)
 
 
 def _head_creating_repo(api: HfApi, repo_id: str, private: bool, timeout_s: float) -> str:
@@ -109,6 +144,14 @@ def _head_creating_repo(api: HfApi, repo_id: str, private: bool, timeout_s: floa
         return api.repo_info(repo_id, repo_type="dataset", revision="main", timeout=timeout_s).sha
 
 
+def _pull_request(api: HfApi, repo_id: str, title: str, description: str) -> Discussion:
+    """The open (or draft) pull request titled `title`, opened when there is none."""
+    for pr in api.get_repo_discussions(repo_id, repo_type="dataset", discussion_type="pull_request"):
+        if pr.title == title and pr.status in ("open", "draft"):
+            return pr
+    return api.create_pull_request(repo_id, title, description=description, repo_type="dataset")
+
+
 def _remote_files(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile]:
     from huggingface_hub import RepoFile
 
@@ -116,11 +159,13 @@ def _remote_files(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile
     return {entry.path: entry for entry in tree if isinstance(entry, RepoFile)}
 
 
-def _operations(files: Mapping[str, bytes], remote: Mapping[str, RepoFile], replace_folder: str) -> list:
+def _operations(files: Mapping[str, bytes], remote: Mapping[str, RepoFile], replace_folders: tuple[str, ...]) -> list:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     adds = [CommitOperationAdd(p, data) for p, data in sorted(files.items()) if not _same(remote.get(p), data)]
-    stale = [CommitOperationDelete(p) for p in sorted(remote) if p.startswith(replace_folder) and p not in files]
+    stale = [
+        CommitOperationDelete(p) for p in sorted(remote) if p.startswith(replace_folders) and p not in files
+    ]
     return adds + stale
 
 

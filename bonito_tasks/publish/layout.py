@@ -1,25 +1,34 @@
 """The dataset in Hugging Face Hub layout: Parquet shards per task type and a sources sidecar.
 
     data/<task_type>/train-00000-of-0000N.parquet   the examples of one task type (one config)
+    data/<task_type>/train-<run>-00000-of-0000N.parquet   shards an "append" run added
     sources.jsonl                                     one line per source document, without its text
+    assets/                                           quality plots from validate
     README.md                                         the dataset card (card.py)
+
+Append never adds a row twice: a new row is dropped when its `example_id` or its (input, output)
+pair is already in the dataset or earlier in the same run (rows taken in example_id order).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bonito_tasks.contracts import EXAMPLES
+from bonito_tasks.contracts import DOCUMENTS, EXAMPLES, canonical_json, sha256_hex
+from bonito_tasks.publish.hub import PublishError
 
 SPLIT = "train"
 DATA_DIR = "data"
 SOURCES_FILE = "sources.jsonl"
 CARD_FILE = "README.md"
+ASSETS_DIR = "assets"
 SOURCE_COLUMNS = ["doc_id", "source_uri", "media_type", "size_bytes"]
 DEFAULT_ROWS_PER_SHARD = 100_000
 
@@ -41,22 +50,116 @@ class TaskSplit:
         return sum(len(data) for data in self.shards.values())
 
 
-def task_splits(examples: pa.Table, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> list[TaskSplit]:
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the dataset will hold: shards per task type, every row and every source."""
+
+    splits: list[TaskSplit]
+    examples: pa.Table
+    sources: pa.Table
+    skipped: int = 0  # rows of this run an append left out as duplicates
+
+
+class ExistingFiles(Protocol):
+    """The files a dataset already holds (the Hub repo's head, or an export prefix)."""
+
+    paths: list[str]
+
+    def read(self, path: str) -> bytes: ...
+
+
+def task_splits(
+    examples: pa.Table, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, tag: str | None = None
+) -> list[TaskSplit]:
     """One TaskSplit per task type present, sorted by name, rows sorted by example_id: the same
-    examples always give the same bytes."""
+    examples always give the same bytes. `tag` (an append's run) goes into the shard names."""
     examples = examples.select(EXAMPLES.names).cast(EXAMPLES)
+    stem = f"{SPLIT}-{tag}-" if tag else f"{SPLIT}-"
     splits = []
     for task_type in sorted(set(examples.column("task_type").to_pylist())):
         rows = examples.filter(pc.equal(examples["task_type"], task_type)).sort_by("example_id")
         n_shards = -(-rows.num_rows // rows_per_shard)
         shards = {
-            f"{DATA_DIR}/{task_type}/{SPLIT}-{i:05d}-of-{n_shards:05d}.parquet": _parquet_bytes(
+            f"{DATA_DIR}/{task_type}/{stem}{i:05d}-of-{n_shards:05d}.parquet": _parquet_bytes(
                 rows.slice(i * rows_per_shard, rows_per_shard)
             )
             for i in range(n_shards)
         }
         splits.append(TaskSplit(task_type, rows.num_rows, shards))
     return splits
+
+
+def append_snapshot(
+    existing: ExistingFiles, examples: pa.Table, sources: pa.Table, tag: str, rows_per_shard: int
+) -> Snapshot:
+    """The existing dataset plus this run's rows that it does not hold yet, as shards tagged `tag`.
+
+    Shards already tagged `tag` (this run, published before) count as not there: re-publishing a
+    run yields the same files.
+    """
+    own = f"{SPLIT}-{tag}-"
+    old_shards = {
+        path: existing.read(path)
+        for path in existing.paths
+        if path.startswith(f"{DATA_DIR}/") and path.endswith(".parquet") and not path.rsplit("/", 1)[-1].startswith(own)
+    }
+    old_tables = {path: _read_examples(path, data) for path, data in old_shards.items()}
+    old = pa.concat_tables(old_tables.values()) if old_tables else EXAMPLES.empty_table()
+    fresh = _new_rows(old, examples.select(EXAMPLES.names).cast(EXAMPLES))
+    new_splits = {s.task_type: s for s in task_splits(fresh, rows_per_shard, tag)}
+
+    splits = []
+    for task_type in sorted({path.split("/")[1] for path in old_shards} | set(new_splits)):
+        paths = sorted(p for p in old_shards if p.split("/")[1] == task_type)
+        new = new_splits.get(task_type, TaskSplit(task_type, 0, {}))
+        rows = sum(old_tables[p].num_rows for p in paths) + new.rows
+        splits.append(TaskSplit(task_type, rows, {p: old_shards[p] for p in paths} | new.shards))
+    old_sources = _read_sources(existing)
+    all_sources = pa.concat_tables([old_sources, sources.select(SOURCE_COLUMNS).cast(old_sources.schema)])
+    return Snapshot(
+        splits=splits,
+        examples=pa.concat_tables([old, fresh]),
+        sources=_unique_sources(all_sources),
+        skipped=examples.num_rows - fresh.num_rows,
+    )
+
+
+def pair_key(input_text: str, output_text: str) -> str:
+    return sha256_hex(canonical_json([input_text, output_text]))
+
+
+def _new_rows(old: pa.Table, new: pa.Table) -> pa.Table:
+    """Rows of `new` whose example_id and (input, output) are in neither `old` nor an earlier new row."""
+    seen_ids = set(old.column("example_id").to_pylist())
+    seen_pairs = {pair_key(i, o) for i, o in zip(old.column("input").to_pylist(), old.column("output").to_pylist())}
+    new = new.sort_by("example_id")
+    keep = []
+    columns = (new.column(c).to_pylist() for c in ("example_id", "input", "output"))
+    for example_id, input_text, output_text in zip(*columns):
+        pair = pair_key(input_text, output_text)
+        keep.append(example_id not in seen_ids and pair not in seen_pairs)
+        seen_ids.add(example_id)
+        seen_pairs.add(pair)
+    return new.filter(pa.array(keep, pa.bool_())) if keep else new
+
+
+def _read_examples(path: str, data: bytes) -> pa.Table:
+    try:
+        return pq.read_table(io.BytesIO(data)).select(EXAMPLES.names).cast(EXAMPLES)
+    except (pa.ArrowException, KeyError) as err:
+        raise PublishError(f"{path} in the existing dataset is not a shard of Bonito examples: {err}") from err
+
+
+def _read_sources(existing: ExistingFiles) -> pa.Table:
+    schema = pa.schema([DOCUMENTS.field(c) for c in SOURCE_COLUMNS])
+    if SOURCES_FILE not in existing.paths:
+        return schema.empty_table()
+    rows = [json.loads(line) for line in existing.read(SOURCES_FILE).decode().splitlines() if line.strip()]
+    return pa.Table.from_pylist([{c: row.get(c) for c in SOURCE_COLUMNS} for row in rows], schema=schema)
+
+
+def _unique_sources(sources: pa.Table) -> pa.Table:
+    return sources.group_by(SOURCE_COLUMNS).aggregate([]).select(SOURCE_COLUMNS)
 
 
 def sources_jsonl(documents: pa.Table) -> bytes:

@@ -1,7 +1,9 @@
-"""Publish stage against a loopback stand-in for the Hugging Face Hub (tests/hub_server.py)."""
+"""Publish stage against a loopback stand-in for the Hugging Face Hub (tests/hub_server.py): overwrite,
+append and pull-request modes, retries and atomicity under injected faults."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -15,7 +17,7 @@ import pytest
 from bonito_tasks.publish import PublishError, RetryPolicy, publish
 from bonito_tasks.store import LocalStore, StageWriter
 from tests.hub_server import HubServer
-from tests.unit.test_publish import RUN, make_config, make_inputs
+from tests.unit.test_publish import RUN, front_matter, make_config, make_inputs
 
 REPO = "bonito-team/contracts-qa"
 FAST = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05, timeout_s=5)
@@ -154,3 +156,136 @@ def test_token_without_write_access_fails_at_once_without_leaking(hub, setup, ca
     assert len(sent) == len(set(sent))  # nothing retried
     shown = "".join(traceback.format_exception(raised.value)) + caplog.text
     assert token not in shown
+
+
+# Append: nightly runs add their rows.
+
+
+def nightly(hub, tmp_path, name: str, rows, id_salt: str = "", retry=FAST):
+    """One nightly append run with its own store: (validated rows, publish manifest, (store, run, config, inputs))."""
+    run = RUN.model_copy(update={"run_id": f"scheduled__{name}"})
+    store = LocalStore(tmp_path / name)
+    config = make_config(tmp_path, hub_repo_id=REPO, publish_mode="append")
+    inputs = make_inputs(store, run=run, rows=rows, id_salt=id_salt)
+    manifest = publish(store, run, config, *inputs, token=hub.token, endpoint=hub.url, retry=retry)
+    return inputs[0].rows_of("examples"), manifest, (store, run, config, inputs)
+
+
+def main_rows(hub) -> dict[str, int]:
+    """Rows per task type in the parquet shards on main, read back from the server."""
+    import pyarrow.parquet as pq
+
+    files = hub.repo(REPO).resolve("main").files
+    counts: dict[str, int] = {}
+    for path, data in files.items():
+        if path.endswith(".parquet"):
+            for task_type in pq.read_table(io.BytesIO(data)).column("task_type").to_pylist():
+                counts[task_type] = counts.get(task_type, 0) + 1
+    return counts
+
+
+def card_counts(card: bytes) -> dict[str, int]:
+    meta = front_matter(card.decode())
+    return {info["config_name"]: info["splits"][0]["num_examples"] for info in meta["dataset_info"]}
+
+
+def load_rows(hub, tmp_path, revision: str = "main") -> int:
+    """Rows of the repo's default config as `datasets.load_dataset` sees them, in a fresh interpreter."""
+    script = f"import datasets; print(datasets.load_dataset({REPO!r}, split='train', revision={revision!r}).num_rows)"
+    env = os.environ | {"HF_ENDPOINT": hub.url, "HF_TOKEN": hub.token, "HF_HUB_OFFLINE": "0",
+                        "HF_HOME": str(tmp_path / f"hf-{len(hub.requests)}")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.splitlines()[-1])
+
+
+def test_two_appended_nightly_runs_hold_the_sum_of_their_rows(hub, tmp_path):
+    first_rows, first, _ = nightly(hub, tmp_path, "night1", rows=range(0, 3))
+    second_rows, second, (store, run, config, inputs) = nightly(hub, tmp_path, "night2", rows=range(3, 5))
+
+    assert (first_rows, second_rows) == (6, 4)
+    assert sum(main_rows(hub).values()) == first_rows + second_rows == second.metrics["examples"]
+    assert second.metrics["examples_added"] == 4 and second.metrics["duplicates_skipped"] == 0
+    files = hub.repo(REPO).resolve("main").files
+    assert sorted(p for p in files if p.startswith("data/exqa/")) == [
+        "data/exqa/train-scheduled__night1-00000-of-00001.parquet",
+        "data/exqa/train-scheduled__night2-00000-of-00001.parquet",
+    ]
+    assert card_counts(files["README.md"]) == {"default": 10, "exqa": 5, "qa": 5}
+    assert b"latest of 2 runs" in files["README.md"]
+    assert len(publish_commits(hub)) == 2
+    assert load_rows(hub, tmp_path) == 10
+
+    # Re-running publish is a no-op: the committed stage is reused, and with its manifest lost the
+    # rebuilt files equal what the repo holds.
+    requests_before = len(hub.requests)
+    assert publish(store, run, config, *inputs, token=hub.token, endpoint=hub.url, retry=FAST) == second
+    assert len(hub.requests) == requests_before
+    store.delete_prefix(store.key(second.uri).rsplit("/", 1)[0])
+    again = publish(store, run, config, *inputs, token=hub.token, endpoint=hub.url, retry=FAST)
+    assert again.metrics["hub_new_commit"] is False and len(publish_commits(hub)) == 2
+    assert again.metrics["hub_commit_sha"] == second.metrics["hub_commit_sha"]
+
+
+def test_append_never_adds_a_row_twice(hub, tmp_path):
+    nightly(hub, tmp_path, "night1", rows=range(0, 3))
+    _, overlap, _ = nightly(hub, tmp_path, "night2", rows=range(1, 5))  # rows 1, 2 again: same example_id
+    assert overlap.metrics["duplicates_skipped"] == 4 and overlap.metrics["examples_added"] == 4
+    assert main_rows(hub) == {"exqa": 5, "qa": 5}
+
+    # Same (input, output) under new example ids: nothing to add, so no commit at all.
+    _, same_text, _ = nightly(hub, tmp_path, "night3", rows=range(0, 5), id_salt="other-lineage")
+    assert same_text.metrics["duplicates_skipped"] == 10 and same_text.metrics["hub_new_commit"] is False
+    assert len(publish_commits(hub)) == 2 and main_rows(hub) == {"exqa": 5, "qa": 5}
+    assert card_counts(hub.repo(REPO).resolve("main").files["README.md"])["default"] == 10
+
+
+def test_append_retried_through_faults_adds_its_rows_once(hub, tmp_path):
+    nightly(hub, tmp_path, "night1", rows=range(0, 3))
+    hub.fail("POST", r"/commit/", status=503)
+    hub.fail("GET", r"/tree/", status=429)
+    hub.stall("POST", r"/commit/", seconds=1.0)  # applied after the client gave up
+    rows, manifest, _ = nightly(hub, tmp_path, "night2", rows=range(3, 6),
+                                retry=RetryPolicy(attempts=5, base_delay_s=0.01, max_delay_s=0.05, timeout_s=0.3))
+    hub.wait_idle()
+    assert sum(main_rows(hub).values()) == 6 + rows == manifest.metrics["examples"] == 12
+    assert len(publish_commits(hub)) == 2
+
+
+# Pull requests: "pr" proposes the snapshot for review.
+
+
+def test_pr_mode_opens_one_pull_request_and_leaves_main_alone(hub, setup, tmp_path):
+    store, config, inputs = setup
+    config = config.model_copy(update={"publish_mode": "pr"})
+    manifest = run_publish(hub, store, config, inputs)
+
+    repo = hub.repo(REPO)
+    assert list(repo.resolve("main").files) == [".gitattributes"]
+    [pr] = repo.open_pull_requests()
+    assert manifest.metrics["hub_pr_url"] == f"{hub.url}/datasets/{REPO}/discussions/{pr.num}"
+    assert manifest.metrics["hub_commit_sha"] == repo.refs[f"refs/pr/{pr.num}"]
+    assert sorted(repo.resolve(f"refs/pr/{pr.num}").files) == [".gitattributes", *manifest.metrics["files"]]
+    assert load_rows(hub, tmp_path, revision=f"refs/pr/{pr.num}") == 6
+
+    store.delete_prefix(store.key(manifest.uri).rsplit("/", 1)[0])  # lost manifest: the open PR is reused
+    again = run_publish(hub, store, config, inputs)
+    assert len(repo.discussions) == 1 and again.metrics["hub_new_commit"] is False
+    assert again.metrics["hub_pr_url"] == manifest.metrics["hub_pr_url"]
+
+    hub.merge(REPO, pr.num)  # a reviewer merges it: main now holds the dataset, publishing again changes nothing
+    store.delete_prefix(store.key(manifest.uri).rsplit("/", 1)[0])
+    merged = run_publish(hub, store, config, inputs)
+    assert len(repo.discussions) == 1 and merged.metrics["hub_commit_sha"] == repo.refs["main"]
+    assert "hub_pr_url" not in merged.metrics
+
+
+def test_timed_out_pr_commit_opens_a_single_pull_request(hub, setup):
+    store, config, inputs = setup
+    hub.stall("POST", r"/commit/", seconds=1.0)
+    run_publish(hub, store, config.model_copy(update={"publish_mode": "pr"}), inputs,
+                retry=RetryPolicy(attempts=3, base_delay_s=0.01, timeout_s=0.3))
+    hub.wait_idle()
+    assert hub.count("POST", r"/commit/") == 2
+    [pr] = hub.repo(REPO).open_pull_requests()  # the retry found the PR by its title
+    assert len(hub.repo(REPO).history(f"refs/pr/{pr.num}")) == 2  # main's initial commit + one: the stalled one lost

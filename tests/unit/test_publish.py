@@ -1,4 +1,5 @@
-"""Publish stage without the Hub: dataset layout, card, sources sidecar, idempotency."""
+"""Publish stage without the Hub: dataset layout, card (quality summary and plots), sources sidecar,
+append without a target, idempotency."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from bonito_tasks.store import LocalStore, StageWriter, safe_segment
 
 RUN = RunRef(dag_id="bonito_dataset", run_id="manual__2024-05-01T00:00:00+00:00", run_url="http://airflow.local/runs/1")
 SECRET_TEXT = "the confidential body of document"
-QUALITY = {"pass_rate": 0.93, "quarantined": 3}
+PLOT_KEY = "plots/label_balance_exqa.png"  # written into the store by make_inputs
+PNG = b"\x89PNG\r\n\x1a\n" + b"fake image bytes"
+QUALITY = {  # the shape validate/report.py writes, plus keys it might add
+    "rows": 9, "passed": 6, "quarantined": 3, "pass_rate": 0.93,
+    "failed_expectations": {"output_not_empty": 2, "input_has_context": 1},
+    "labels": {"ynqa": {"yes": 5, "no": 4}},
+    "output_tokens": {"exqa": {"median": 12.0}},  # a shape the card does not know: left out
+    "report_uri": "/store/validate/report/quality.html",
+    "plots": {"label_balance.png": PLOT_KEY, "missing.svg": "plots/not_there.svg"},
+}
 
 
 def make_config(tmp_path, **overrides) -> RunConfig:
@@ -26,8 +36,11 @@ def make_config(tmp_path, **overrides) -> RunConfig:
     return RunConfig(**(values | overrides))
 
 
-def make_inputs(store, run: RunRef = RUN, task_types=("exqa", "qa"), quality=QUALITY) -> tuple[Manifest, Manifest]:
-    """Committed extract and validate stages: 3 documents, 2 of which yield 3 examples per task type."""
+def make_inputs(
+    store, run: RunRef = RUN, task_types=("exqa", "qa"), quality=QUALITY, rows=range(3), id_salt=""
+) -> tuple[Manifest, Manifest]:
+    """Committed extract and validate stages: 3 documents, 2 of which yield len(rows) examples per
+    task type (row i's text depends on i only, its id on i and id_salt)."""
     docs = [
         {"doc_id": sha256_hex(f"doc{i}"), "source_uri": f"/docs/file{i}.{ext}", "media_type": media_type,
          "size_bytes": 100 + i, "text": f"{SECRET_TEXT} {i}", "page_starts": None}
@@ -36,13 +49,14 @@ def make_inputs(store, run: RunRef = RUN, task_types=("exqa", "qa"), quality=QUA
     ]
     sampling = canonical_json({"max_tokens": 256, "n": 1, "temperature": 0.5, "top_p": 0.95})
     examples = [
-        {"example_id": sha256_hex(f"{task}-{i}"), "task_type": task, "input": f"Question {i} about {task}?",
+        {"example_id": sha256_hex(f"{id_salt}{task}-{i}"), "task_type": task, "input": f"Question {i} about {task}?",
          "output": f"Answer {i}", "doc_id": docs[i % 2]["doc_id"], "chunk_id": sha256_hex(f"chunk{i % 2}"),
          "char_start": 0, "char_end": 10, "sample_index": 0, "model_id": "BatsResearch/bonito-v1",
          "model_revision": "abc123", "sampling_params": sampling, "run_id": run.run_id}
         for task in task_types
-        for i in range(3)
+        for i in rows
     ]
+    store.write_bytes(PLOT_KEY, PNG)
     extract = StageWriter(store, run, "extract")
     extract.add("documents", pa.Table.from_pylist(docs, schema=DOCUMENTS))
     validate = StageWriter(store, run, "validate")
@@ -80,7 +94,8 @@ def test_folder_loads_with_datasets_all_and_per_task_type(published, tmp_path):
     assert manifest.metrics["examples_per_task_type"] == {"exqa": 3, "qa": 3}
     assert "hub_url" not in manifest.metrics
     assert sorted(manifest.metrics["files"]) == [
-        "README.md", "data/exqa/train-00000-of-00001.parquet", "data/qa/train-00000-of-00001.parquet", "sources.jsonl"
+        "README.md", "assets/label_balance_exqa.png", "data/exqa/train-00000-of-00001.parquet",
+        "data/qa/train-00000-of-00001.parquet", "sources.jsonl",
     ]
 
 
@@ -100,13 +115,76 @@ def test_card_metadata_and_content(published):
     assert DatasetCard(card).data.license == "apache-2.0"  # huggingface_hub parses it too
 
     for fact in ["BatsResearch/bonito-v1", "abc123", '"temperature":0.5', "at most 500 tokens", RUN.run_url,
-                 "3 documents (2 contributed examples)", "application/pdf (1)", "pass_rate: 0.93"]:
+                 "3 documents (2 contributed examples)", "application/pdf (1)"]:
         assert fact in card, fact
     bibtex = re.search(r"```bibtex\n(.*?)```", card, re.S)[1]
     assert bibtex.startswith("@inproceedings{") and bibtex.count("{") == bibtex.count("}")
     assert "Nayak, Nihal V. and Nan, Yiyang and Trost, Avi and Bach, Stephen H." in bibtex
     assert "Learning to Generate Instruction Tuning Datasets for Zero-Shot Task Adaptation" in bibtex
     assert "2402.18334" in bibtex and "year = {2024}" in bibtex
+
+
+def test_card_quality_summary_and_plots(published):
+    store, manifest, _ = published
+    dataset_key = store.key(manifest.metrics["dataset_uri"])
+    card = store.read_bytes(f"{dataset_key}/README.md").decode()
+    quality = card.split("## Quality", 1)[1].split("\n## ", 1)[0]
+    for fact in ["- Pass rate: 93.0%", "- Rows: 9", "- Passed: 6", "- Quarantined: 3", "Labels, ynqa:",
+                 "| Label | Rows |", "| yes | 5 |", "| no | 4 |", "Failed expectations:", "| Reason | Rows |",
+                 "| output_not_empty | 2 |", "![label balance](assets/label_balance_exqa.png)"]:
+        assert fact in quality, fact
+    assert "median" not in quality and "not_there" not in quality and "quality.html" not in quality
+    assert store.read_bytes(f"{dataset_key}/assets/label_balance_exqa.png") == PNG
+    assert "assets/label_balance_exqa.png" in manifest.metrics["files"]
+
+
+def test_plots_named_by_store_uri_are_included(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    svg = b"<svg xmlns='http://www.w3.org/2000/svg'/>"
+    uri = store.write_bytes("bonito_dataset/run/validate/report/labels.svg", svg)  # as validate records it
+    manifest = publish(store, RUN, make_config(tmp_path), *make_inputs(store, quality={"plots": {"labels.svg": uri}}),
+                       token=None)
+    dataset_key = store.key(manifest.metrics["dataset_uri"])
+    assert store.read_bytes(f"{dataset_key}/assets/labels.svg") == svg
+    assert "![labels](assets/labels.svg)" in store.read_bytes(f"{dataset_key}/README.md").decode()
+
+
+@pytest.mark.parametrize("quality", [
+    {"pass_rate": "n/a", "rows": None, 7: {"x": 1}, "label_counts": {}, "plots": [None, 3, "/elsewhere/x.png"]},
+    {"pass_rate": float("nan"), "label_balance": {"exqa": "not a mapping"}},
+])
+def test_card_survives_unexpected_quality_shapes(tmp_path, quality):
+    store = LocalStore(tmp_path / "store")
+    manifest = publish(store, RUN, make_config(tmp_path), *make_inputs(store, quality=quality), token=None)
+    card = store.read_bytes(store.key(manifest.metrics["dataset_uri"]) + "/README.md").decode()
+    assert "## Quality" not in card and "## Citation" in card
+    assert not any(p.startswith("assets/") for p in manifest.metrics["files"])
+
+
+def test_append_without_a_target_is_this_runs_snapshot(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    manifest = publish(store, RUN, make_config(tmp_path, publish_mode="append"), *make_inputs(store), token=None)
+    tag = safe_segment(RUN.run_id)
+    assert f"data/exqa/train-{tag}-00000-of-00001.parquet" in manifest.metrics["files"]
+    assert manifest.metrics["examples"] == manifest.metrics["examples_added"] == 6
+    assert manifest.metrics["duplicates_skipped"] == 0
+
+
+def test_pr_mode_needs_a_hub_repo(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(PublishError, match="pull request"):
+        publish(store, RUN, make_config(tmp_path, publish_mode="pr"), *make_inputs(store), token=None)
+
+
+def test_publish_params_reach_the_dag_form():
+    from bonito_airflow.params import run_params
+
+    params = run_params(source="/docs", store="/store")
+    assert params["publish_mode"].value == "overwrite"
+    assert params["publish_mode"].schema["enum"] == ["overwrite", "append", "pr"]
+    assert params["export_s3_uri"].value is None and "s3://" in params["export_s3_uri"].description
+    with pytest.raises(ValueError):
+        RunConfig(source="/d", store="/s", publish_mode="upsert")
 
 
 def test_card_without_quality_has_no_quality_section(tmp_path):
