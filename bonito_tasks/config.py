@@ -23,6 +23,12 @@ class RunConfig(BaseModel):
     source: str = Field(description="Folder, file or s3://bucket/prefix of documents (.txt .md .html .pdf .docx).")
     store: str = Field(description="Artifact store root: a local folder or s3://bucket/prefix.")
     max_file_bytes: int = Field(50 * 2**20, gt=0, description="Files larger than this are rejected.")
+    include: list[str] = Field(
+        default=["**"], description="Globs (relative to source) of files to read, e.g. ['**/*.pdf']."
+    )
+    exclude: list[str] = Field(default=[], description="Globs (relative to source) of files to skip.")
+    text_column: str = Field("text", min_length=1, description="Column holding the text in .jsonl .csv .parquet and saved HF datasets.")
+    full_refresh: bool = Field(False, description="Reprocess every document, not only those missing from the ledger.")
 
     # What to generate.
     task_types: list[str] = Field(
@@ -34,8 +40,15 @@ class RunConfig(BaseModel):
         None, gt=16, description="Most tokens per chunk; default leaves room for prompt and output in 1024."
     )
     chunk_shard_size: int = Field(500, gt=0, le=100_000, description="Chunks per generate shard (one mapped task each).")
+    chunk_overlap_tokens: int = Field(0, ge=0, description="Tokens of trailing whole sentences repeated at the start of the next chunk.")
+    chunk_min_chars: int = Field(32, ge=0, description="Chunks shorter than this (boilerplate fragments) are dropped.")
 
-    # Model and engine (vLLM).
+    # Model and engine (vLLM in-process, or an OpenAI-compatible server such as `vllm serve`).
+    backend: Literal["vllm", "server"] = Field(
+        "vllm", description="vllm: engine in the task (GPU worker); server: OpenAI-compatible completions endpoint "
+                            "from connection bonito_vllm_default.")
+    server_concurrency: int = Field(16, ge=1, le=1024, description="Requests in flight per task (server backend).")
+    served_model_name: str | None = Field(None, description="Model name the server serves; default: model_id.")
     model_id: str = Field(DEFAULT_MODEL, description="Hub id or local path of the Bonito model.")
     model_revision: str | None = Field(None, description="Hub revision (commit) to pin; ignored for a local path.")
     max_model_len: int = Field(2048, gt=0, description="vLLM max_model_len (bonito-v1's 32768 does not fit small GPUs).")
@@ -53,15 +66,27 @@ class RunConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     n: int = Field(1, ge=1, le=16, description="Generations per prompt.")
 
-    # Validation bounds (characters) for example rows.
-    min_output_chars: int = Field(1, ge=0, description="Shortest valid example output.")
-    max_input_chars: int = Field(20_000, gt=0, description="Longest valid example input.")
-    max_output_chars: int = Field(5_000, gt=0, description="Longest valid example output.")
+    # Validation: row bounds (tokens estimated as UTF-8 bytes / 4) and dataset thresholds.
+    min_output_tokens: int = Field(1, ge=1, description="Shortest valid example output, in tokens (bytes / 4).")
+    max_input_tokens: int = Field(2048, gt=0, description="Longest valid example input, in tokens (bytes / 4).")
+    max_output_tokens: int = Field(1024, gt=0, description="Longest valid example output, in tokens (bytes / 4).")
+    min_pass_rate: float = Field(0.9, ge=0, le=1, description="Validation fails when fewer rows pass (the rest are quarantined).")
+    min_rows: int = Field(1, ge=0, description="Validation fails when fewer rows pass.")
+    max_duplicate_rate: float = Field(0.1, ge=0, le=1, description="Validation fails when more rows repeat an (input, output) pair.")
+    max_label_share: float = Field(0.9, gt=0, le=1, description="Validation fails when one label takes more of a classification task's rows.")
 
     # Publishing.
     hub_repo_id: str | None = Field(None, description="Hugging Face dataset repo to upload to; empty: local folder only.")
     hub_private: bool = Field(True, description="Create the Hub repo private.")
     license: str = Field("other", description="License written into the dataset card.")
+    publish_mode: Literal["overwrite", "append", "pr"] = Field(
+        "overwrite",
+        description="overwrite: the dataset becomes this run's snapshot; append: add this run's new rows "
+        "(deduplicated on example_id and on input+output); pr: open a Hub pull request with the snapshot.",
+    )
+    export_s3_uri: str | None = Field(
+        None, description="Also export the dataset (Parquet + card) to this s3://bucket/prefix; empty: no export."
+    )
 
     @field_validator("task_types")
     @classmethod
@@ -75,7 +100,8 @@ class RunConfig(BaseModel):
             raise ValueError(f"{info.field_name} is empty: set it in the trigger form or BONITO_{info.field_name.upper()}")
         return value
 
-    @field_validator("hub_repo_id", "model_revision", "quantization", mode="before")
+    @field_validator("hub_repo_id", "model_revision", "quantization", "export_s3_uri", "served_model_name",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, value):
         return None if value == "" else value
@@ -93,6 +119,9 @@ class RunConfig(BaseModel):
                 f"chunk_max_tokens ({self.chunk_max_tokens}) + prompt ({PROMPT_OVERHEAD_TOKENS}) + "
                 f"max_tokens ({self.max_tokens}) = {needed} exceeds max_model_len ({self.max_model_len})"
             )
+        if self.chunk_overlap_tokens >= self.chunk_max_tokens // 2:
+            raise ValueError(f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be under half of "
+                             f"chunk_max_tokens ({self.chunk_max_tokens})")
         return self
 
     def sampling_params(self) -> dict:

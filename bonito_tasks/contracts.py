@@ -19,7 +19,7 @@ MANIFEST_NAME = "_manifest.json"
 
 DOCUMENTS = pa.schema(
     [
-        pa.field("doc_id", pa.string(), nullable=False),  # sha256 of the source bytes
+        pa.field("doc_id", pa.string(), nullable=False),  # sha256 of the source bytes (tabular: of the row's text)
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("media_type", pa.string(), nullable=False),
         pa.field("size_bytes", pa.int64(), nullable=False),
@@ -47,6 +47,10 @@ CHUNKS = pa.schema(
         pa.field("char_end", pa.int64(), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
         pa.field("text", pa.large_string(), nullable=False),
+        pa.field("page", pa.int32()),  # 1-based PDF page where the chunk starts, else null
+        # Other places with exactly the same text (exact duplicates are kept once).
+        pa.field("also_in", pa.list_(pa.struct([("doc_id", pa.string()), ("char_start", pa.int64()),
+                                                 ("char_end", pa.int64())])), nullable=False),
     ]
 )
 

@@ -20,10 +20,9 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import AssetAlias, dag, get_current_context, task
 
-from bonito_airflow.hooks import HuggingFaceHook
-from bonito_airflow.operators import BonitoGenerateOperator
+from bonito_airflow.operators import BonitoGenerateOperator, BonitoPublishOperator
 from bonito_airflow.params import run_params
 from bonito_airflow.runtime import stage_ref, task_runtime
 
@@ -31,6 +30,8 @@ AIRFLOW_HOME = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
 
 GPU_POOL = "gpu"
 GPU_QUEUE = os.environ.get("BONITO_GPU_QUEUE", "gpu")
+# Publish adds an event for hf://datasets/<repo_id> (hub_repo_id is a run param) through this alias.
+PUBLISHED = AssetAlias("bonito_dataset/published")
 RETRIES = dict(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=True,
                max_retry_delay=timedelta(minutes=10))
 
@@ -53,9 +54,12 @@ RETRIES = dict(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_b
 def bonito_dataset():
     @task(doc_md="""
 #### extract
-Reads `.txt .md .html .pdf .docx` under `source` (folder, file or `s3://` prefix) into the
-`documents` table (doc_id = sha256 of the file bytes). Files that can't be read go to `rejects`
-with a reason; the task fails only when nothing at all could be extracted.
+Reads `.txt .md .html .pdf .docx`, and `.jsonl .csv .parquet` or saved HF datasets (column
+`text_column`, one document per row), under `source` (folder, file or `s3://` prefix; `include`/
+`exclude` globs) into the `documents` table (doc_id = sha256 of the file bytes or row text).
+Documents already in the ledger are skipped unless `full_refresh`; with 0 new documents the
+downstream tasks skip. Files that can't be read go to `rejects` with a reason (listed in the
+log); the task fails only when nothing at all could be extracted.
 **Artifacts:** `<store>/bonito_dataset/<run_id>/extract/`. **Safe to clear.**
 """)
     def extract() -> dict:
@@ -74,6 +78,10 @@ tokens of the model's tokenizer, in shards of `chunk_shard_size` chunks (one gen
         """One XCom entry per chunk shard: generate is mapped over this list."""
         from bonito_tasks.chunk import chunk as run_chunk
 
+        if not documents["counts"].get("documents"):  # every document already in the ledger
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"no new documents ({documents['counts'].get('skipped_known', 0)} known)")
         rt = task_runtime(get_current_context())
         manifest = run_chunk(rt.store, rt.run, rt.config, rt.store.read_manifest(documents["manifest"]))
         return [{"manifest": manifest.uri, "shard": i, "chunks": ref.rows}
@@ -93,10 +101,15 @@ redoes only what that shard lacks.
 
     @task(doc_md="""
 #### validate
-Runs the Great Expectations suite over all generated examples. On failure the task fails with
-the failing expectations and observed values; the full result is in `validation_result.json`.
+Runs the Great Expectations suites over all generated examples (joined to their chunk text).
+Rows failing a row-level check go to the `quarantine` table with the names of the checks they
+failed; the rest go on. The task fails when a dataset threshold (params `min_pass_rate`,
+`min_rows`, `max_duplicate_rate`, `max_label_share`) is breached: the log names the check, the
+observed value and the threshold. **On failure:** open `data_docs/index.html` and
+`report/quality.html`, read the quarantine part (`failed_expectations` per row); fix the cause
+(model, prompts, params) or, if the data is acceptable, relax the threshold in a new run.
 Publish never runs after a failed validation.
-**Artifacts:** `<store>/bonito_dataset/<run_id>/validate/`. **Safe to clear.**
+**Artifacts:** `<store>/bonito_dataset/<run_id>/validate/` (Data Docs, report, result JSON). **Safe to clear.**
 """)
     def validate(generated: list[dict]) -> dict:
         from bonito_tasks.validate import validate as run_validate
@@ -105,27 +118,37 @@ Publish never runs after a failed validation.
         shards = [rt.store.read_manifest(ref["manifest"]) for ref in generated]
         return stage_ref(run_validate(rt.store, rt.run, rt.config, shards))
 
-    @task(doc_md="""
+    publish_doc = """
 #### publish
-Writes the dataset in Hugging Face Hub layout (`data/<task_type>/*.parquet` + card) to the store
-and, when `hub_repo_id` is set, uploads it in one commit with the `huggingface_default` token.
-Re-running it makes no new commit.
+Writes the dataset in Hugging Face Hub layout (`data/<task_type>/*.parquet`, card, `sources.jsonl`,
+quality plots under `assets/`) to the store; when `hub_repo_id` is set uploads it in one commit with
+the `huggingface_default` token (`publish_mode`: `overwrite` snapshot, `append` new rows only, `pr`
+pull request); when `export_s3_uri` is set copies it there (`aws_default`). Re-running it makes no
+new commit. Extra link "Dataset on Hugging Face"; emits an event for `hf://datasets/<repo_id>`
+through the asset alias `bonito_dataset/published`.
+**Common failures:** token missing or without write access (no retry: fix `huggingface_default`).
 **Artifacts:** `<store>/bonito_dataset/<run_id>/publish/`. **Safe to clear.**
+"""
+
+    @task(doc_md="""
+#### update_ledger
+Records this run's documents (content hashes) in `<store>/bonito_dataset/_ledger/` once publish
+succeeded; the next run skips them unless `full_refresh` is set. A run that failed earlier
+leaves the ledger alone, so its documents are tried again. **Safe to clear** (rewrites the same part).
 """)
-    def publish(examples: dict, documents: dict) -> dict:
-        from bonito_tasks.publish import publish as run_publish
+    def update_ledger(published: dict, documents: dict) -> dict:
+        from bonito_tasks.ledger import update_ledger as run_update_ledger
 
         rt = task_runtime(get_current_context())
-        token = HuggingFaceHook().get_token() if rt.config.hub_repo_id else None
-        manifest = run_publish(rt.store, rt.run, rt.config, rt.store.read_manifest(examples["manifest"]),
-                               rt.store.read_manifest(documents["manifest"]), token)
-        return stage_ref(manifest, **{k: manifest.metrics.get(k) for k in ("dataset_uri", "hub_url")})
+        return run_update_ledger(rt.store, rt.run, rt.store.read_manifest(documents["manifest"]))
 
     documents = extract()
     generated = BonitoGenerateOperator.partial(
         task_id="generate", pool=GPU_POOL, queue=GPU_QUEUE, doc_md=generate_doc
     ).expand(chunk_shard=chunk(documents))
-    publish(validate(generated.output), documents)
+    published = BonitoPublishOperator(task_id="publish", examples=validate(generated.output), documents=documents,
+                                      outlets=[PUBLISHED], doc_md=publish_doc)
+    update_ledger(published.output, documents)
 
 
 bonito_dataset()

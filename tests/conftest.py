@@ -68,3 +68,32 @@ def vllm_engine():
     engine = VllmEngine(config).load()
     yield engine
     engine.unload()
+
+
+def commit_chunks(store, run, rows: list[dict]):
+    """A committed chunk stage holding `rows` (optional CHUNKS fields default to empty)."""
+    import pyarrow as pa
+
+    from bonito_tasks.contracts import CHUNKS
+    from bonito_tasks.store import StageWriter
+
+    defaults = {"page": None, "also_in": []}
+    writer = StageWriter(store, run, "chunk")
+    writer.begin()
+    writer.add("chunks", pa.Table.from_pylist([{**defaults, **row} for row in rows], CHUNKS))
+    return writer.commit(config_sha256="test-chunks")
+
+
+def paragraph_chunks(store, run, n: int):
+    """A chunk stage of the first n long paragraphs of the bundled Apache-2.0 text; returns
+    (manifest, rows)."""
+    from bonito_tasks.contracts import sha256_hex
+
+    text = (SAMPLE_DOCS / "apache-2.0.txt").read_text()
+    paragraphs = [p for p in text.split("\n\n") if len(p.split()) > 20][:n]
+    rows = []
+    for i, p in enumerate(paragraphs):
+        start = text.index(p)
+        rows.append({"chunk_id": sha256_hex(f"doc:{start}"), "doc_id": "doc", "chunk_index": i, "char_start": start,
+                     "char_end": start + len(p), "n_tokens": 1, "text": p})
+    return commit_chunks(store, run, rows), rows

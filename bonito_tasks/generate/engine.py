@@ -6,7 +6,7 @@ import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import sha256_hex
@@ -21,7 +21,7 @@ class EngineFailure(RuntimeError):
 
     def __init__(self, message: str, kind: str):
         super().__init__(message)
-        self.kind = kind  # "out_of_memory" or "engine_died"
+        self.kind = kind  # "out_of_memory", "engine_died", or "rejected" (a configuration error: don't retry)
 
 
 def _as_engine_failure(err: BaseException, config: RunConfig, max_num_seqs: int | None) -> EngineFailure:
@@ -55,6 +55,15 @@ def model_revision(config: RunConfig) -> str:
         ))
         return f"sha256:{digest}"
     return config.model_revision or "unpinned"
+
+
+class Engine(Protocol):
+    """What the generate stage needs from a backend (VllmEngine, OpenAICompletionsEngine)."""
+
+    def prompt_tokens(self, prompts: list[str]) -> list[int]: ...
+
+    def stream(self, prompts: dict[int, str], sampling_params: dict, flush_every: int
+               ) -> Iterator[list[tuple[int, list[Completion]]]]: ...
 
 
 class VllmEngine:

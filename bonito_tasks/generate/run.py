@@ -30,6 +30,7 @@ from bonito_tasks.contracts import (
 from bonito_tasks.generate.engine import (
     DEFAULT_MAX_NUM_SEQS,
     Completion,
+    Engine,
     EngineFailure,
     VllmEngine,
     model_revision,
@@ -56,10 +57,11 @@ class ShardState:
 
 
 def generate_shard(
-    store, run: RunRef, config: RunConfig, chunks: Manifest, shard: int, engine: VllmEngine | None = None
+    store, run: RunRef, config: RunConfig, chunks: Manifest, shard: int, engine: Engine | None = None
 ) -> Manifest:
-    """Generate examples for one chunk shard. Pass a loaded `engine` to share it across calls;
-    without one, an engine is started for this shard and shut down before returning."""
+    """Generate examples for one chunk shard. Pass a loaded `engine` (in-process or server) to
+    share it across calls; without one, a vLLM engine is started for this shard and shut down
+    before returning."""
     writer = StageWriter(store, run, "generate", shard=shard)
     config_sha = config.sha256()
     if done := writer.reusable(config_sha, [chunks]):
@@ -217,7 +219,7 @@ class _Recorder:
         return None, ""
 
 
-def _too_long(engine: VllmEngine, config: RunConfig, prompts: dict[int, str]) -> list[int]:
+def _too_long(engine: Engine, config: RunConfig, prompts: dict[int, str]) -> list[int]:
     """Prompts that leave no room for max_tokens within max_model_len (rejected, never sent)."""
     limit = config.max_model_len - config.max_tokens
     indexes = list(prompts)

@@ -6,8 +6,8 @@ texts and writes lineage exactly as it does for the in-process engine.
 - Client: httpx, one pooled client used by a pool of `concurrency` threads, so at most
   `concurrency` requests are in flight and `stream()` stays a plain generator the caller
   checkpoints between. Not the `openai` SDK: `/tokenize` and per-choice `token_ids` are vLLM
-  extensions outside its typed surface, and its built-in retries have fixed delays. httpx is
-  what the SDK is built on, so a worker needs nothing more.
+  extensions outside its typed surface, and its built-in retries have fixed delays. httpx (what
+  the SDK, huggingface-hub and Airflow's task SDK are built on) is already on every worker.
 - Token counts: prompts through the server's `/tokenize` (the served tokenizer, BOS included as
   for a completion; the worker needs no model files). Completions through vLLM's
   `return_token_ids`, so `n_tokens` is exact per choice (EOS included, as in-process); a server
@@ -43,10 +43,11 @@ class RetryPolicy:
     base_delay_s: float = 1.0  # wait before try k+1: base * 2**(k-1) * uniform(0.5, 1), capped
     max_delay_s: float = 30.0
     timeout_s: float = 600.0  # per request: a completion may queue behind others on the server
+    connect_timeout_s: float = 10.0
 
     def delay(self, attempt: int, retry_after: str | None) -> float:
         try:
-            return min(float(retry_after), self.max_delay_s)
+            return max(0.0, min(float(retry_after), self.max_delay_s))
         except (TypeError, ValueError):
             return min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s) * random.uniform(0.5, 1)
 
@@ -74,7 +75,8 @@ class OpenAICompletionsEngine:
 
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         self._client = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=self.retry.timeout_s,
+            base_url=self.base_url, headers=headers,
+            timeout=httpx.Timeout(self.retry.timeout_s, connect=self.retry.connect_timeout_s),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="completions")
@@ -109,9 +111,10 @@ class OpenAICompletionsEngine:
         n = sampling_params.get("n", 1)
         bodies = {i: {"model": self.model, "prompt": p, **sampling_params, "return_token_ids": True}
                   for i, p in prompts.items()}
+        results = self._as_completed("/v1/completions", bodies)
         finished: list[tuple[int, list[Completion]]] = []
         try:
-            for index, response in self._as_completed("/v1/completions", bodies):
+            for index, response in results:
                 finished.append((index, self._completions(response, n)))
                 if len(finished) >= flush_every:
                     yield finished
@@ -120,6 +123,8 @@ class OpenAICompletionsEngine:
             if finished:
                 yield finished
             raise
+        finally:
+            results.close()  # stopped early or failed: cancel what is queued
         if finished:
             yield finished
 
@@ -139,18 +144,31 @@ class OpenAICompletionsEngine:
 
     def _as_completed(self, path: str, bodies: dict[int, dict]) -> Iterator[tuple[int, dict]]:
         """POST every body through the pool; (key, response JSON) as each finishes. The first
-        failure, or the caller stopping early, cancels what is queued and stops retries."""
+        failure, or the caller stopping early, stops what is queued and what waits to retry."""
         stop = threading.Event()
-        futures = {self._pool.submit(self._request, "POST", path, body, stop): key for key, body in bodies.items()}
+
+        def call(body: dict) -> dict | None:
+            if stop.is_set():
+                return None
+            try:
+                return self._request("POST", path, body, stop)
+            except BaseException:
+                stop.set()
+                raise
+
+        futures = {self._pool.submit(call, body): key for key, body in bodies.items()}
         try:
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                if (response := future.result()) is not None:  # None: abandoned after a failure
+                    yield futures[future], response
         finally:
             stop.set()
             for future in futures:
                 future.cancel()
 
-    def _request(self, method: str, path: str, body: dict | None = None, stop: threading.Event | None = None) -> dict:
+    def _request(self, method: str, path: str, body: dict | None = None, stop: threading.Event | None = None
+                 ) -> dict | None:
+        """The response JSON, or None when `stop` is set while waiting to retry."""
         import httpx
 
         stop = stop or threading.Event()
@@ -163,24 +181,29 @@ class OpenAICompletionsEngine:
                 problem = f"{type(err).__name__}: {err}"
             else:
                 if response.is_success:
-                    return response.json()
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise self._failure(f"{method} {url} answered {response.status_code} without JSON "
+                                            f"({response.text[:200]!r}): is {self.base_url} an OpenAI-compatible "
+                                            "server?", "rejected") from None
                 problem = f"HTTP {response.status_code}: {_error_text(response)}"
                 if response.status_code not in RETRY_STATUSES and response.status_code < 500:
                     raise self._failure(
                         f"{method} {url} was rejected ({problem}). Check the server URL, the API key and the "
                         f"served model name ('{self.model}'); retrying cannot help.", "rejected")
                 retry_after = response.headers.get("retry-after")
-            if attempt == self.retry.attempts or stop.is_set():
+            if attempt == self.retry.attempts:
                 break
             delay = self.retry.delay(attempt, retry_after)
             log.warning("%s", self._mask(f"{method} {url} failed ({problem}); retry {attempt}/"
                                          f"{self.retry.attempts - 1} in {delay:.1f}s"))
             if stop.wait(delay):
-                break
+                return None
         raise self._failure(
-            f"{method} {url} failed after {attempt} attempt(s); last error: {problem}. Check that the server is "
-            f"up ({self.base_url}/health) and not overloaded (lower the concurrency, now {self.concurrency}); "
-            "the retry resumes after the last checkpoint.", "engine_died")
+            f"{method} {url} failed after {self.retry.attempts} attempt(s); last error: {problem}. Check that the "
+            f"server is up ({self.base_url}/health) and not overloaded (lower the concurrency, now "
+            f"{self.concurrency}); the retry resumes after the last checkpoint.", "engine_died")
 
     def _completions(self, response: dict, n: int) -> list[Completion]:
         choices = sorted(response["choices"], key=lambda c: c["index"])

@@ -59,3 +59,22 @@ class S3ConnectionHook(BaseHook):
             "region_name": extra.get("region_name"),
         }
         return {k: v for k, v in kwargs.items() if v}
+
+
+class VllmServerHook(BaseHook):
+    """An OpenAI-compatible completions server (e.g. `vllm serve`) from connection
+    `bonito_vllm_default`: host (with scheme) and port give the URL, password is the API key."""
+
+    conn_name_attr = "server_conn_id"
+    default_conn_name = "bonito_vllm_default"
+    conn_type = "http"
+    hook_name = "Bonito vLLM server"
+
+    def __init__(self, server_conn_id: str = default_conn_name):
+        super().__init__()
+        self.server_conn_id = server_conn_id
+
+    def endpoint(self) -> tuple[str, str | None]:
+        conn = self.get_connection(self.server_conn_id)
+        host = conn.host if "://" in (conn.host or "") else f"{conn.schema or 'http'}://{conn.host}"
+        return (f"{host}:{conn.port}" if conn.port else host), (conn.password or None)

@@ -27,7 +27,8 @@ def task_runtime(context: dict, aws_conn_id: str = "aws_default") -> TaskRuntime
     base_url = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
     run = RunRef(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
                  run_url=f"{base_url}/dags/{dag_run.dag_id}/runs/{dag_run.run_id}")
-    s3_kwargs = S3ConnectionHook(aws_conn_id).client_kwargs() if "s3://" in config.store + config.source else {}
+    uris = config.store + config.source + (config.export_s3_uri or "")
+    s3_kwargs = S3ConnectionHook(aws_conn_id).client_kwargs() if "s3://" in uris else {}
     store = open_store(config.store, **(s3_kwargs if config.store.startswith("s3://") else {}))
     return TaskRuntime(config, run, store, s3_kwargs)
 

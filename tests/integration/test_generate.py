@@ -2,36 +2,21 @@
 
 import json
 
-import pyarrow as pa
 import pytest
 
-from bonito_tasks.contracts import CHUNKS, EXAMPLES, RunRef, sha256_hex
+from bonito_tasks.contracts import EXAMPLES, RunRef
 from bonito_tasks.generate.run import generate_shard
-from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.store import LocalStore
 from bonito_tasks.task_types import TASK_TYPES
-from conftest import SAMPLE_DOCS, make_config
+from conftest import make_config, paragraph_chunks
 
 pytestmark = pytest.mark.vllm
 RUN = RunRef(dag_id="d", run_id="r1")
 
 
-def chunk_stage(store, n: int):
-    text = (SAMPLE_DOCS / "apache-2.0.txt").read_text()
-    paragraphs = [p for p in text.split("\n\n") if len(p.split()) > 20][:n]
-    rows = []
-    for i, p in enumerate(paragraphs):
-        start = text.index(p)
-        rows.append({"chunk_id": sha256_hex(f"doc:{start}"), "doc_id": "doc", "chunk_index": i, "char_start": start,
-                     "char_end": start + len(p), "n_tokens": 1, "text": p})
-    writer = StageWriter(store, RUN, "chunk")
-    writer.begin()
-    writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
-    return writer.commit(config_sha256="x"), rows
-
-
 def test_all_task_types_parse_with_lineage(tmp_path, vllm_engine):
     store = LocalStore(tmp_path / "store")
-    chunks, rows = chunk_stage(store, 4)
+    chunks, rows = paragraph_chunks(store, RUN, 4)
     config = make_config(tmp_path, task_types=list(TASK_TYPES), n=2)
     manifest = generate_shard(store, RUN, config, chunks, 0, engine=vllm_engine)
 

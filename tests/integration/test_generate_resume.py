@@ -8,13 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
-from bonito_tasks.contracts import CHUNKS, RunRef, sha256_hex
+from bonito_tasks.contracts import RunRef, sha256_hex
 from bonito_tasks.generate.run import CHECKPOINT_PREFIX, generate_shard
 from bonito_tasks.store import LocalStore, StageWriter
-from conftest import REPO, SAMPLE_DOCS, make_config
+from conftest import REPO, SAMPLE_DOCS, commit_chunks, make_config
 
 pytestmark = pytest.mark.vllm
 RUN = RunRef(dag_id="d", run_id="r1")
@@ -29,10 +28,7 @@ def chunk_stage(store, n_chunks: int):
         piece = " ".join(sentences[i % len(sentences): i % len(sentences) + 2])
         rows.append({"chunk_id": sha256_hex(f"c{i}"), "doc_id": "doc", "chunk_index": i, "char_start": 0,
                      "char_end": len(piece), "n_tokens": 1, "text": piece})
-    writer = StageWriter(store, RUN, "chunk")
-    writer.begin()
-    writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
-    return writer.commit(config_sha256="x")
+    return commit_chunks(store, RUN, rows)
 
 
 def checkpoints(store, prefix: str) -> int:

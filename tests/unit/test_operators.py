@@ -4,7 +4,6 @@
 from types import SimpleNamespace
 from unittest import mock
 
-import pyarrow as pa
 import pytest
 
 from bonito_tasks.contracts import CHUNKS, RunRef
@@ -35,3 +34,44 @@ def test_execute_delegates_one_shard(tmp_path):
     assert config.n == 2 and chunks_arg == chunks and store_arg.root_uri == store.root_uri
     assert result == {"manifest": committed.uri, "counts": {"examples": 7}}
     assert op.template_fields == ("chunk_shard",)
+
+
+def test_server_backend_uses_connection_and_fails_fast_on_rejection(tmp_path, monkeypatch):
+    """backend=server: the URL and key come from the connection; a rejected request is not retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from bonito_airflow.operators import BonitoGenerateOperator
+    from bonito_tasks.generate.engine import EngineFailure
+
+    monkeypatch.setenv("AIRFLOW_CONN_GEN_SERVER", '{"conn_type": "http", "host": "http://127.0.0.1", "port": 8000, '
+                                                  '"password": "sk-secret"}')
+    store = LocalStore(tmp_path / "store")
+    writer = StageWriter(store, RunRef(dag_id="bonito_dataset", run_id="run-1"), "chunk")
+    writer.begin()
+    writer.add("chunks", CHUNKS.empty_table())
+    chunks = writer.commit(config_sha256="x")
+    params = {"source": "/docs", "store": str(tmp_path / "store"), "model_id": "bonito", "backend": "server"}
+    context = {"params": params, "dag_run": SimpleNamespace(dag_id="bonito_dataset", run_id="run-1")}
+    op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 0},
+                                server_conn_id="gen_server")
+
+    built = {}
+
+    class FakeServerEngine:  # stands in for OpenAICompletionsEngine; the real one is tested against vllm serve
+        def __init__(self, config, url, api_key=None, **kwargs):
+            built.update(url=url, api_key=api_key, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            built["closed"] = True
+
+    monkeypatch.setattr("bonito_tasks.generate.server.OpenAICompletionsEngine", FakeServerEngine)
+    rejected = EngineFailure("model 'bonito' is not served", "rejected")
+    with mock.patch("bonito_tasks.generate.run.generate_shard", side_effect=rejected) as generate_shard:
+        with pytest.raises(AirflowFailException, match="not served"):
+            op.execute(context)
+    assert isinstance(generate_shard.call_args.kwargs["engine"], FakeServerEngine)
+    assert built == {"url": "http://127.0.0.1:8000", "api_key": "sk-secret", "concurrency": 16,
+                     "served_model_name": None, "closed": True}
