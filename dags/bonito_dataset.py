@@ -112,11 +112,16 @@ Publish never runs after a failed validation.
 **Artifacts:** `<store>/bonito_dataset/<run_id>/validate/` (Data Docs, report, result JSON). **Safe to clear.**
 """)
     def validate(generated: list[dict]) -> dict:
-        from bonito_tasks.validate import validate as run_validate
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from bonito_tasks.validate import ValidationFailed, validate as run_validate
 
         rt = task_runtime(get_current_context())
         shards = [rt.store.read_manifest(ref["manifest"]) for ref in generated]
-        return stage_ref(run_validate(rt.store, rt.run, rt.config, shards))
+        try:
+            return stage_ref(run_validate(rt.store, rt.run, rt.config, shards))
+        except ValidationFailed as failed:  # the same data fails the same way: retrying is pointless
+            raise AirflowFailException(str(failed)) from failed
 
     publish_doc = """
 #### publish

@@ -23,6 +23,10 @@ def main() -> int:
         "model_id": str(REPO / "tests/assets/tiny-bonito"),
         "task_types": ["exqa", "ynqa", "nli"],
         "dtype": "float32",
+        # The tiny model only imitates Bonito's format; about 85% of its rows pass the
+        # per-task checks, so the demo gates at 50% instead of the production 90%.
+        "min_pass_rate": 0.5,
+        "full_refresh": True,  # every demo run reprocesses the samples (the ledger would skip them)
     }
     started = time.monotonic()
     dag = load_dag("bonito_dataset")
@@ -33,7 +37,8 @@ def main() -> int:
         return 1
     published = StageWriter(open_store(conf["store"]), RunRef(dag_id=dag.dag_id, run_id=dag_run.run_id),
                             "publish").committed()
-    print(json.dumps({"run_id": dag_run.run_id, "wall_s": round(elapsed, 1), **published.metrics}, indent=2))
+    summary = {k: published.metrics.get(k) for k in ("examples", "examples_per_task_type", "dataset_uri")}
+    print(json.dumps({"run_id": dag_run.run_id, "wall_s": round(elapsed, 1), **summary}, indent=2))
     print(f"\nPublished {published.metrics['examples']} examples to {published.metrics['dataset_uri']}")
     print(f"Load it with: datasets.load_dataset({published.metrics['dataset_uri']!r})")
     return 0
