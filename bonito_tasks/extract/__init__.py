@@ -23,7 +23,7 @@ from bonito_tasks.store import ArtifactStore, StageWriter
 
 log = logging.getLogger(__name__)
 
-SHARD_TEXT_BYTES = 64 * 2**20  # flush a documents shard once it holds this much text
+SHARD_TEXT_BYTES = 32 * 2**20  # flush a documents shard once it holds this much text
 SUPPORTED = sorted([*READERS, *TABLE_READERS, HF_DATASET])
 
 

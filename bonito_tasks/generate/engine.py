@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -13,6 +14,7 @@ from bonito_tasks.contracts import sha256_hex
 
 log = logging.getLogger(__name__)
 
+FLUSH_EVERY_S = 30  # hand finished prompts back at least this often (checkpoint and progress line)
 DEFAULT_MAX_NUM_SEQS = 256  # vLLM's default on a GPU; the base that out-of-memory retries halve
 
 
@@ -111,7 +113,8 @@ class VllmEngine:
 
     def stream(self, prompts: dict[int, str], sampling_params: dict, flush_every: int
                ) -> Iterator[list[tuple[int, list[Completion]]]]:
-        """Completions as requests finish, in lists of about `flush_every` prompts.
+        """Completions as requests finish, in lists of about `flush_every` prompts (or whatever
+        finished within FLUSH_EVERY_S).
 
         All prompts are queued at once so the engine batches as freely as one `LLM.generate`
         call; results are handed back as they finish so the caller can checkpoint them."""
@@ -126,6 +129,7 @@ class VllmEngine:
                 engine.add_request(f"p{index}", prompt, params)  # outputs carry this external id
                 by_request[f"p{index}"] = index
             finished: list[tuple[int, list[Completion]]] = []
+            flushed = time.monotonic()
             while engine.has_unfinished_requests():
                 try:
                     outputs = engine.step()
@@ -135,9 +139,9 @@ class VllmEngine:
                     if out.finished:
                         completions = [Completion(o.text, len(o.token_ids)) for o in out.outputs]
                         finished.append((by_request.pop(out.request_id), completions))
-                if len(finished) >= flush_every:
+                if len(finished) >= flush_every or (finished and time.monotonic() - flushed >= FLUSH_EVERY_S):
                     yield finished
-                    finished = []
+                    finished, flushed = [], time.monotonic()
             if finished:
                 yield finished
         finally:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Iterator
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.generate.engine import Completion, EngineFailure
+from bonito_tasks.generate.engine import FLUSH_EVERY_S, Completion, EngineFailure
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,13 @@ class OpenAICompletionsEngine:
                   for i, p in prompts.items()}
         results = self._as_completed("/v1/completions", bodies)
         finished: list[tuple[int, list[Completion]]] = []
+        flushed = time.monotonic()
         try:
             for index, response in results:
                 finished.append((index, self._completions(response, n)))
-                if len(finished) >= flush_every:
+                if len(finished) >= flush_every or time.monotonic() - flushed >= FLUSH_EVERY_S:
                     yield finished
-                    finished = []
+                    finished, flushed = [], time.monotonic()
         except EngineFailure:
             if finished:
                 yield finished
