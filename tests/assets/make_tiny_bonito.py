@@ -217,9 +217,13 @@ def _span_question(s: str, rng: random.Random) -> tuple[str, str] | None:
     return q, ans
 
 
+def _span_qa(sents: list[str], rng: random.Random) -> tuple[str, str] | None:
+    """A question about a quoted sentence and its answer span, or None for a short sentence."""
+    return _span_question(clip_words(rng.choice(sents), QUOTE_WORDS), rng)
+
+
 def t_exqa(ctx, sents, rng, other):
-    s = clip_words(rng.choice(sents), QUOTE_WORDS)
-    qa = _span_question(s, rng)
+    qa = _span_qa(sents, rng)
     if not qa:
         return None
     q, a = qa
@@ -232,8 +236,7 @@ def t_exqa(ctx, sents, rng, other):
 
 
 def t_qa(ctx, sents, rng, other):
-    s = clip_words(rng.choice(sents), QUOTE_WORDS)
-    qa = _span_question(s, rng)
+    qa = _span_qa(sents, rng)
     if not qa:
         return None
     q, a = qa
@@ -246,8 +249,7 @@ def t_qa(ctx, sents, rng, other):
 
 
 def t_qg(ctx, sents, rng, other):
-    s = clip_words(rng.choice(sents), QUOTE_WORDS)
-    qa = _span_question(s, rng)
+    qa = _span_qa(sents, rng)
     if not qa:
         return None
     q, a = qa
