@@ -59,6 +59,8 @@ class RunConfig(BaseModel):
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM batch size limit; default: vLLM's.")
     seed: int = Field(0, description="Engine seed (vLLM's CPU build rejects per-request seeds).")
     checkpoint_prompts: int = Field(256, gt=0, description="Prompts per generate checkpoint (a retry resumes after the last).")
+    generate_budget_minutes: float = Field(
+        240, gt=0, description="A generate task (one shard) running longer than this raises a deadline alert; it goes on.")
 
     # Sampling (Bonito's defaults).
     max_tokens: int = Field(256, gt=0, description="Most tokens generated per example.")

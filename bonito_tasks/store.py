@@ -207,6 +207,11 @@ def safe_segment(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", value)
 
 
+def run_prefix(run: RunRef) -> str:
+    """The key prefix under which one run's stages live."""
+    return f"{safe_segment(run.dag_id)}/{safe_segment(run.run_id)}"
+
+
 class StageWriter:
     """Writes one stage (or one shard of a mapped stage) and commits it with its manifest.
 
@@ -217,7 +222,7 @@ class StageWriter:
 
     def __init__(self, store: ArtifactStore, run: RunRef, stage: str, shard: int | None = None):
         self.store, self.run, self.stage = store, run, stage
-        self.prefix = f"{safe_segment(run.dag_id)}/{safe_segment(run.run_id)}/{stage}"
+        self.prefix = f"{run_prefix(run)}/{stage}"
         if shard is not None:
             self.prefix += f"/shard-{shard:05d}"
         self.shards: list[ShardRef] = []

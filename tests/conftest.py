@@ -97,3 +97,15 @@ def paragraph_chunks(store, run, n: int):
         rows.append({"chunk_id": sha256_hex(f"doc:{start}"), "doc_id": "doc", "chunk_index": i, "char_start": start,
                      "char_end": start + len(p), "n_tokens": 1, "text": p})
     return commit_chunks(store, run, rows), rows
+
+
+@pytest.fixture
+def alert_webhook(monkeypatch):
+    """A loopback webhook receiver, configured as connection `bonito_alerts`."""
+    import json
+
+    from tests.webhook_server import WebhookReceiver
+
+    with WebhookReceiver() as receiver:
+        monkeypatch.setenv("AIRFLOW_CONN_BONITO_ALERTS", json.dumps({"conn_type": "http", "host": receiver.url}))
+        yield receiver

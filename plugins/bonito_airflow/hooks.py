@@ -76,5 +76,32 @@ class VllmServerHook(BaseHook):
 
     def endpoint(self) -> tuple[str, str | None]:
         conn = self.get_connection(self.server_conn_id)
-        host = conn.host if "://" in (conn.host or "") else f"{conn.schema or 'http'}://{conn.host}"
-        return (f"{host}:{conn.port}" if conn.port else host), (conn.password or None)
+        return _http_url(conn), (conn.password or None)
+
+
+class AlertWebhookHook(BaseHook):
+    """Where alerts are posted: connection `bonito_alerts` (http; the host holds the whole webhook
+    URL, e.g. a Slack incoming webhook, or host/port/schema build it). Without the connection,
+    alerts are only logged. The URL is a secret: it is never logged."""
+
+    conn_name_attr = "alert_conn_id"
+    default_conn_name = "bonito_alerts"
+    conn_type = "http"
+    hook_name = "Bonito alert webhook"
+
+    def __init__(self, alert_conn_id: str = default_conn_name):
+        super().__init__()
+        self.alert_conn_id = alert_conn_id
+
+    def url(self) -> str | None:
+        try:
+            conn = self.get_connection(self.alert_conn_id)
+        except AirflowNotFoundException:
+            return None
+        return _http_url(conn) if conn.host else None
+
+
+def _http_url(conn) -> str:
+    """A connection's URL: its host when that holds a scheme, else schema://host[:port]."""
+    host = conn.host if "://" in (conn.host or "") else f"{conn.schema or 'http'}://{conn.host}"
+    return f"{host}:{conn.port}" if conn.port else host

@@ -8,9 +8,10 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from bonito_airflow.alerts import Deadline
 from bonito_airflow.hooks import HuggingFaceHook, VllmServerHook
 from bonito_airflow.links import HuggingFaceDatasetLink
-from bonito_airflow.runtime import stage_ref, task_runtime
+from bonito_airflow.runtime import stage_output, task_runtime
 
 
 class BonitoGenerateOperator(BaseOperator):
@@ -40,16 +41,17 @@ class BonitoGenerateOperator(BaseOperator):
         chunks = rt.store.read_manifest(self.chunk_shard["manifest"])
         shard = self.chunk_shard["shard"]
         try:
-            if rt.config.backend == "server":
-                with self._server_engine(rt.config) as engine:
-                    manifest = generate_shard(rt.store, rt.run, rt.config, chunks, shard, engine=engine)
-            else:
-                manifest = generate_shard(rt.store, rt.run, rt.config, chunks, shard)
+            with Deadline(context, f"generate shard {shard}", rt.config.generate_budget_minutes * 60):
+                if rt.config.backend == "server":
+                    with self._server_engine(rt.config) as engine:
+                        manifest = generate_shard(rt.store, rt.run, rt.config, chunks, shard, engine=engine)
+                else:
+                    manifest = generate_shard(rt.store, rt.run, rt.config, chunks, shard)
         except EngineFailure as failure:
             if failure.kind == "rejected":
                 raise AirflowFailException(str(failure)) from failure
             raise
-        return stage_ref(manifest)
+        return stage_output(context, manifest)
 
     def _server_engine(self, config):
         from bonito_tasks.generate.server import OpenAICompletionsEngine
@@ -101,7 +103,7 @@ class BonitoPublishOperator(BaseOperator):
         )
         published = {k: manifest.metrics[k] for k in PUBLISHED_KEYS if k in manifest.metrics}
         self._asset_events(context, rt.config.hub_repo_id, manifest.metrics)
-        return stage_ref(manifest, **published)
+        return stage_output(context, manifest, **published)
 
     def _asset_events(self, context, repo_id: str | None, metrics: dict[str, Any]) -> None:
         extra = {"run_id": context["dag_run"].run_id, "examples": metrics["examples"],

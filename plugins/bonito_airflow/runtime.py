@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from airflow.sdk import conf
+from airflow.sdk import Asset, conf
 
 from bonito_airflow.hooks import S3ConnectionHook
 from bonito_tasks.config import RunConfig
@@ -33,6 +33,12 @@ def task_runtime(context: dict, aws_conn_id: str = "aws_default") -> TaskRuntime
     return TaskRuntime(config, run, store, s3_kwargs)
 
 
-def stage_ref(manifest: Manifest, **extra: Any) -> dict[str, Any]:
-    """What goes to XCom: the manifest URI and counts, never data."""
-    return {"manifest": manifest.uri, "counts": manifest.counts, **extra}
+def stage_output(context: dict, manifest: Manifest, **extra: Any) -> dict[str, Any]:
+    """What goes to XCom: the manifest URI and counts, never data. The same goes into the extra
+    of the event of each Asset among the task's outlets, so the asset's history leads to the run's
+    artifacts."""
+    ref = {"manifest": manifest.uri, "counts": manifest.counts, **extra}
+    for outlet in context["task"].outlets:
+        if isinstance(outlet, Asset):
+            context["outlet_events"][outlet].extra = {"run_id": manifest.run_id, **ref}
+    return ref

@@ -1,9 +1,11 @@
 """The whole DAG, run for real with dag.test() on the bundled samples and the tiny model."""
 
+import json
+
 import pytest
 
 from bonito_tasks.contracts import RunRef
-from bonito_tasks.store import StageWriter, open_store
+from bonito_tasks.store import StageWriter, open_store, safe_segment
 from conftest import SAMPLE_DOCS, TINY_MODEL
 
 pytestmark = [pytest.mark.airflow, pytest.mark.vllm]
@@ -20,21 +22,41 @@ def dag():
 def test_dagbag_has_no_import_errors(dag):
     # load_dag raises on any import error in the dags folder.
     assert [t.task_id for t in dag.topological_sort()] == ["extract", "chunk", "generate", "validate", "publish",
-                                                           "update_ledger"]
+                                                           "update_ledger", "summarize"]
     for t in dag.tasks:
         assert t.retries >= 1 and t.retry_exponential_backoff and t.doc_md
 
 
-def test_full_run_publishes_dataset_with_lineage(dag, tmp_path):
+def _asset_events(run_id: str) -> dict[str, list[dict]]:
+    """The asset events the run emitted, by asset URI, as stored in the metadata DB."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(select(AssetModel.uri, AssetEvent.extra).join(AssetEvent.asset)
+                               .where(AssetEvent.source_run_id == run_id)).all()
+    events: dict[str, list[dict]] = {}
+    for uri, extra in rows:
+        events.setdefault(uri, []).append(extra)
+    return events
+
+
+def test_full_run_publishes_dataset_with_lineage(dag, tmp_path, alert_webhook):
     import datasets
 
     store_root = tmp_path / "store"
     conf = {"source": str(SAMPLE_DOCS), "store": str(store_root), "model_id": str(TINY_MODEL),
             "dtype": "float32", "task_types": ["exqa", "ynqa"], "chunk_shard_size": 20,
             # The tiny model knows nothing: gate the plumbing, not its answers' quality.
-            "min_pass_rate": 0.0, "max_duplicate_rate": 1.0, "max_label_share": 1.0}
+            "min_pass_rate": 0.0, "max_duplicate_rate": 1.0, "max_label_share": 1.0,
+            "generate_budget_minutes": 0.0001}  # 6 ms: every generate task overruns its budget
     dag_run = dag.test(run_conf=conf)
     assert dag_run.state == "success"
+
+    # Each generate task raised a deadline alert and went on; nothing failed.
+    deadline_alerts = alert_webhook.alerts("deadline_missed")
+    assert {a["task_id"] for a in deadline_alerts} == {"generate"} and not alert_webhook.alerts("task_failed")
 
     store = open_store(str(store_root))
     run = RunRef(dag_id="bonito_dataset", run_id=dag_run.run_id)
@@ -50,6 +72,48 @@ def test_full_run_publishes_dataset_with_lineage(dag, tmp_path):
         assert row["doc_id"] == chunk["doc_id"] and row["doc_id"] in doc_ids
         assert (row["char_start"], row["char_end"]) == (chunk["char_start"], chunk["char_end"])
         assert row["run_id"] == dag_run.run_id and row["task_type"] in ("exqa", "ynqa")
+    assert len(deadline_alerts) == chunks.counts["shards"]
+
+    # Lineage: one event per stage output (one per generate shard), each naming its manifest.
+    events = _asset_events(dag_run.run_id)
+    stage_assets = {f"bonito://bonito_dataset/{t}": stage for t, stage in [
+        ("documents", "extract"), ("chunks", "chunk"), ("generations", "generate"), ("examples", "validate"),
+        ("dataset", "publish")]}
+    assert set(events) == set(stage_assets)
+    assert len(events["bonito://bonito_dataset/generations"]) == chunks.counts["shards"]
+    for uri, stage in stage_assets.items():
+        for extra in events[uri]:
+            assert extra["run_id"] == dag_run.run_id and f"/{stage}/" in extra["manifest"]
+    assert events["bonito://bonito_dataset/dataset"][0]["dataset_uri"] == published.metrics["dataset_uri"]
+
+    # The last task summarises the run from its manifests.
+    summary = json.loads(store.read_bytes(f"bonito_dataset/{safe_segment(dag_run.run_id)}/summary.json"))
+    assert set(summary["stages"].values()) == {"committed", f"{chunks.counts['shards']}/{chunks.counts['shards']} shards committed"}
+    assert summary["publish"]["examples"] == dataset.num_rows
+    assert summary["generate"]["examples"] >= summary["validate"]["passed"] == dataset.num_rows
+    assert summary["generate"]["output_tokens_per_s"] > 0 and summary["generate"]["gpu_hours"] > 0
+
+
+def test_run_failing_at_extract_alerts_once_and_is_summarised(dag, tmp_path, alert_webhook):
+    import shutil
+
+    source = tmp_path / "docs"
+    source.mkdir()
+    shutil.copy(SAMPLE_DOCS / "broken.pdf", source)
+    conf = {"source": str(source), "store": str(tmp_path / "store"), "model_id": str(TINY_MODEL)}
+    dag_run = dag.test(run_conf=conf)
+
+    assert dag_run.state == "failed"
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert states["extract"] == "failed" and states["summarize"] == "failed"
+    (alert,) = alert_webhook.alerts()  # extract failed without retries; summarize sends no second alert
+    assert (alert["alert"], alert["task_id"], alert["try_number"]) == ("task_failed", "extract", 1)
+    assert alert["message"].startswith("AirflowFailException: no document could be extracted")
+    assert "broken.pdf" in alert["message"] and alert["runbook"] == "extract"
+
+    store = open_store(str(tmp_path / "store"))
+    summary = json.loads(store.read_bytes(f"bonito_dataset/{safe_segment(dag_run.run_id)}/summary.json"))
+    assert summary["stages"]["extract"] == "not committed" and summary["stages"]["generate"] == "not started"
 
 
 def test_generate_is_mapped_in_gpu_pool(dag):

@@ -1,11 +1,14 @@
-"""The DAG with nothing new to do: extract succeeds with 0 documents, everything after it skips."""
+"""The DAG with nothing new to do: extract succeeds with 0 documents, everything after it skips
+but the summary, which reports the known documents."""
+
+import json
 
 import pytest
 
 from bonito_tasks.contracts import RunRef
 from bonito_tasks.extract import extract
 from bonito_tasks.ledger import update_ledger
-from bonito_tasks.store import LocalStore
+from bonito_tasks.store import LocalStore, safe_segment
 from conftest import TINY_MODEL, make_config
 from docfactory import write_good_corpus
 
@@ -27,5 +30,7 @@ def test_run_with_no_new_documents_skips_downstream(tmp_path):
         "dtype": "float32"})
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
     assert dag_run.state == "success"
-    assert states.pop("extract") == "success"
+    assert states.pop("extract") == states.pop("summarize") == "success"
     assert set(states.values()) == {"skipped"}, states
+    summary = json.loads(store.read_bytes(f"bonito_dataset/{safe_segment(dag_run.run_id)}/summary.json"))
+    assert summary["extract"]["documents"] == 0 and summary["extract"]["skipped_known"] > 0

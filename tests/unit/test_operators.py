@@ -22,9 +22,8 @@ def test_execute_delegates_one_shard(tmp_path):
     writer.add("chunks", CHUNKS.empty_table())
     chunks = writer.commit(config_sha256="x")
     params = {"source": "/docs", "store": str(tmp_path / "store"), "model_id": str(TINY_MODEL), "n": 2}
-    context = {"params": params, "dag_run": SimpleNamespace(dag_id="bonito_dataset", run_id="run-1")}
-
     op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 3})
+    context = {"params": params, "dag_run": SimpleNamespace(dag_id="bonito_dataset", run_id="run-1"), "task": op}
     committed = chunks.model_copy(update={"stage": "generate", "counts": {"examples": 7}})
     with mock.patch("bonito_tasks.generate.run.generate_shard", return_value=committed) as generate_shard:
         result = op.execute(context)

@@ -33,7 +33,7 @@ def hub(monkeypatch):
 
 
 def test_execute_publishes_returns_commit_and_emits_asset_event(hub, tmp_path, monkeypatch, caplog):
-    from airflow.sdk import AssetAlias
+    from airflow.sdk import Asset, AssetAlias
     from airflow.sdk.execution_time.context import OutletEventAccessors
 
     from bonito_airflow.operators import BonitoPublishOperator
@@ -44,11 +44,11 @@ def test_execute_publishes_returns_commit_and_emits_asset_event(hub, tmp_path, m
     examples, documents = make_inputs(store)
     params = {"source": "/docs", "store": str(store.root), "task_types": ["exqa", "qa"], "hub_repo_id": REPO,
               "publish_mode": "append"}
-    alias = AssetAlias("bonito_dataset/published")
-    context = {"params": params, "dag_run": SimpleNamespace(dag_id=RUN.dag_id, run_id=RUN.run_id),
-               "outlet_events": OutletEventAccessors()}
+    alias, dataset = AssetAlias("bonito_dataset/published"), Asset("bonito://bonito_dataset/dataset")
     op = BonitoPublishOperator(task_id="publish", examples={"manifest": examples.uri},
-                               documents={"manifest": documents.uri}, hf_conn_id="hf_nightly", outlets=[alias])
+                               documents={"manifest": documents.uri}, hf_conn_id="hf_nightly", outlets=[dataset, alias])
+    context = {"params": params, "dag_run": SimpleNamespace(dag_id=RUN.dag_id, run_id=RUN.run_id),
+               "outlet_events": OutletEventAccessors(), "task": op}
     caplog.set_level(logging.DEBUG)
     result = op.execute(context)
 
@@ -60,6 +60,7 @@ def test_execute_publishes_returns_commit_and_emits_asset_event(hub, tmp_path, m
     assert event.dest_asset_key.uri == f"hf://datasets/{REPO}"
     assert event.extra == {"run_id": RUN.run_id, "examples": 6, "examples_added": 6, "publish_mode": "append",
                            "repo_id": REPO, "revision": head, "pr_url": None}
+    assert context["outlet_events"][dataset].extra == {"run_id": RUN.run_id, **result}
     assert op.template_fields == ("examples", "documents")
 
 
@@ -113,5 +114,6 @@ def test_dag_publish_task_has_link_and_asset_alias_outlet():
 
     publish = dag_file.bonito_dataset().get_task("publish")
     assert isinstance(publish, BonitoPublishOperator)
-    assert publish.outlets == [AssetAlias("bonito_dataset/published")]
+    assert publish.outlets == [dag_file.DATASET, AssetAlias("bonito_dataset/published")]
+    assert dag_file.DATASET.uri == "bonito://bonito_dataset/dataset"
     assert [link.name for link in publish.operator_extra_links] == ["Dataset on Hugging Face"]
