@@ -80,8 +80,11 @@ Reads `.txt .md .html .pdf .docx`, and `.jsonl .csv .parquet` or saved HF datase
 `exclude` globs) into the `documents` table (doc_id = sha256 of the file bytes or row text).
 Documents already in the ledger are skipped unless `full_refresh`; with 0 new documents the
 downstream tasks skip. Files that can't be read go to `rejects` with a reason (listed in the
-log); the task fails without retries when nothing at all could be extracted (fix the source or
-its files, then clear the task). **Artifacts:** `<store>/bonito_dataset/<run_id>/extract/`. **Safe to clear.**
+log) and the run goes on.
+**Common failures:** nothing at all could be extracted (source empty, wrong prefix, every file
+rejected: fails without retries; fix the source, then clear); S3 access denied or endpoint
+unreachable (check `aws_default`; retried).
+**Artifacts:** `<store>/bonito_dataset/<run_id>/extract/` (`documents`, `rejects`). **Safe to clear.**
 """)
     def extract() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
@@ -99,6 +102,9 @@ its files, then clear the task). **Artifacts:** `<store>/bonito_dataset/<run_id>
 #### chunk
 Splits documents at paragraph and sentence ends into chunks of at most `chunk_max_tokens`
 tokens of the model's tokenizer, in shards of `chunk_shard_size` chunks (one generate task each).
+Skips (and so does everything after it but summarize) when extract found no new documents.
+**Common failures:** the tokenizer of `model_id` cannot be loaded (offline worker without the
+weights in `HF_HOME`, wrong `model_revision`; retried).
 **Artifacts:** `<store>/bonito_dataset/<run_id>/chunk/`. **Safe to clear.**
 """)
     def chunk(documents: dict) -> list[dict]:
@@ -135,10 +141,10 @@ Runs the Great Expectations suites over all generated examples (joined to their 
 Rows failing a row-level check go to the `quarantine` table with the names of the checks they
 failed; the rest go on. The task fails when a dataset threshold (params `min_pass_rate`,
 `min_rows`, `max_duplicate_rate`, `max_label_share`) is breached: the log names the check, the
-observed value and the threshold. **On failure:** open `data_docs/index.html` and
-`report/quality.html`, read the quarantine part (`failed_expectations` per row); fix the cause
-(model, prompts, params) or, if the data is acceptable, relax the threshold in a new run.
-Publish never runs after a failed validation.
+observed value and the threshold (no retries: the same data fails the same way).
+**Common failures:** a threshold breach. Open `data_docs/index.html` and `report/quality.html`, read the quarantine part (`failed_expectations` per row); fix the cause
+(model, prompts, params) or, if the data is acceptable, relax the threshold in a new run
+(clearing this task re-checks the same rows). Publish never runs after a failed validation.
 **Artifacts:** `<store>/bonito_dataset/<run_id>/validate/` (Data Docs, report, result JSON). **Safe to clear.**
 """)
     def validate(generated: list[dict]) -> dict:
@@ -170,7 +176,9 @@ through the asset alias `bonito_dataset/published`.
 #### update_ledger
 Records this run's documents (content hashes) in `<store>/bonito_dataset/_ledger/` once publish
 succeeded; the next run skips them unless `full_refresh` is set. A run that failed earlier
-leaves the ledger alone, so its documents are tried again. **Safe to clear** (rewrites the same part).
+leaves the ledger alone, so its documents are tried again.
+**Common failures:** the store is not writable (retried).
+**Artifacts:** `<store>/bonito_dataset/_ledger/part-<run_id>.parquet`. **Safe to clear** (rewrites the same part).
 """)
     def update_ledger(published: dict, documents: dict) -> dict:
         from bonito_tasks.ledger import update_ledger as run_update_ledger
@@ -183,8 +191,9 @@ leaves the ledger alone, so its documents are tried again. **Safe to clear** (re
 Runs last, whatever happened before, and reports what each stage committed, read back from the
 manifests: documents, rejects (by reason), chunks, generate shards done, examples, dropped
 generations, output tokens/s, GPU-hours, rows passed and quarantined, and where the dataset went.
-**Where to read it:** this task's log, its XCom `summary`, and `<store>/bonito_dataset/<run_id>/summary.json`.
 It fails (without a second alert) when another task of the run failed, so the run shows as failed.
+**Common failures:** none of its own; a failure here means an earlier task failed (see its alert).
+**Artifacts:** this task's log, its XCom `summary`, and `<store>/bonito_dataset/<run_id>/summary.json`.
 **Safe to clear** (rewrites the same summary).
 """)
     def summarize() -> None:

@@ -24,7 +24,11 @@ def test_dagbag_has_no_import_errors(dag):
     assert [t.task_id for t in dag.topological_sort()] == ["extract", "chunk", "generate", "validate", "publish",
                                                            "update_ledger", "summarize"]
     for t in dag.tasks:
-        assert t.retries >= 1 and t.retry_exponential_backoff and t.doc_md
+        assert t.retries >= 1 and t.retry_exponential_backoff
+        # A runbook: what the task does, its common failures, how to clear it, where its artifacts are.
+        assert t.doc_md.lstrip().startswith(f"#### {t.task_id}")
+        assert "**Common failures:**" in t.doc_md and "**Artifacts:**" in t.doc_md and "lear" in t.doc_md, t.task_id
+    assert all(t.on_failure_callback for t in dag.tasks if t.task_id != "summarize")
 
 
 def _asset_events(run_id: str) -> dict[str, list[dict]]:
