@@ -9,45 +9,49 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 
-class HuggingFaceHook(BaseHook):
+class _ConnectionHook(BaseHook):
+    """A hook over one connection: `conn_id`, or the class's `default_conn_name`."""
+
+    conn_name_attr = "conn_id"
+    default_conn_name: str
+
+    def __init__(self, conn_id: str | None = None):
+        super().__init__()
+        self.conn_id = conn_id or self.default_conn_name
+
+    def connection_or_none(self):
+        try:
+            return self.get_connection(self.conn_id)
+        except AirflowNotFoundException:
+            return None
+
+
+class HuggingFaceHook(_ConnectionHook):
     """The Hugging Face Hub token from connection `huggingface_default` (password field, or
     extra `token`), falling back to the HF_TOKEN environment variable."""
 
-    conn_name_attr = "hf_conn_id"
     default_conn_name = "huggingface_default"
     conn_type = "huggingface"
     hook_name = "Hugging Face Hub"
 
-    def __init__(self, hf_conn_id: str = default_conn_name):
-        super().__init__()
-        self.hf_conn_id = hf_conn_id
-
     def get_token(self) -> str | None:
-        try:
-            conn = self.get_connection(self.hf_conn_id)
-        except AirflowNotFoundException:
-            return os.environ.get("HF_TOKEN") or None
-        return conn.password or conn.extra_dejson.get("token") or os.environ.get("HF_TOKEN") or None
+        conn = self.connection_or_none()
+        from_conn = conn and (conn.password or conn.extra_dejson.get("token"))
+        return from_conn or os.environ.get("HF_TOKEN") or None
 
 
-class S3ConnectionHook(BaseHook):
+class S3ConnectionHook(_ConnectionHook):
     """boto3 client arguments from an AWS-style connection (default `aws_default`): login and
     password are the access key pair; extra may hold endpoint_url (MinIO), region_name and
     aws_session_token. Without the connection boto3's own credential chain applies."""
 
-    conn_name_attr = "aws_conn_id"
     default_conn_name = "aws_default"
     conn_type = "aws"
     hook_name = "S3 (boto3)"
 
-    def __init__(self, aws_conn_id: str = default_conn_name):
-        super().__init__()
-        self.aws_conn_id = aws_conn_id
-
     def client_kwargs(self) -> dict[str, Any]:
-        try:
-            conn = self.get_connection(self.aws_conn_id)
-        except AirflowNotFoundException:
+        conn = self.connection_or_none()
+        if conn is None:
             return {}
         extra = conn.extra_dejson
         kwargs = {
@@ -61,44 +65,31 @@ class S3ConnectionHook(BaseHook):
         return {k: v for k, v in kwargs.items() if v}
 
 
-class VllmServerHook(BaseHook):
+class VllmServerHook(_ConnectionHook):
     """An OpenAI-compatible completions server (e.g. `vllm serve`) from connection
     `bonito_vllm_default`: host (with scheme) and port give the URL, password is the API key."""
 
-    conn_name_attr = "server_conn_id"
     default_conn_name = "bonito_vllm_default"
     conn_type = "http"
     hook_name = "Bonito vLLM server"
 
-    def __init__(self, server_conn_id: str = default_conn_name):
-        super().__init__()
-        self.server_conn_id = server_conn_id
-
     def endpoint(self) -> tuple[str, str | None]:
-        conn = self.get_connection(self.server_conn_id)
+        conn = self.get_connection(self.conn_id)
         return _http_url(conn), (conn.password or None)
 
 
-class AlertWebhookHook(BaseHook):
+class AlertWebhookHook(_ConnectionHook):
     """Where alerts are posted: connection `bonito_alerts` (http; the host holds the whole webhook
     URL, e.g. a Slack incoming webhook, or host/port/schema build it). Without the connection,
     alerts are only logged. The URL is a secret: it is never logged."""
 
-    conn_name_attr = "alert_conn_id"
     default_conn_name = "bonito_alerts"
     conn_type = "http"
     hook_name = "Bonito alert webhook"
 
-    def __init__(self, alert_conn_id: str = default_conn_name):
-        super().__init__()
-        self.alert_conn_id = alert_conn_id
-
     def url(self) -> str | None:
-        try:
-            conn = self.get_connection(self.alert_conn_id)
-        except AirflowNotFoundException:
-            return None
-        return _http_url(conn) if conn.host else None
+        conn = self.connection_or_none()
+        return _http_url(conn) if conn and conn.host else None
 
 
 def _http_url(conn) -> str:
