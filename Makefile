@@ -12,7 +12,7 @@ else
   CONSTRAINTS := -c constraints.txt
 endif
 
-.PHONY: venv demo test lock clean-demo
+.PHONY: venv demo test test-deployment lock clean-demo
 
 venv: $(BIN)/.installed
 
@@ -30,6 +30,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+# Only the real-deployment tests (PostgreSQL, Redis, Celery, api-server, scheduler, UI in chromium).
+test-deployment: venv
+	$(BIN)/python -m pytest -m deployment tests/deployment
 
 # Re-resolve the pinned set from pyproject.toml (CPU build) into constraints.txt.
 lock:

@@ -17,7 +17,9 @@ DEFAULT_MODEL = "BatsResearch/bonito-v1"
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # validate_default: a default such as 240 for a float field is stored as 240.0, as it reads back
+    # from JSON, so the config hash is the same in every process.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     # Where documents come from and where artifacts go.
     source: str = Field(description="Folder, file or s3://bucket/prefix of documents (.txt .md .html .pdf .docx).")

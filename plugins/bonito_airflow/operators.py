@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
@@ -46,6 +47,8 @@ class BonitoGenerateOperator(BaseOperator):
                     with self._server_engine(rt.config) as engine:
                         manifest = generate_shard(rt.store, rt.run, rt.config, chunks, shard, engine=engine)
                 else:
+                    if _no_child_processes():
+                        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
                     manifest = generate_shard(rt.store, rt.run, rt.config, chunks, shard)
         except EngineFailure as failure:
             if failure.kind == "rejected":
@@ -60,6 +63,17 @@ class BonitoGenerateOperator(BaseOperator):
         url, api_key = VllmServerHook(self.server_conn_id).endpoint()
         return OpenAICompletionsEngine(config, url, api_key=api_key, concurrency=config.server_concurrency,
                                        served_model_name=config.served_model_name)
+
+
+def _no_child_processes() -> bool:
+    """Whether vLLM's engine-core child process cannot start here. Under Airflow's task supervisor
+    (any executor) a spawned child re-imports the `airflow` entry point, whose metadata DB URL the
+    supervisor has blanked in the environment, and dies; a daemonic process (a Celery prefork pool
+    worker) may not have children at all. `dag.test()` runs tasks in its own process: neither holds."""
+    import multiprocessing
+
+    blanked_db = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").startswith("airflow-db-not-allowed")
+    return blanked_db or multiprocessing.current_process().daemon
 
 
 PUBLISHED_KEYS = ("dataset_uri", "hub_url", "hub_commit_sha", "hub_pr_url", "export_uri")  # to XCom

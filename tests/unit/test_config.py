@@ -46,3 +46,14 @@ def test_parse_like_reference():
         with pytest.raises(ParseFailure) as err:
             parse_generation(text, "ctx")
         assert err.value.reason == reason
+
+
+def test_hash_survives_a_json_round_trip():
+    """A worker rebuilds the config from JSON (XCom, params); its hash must match, or a retry
+    would not recognise its own checkpoints."""
+    import json
+
+    from bonito_tasks.config import RunConfig
+
+    config = RunConfig(source="/docs", store="/store")
+    assert RunConfig(**json.loads(config.model_dump_json())).sha256() == config.sha256()

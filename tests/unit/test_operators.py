@@ -74,3 +74,12 @@ def test_server_backend_uses_connection_and_fails_fast_on_rejection(tmp_path, mo
     assert isinstance(generate_shard.call_args.kwargs["engine"], FakeServerEngine)
     assert built == {"url": "http://127.0.0.1:8000", "api_key": "sk-secret", "concurrency": 16,
                      "served_model_name": None, "closed": True}
+
+
+def test_engine_core_stays_in_the_task_process_only_under_the_task_supervisor(monkeypatch):
+    from bonito_airflow.operators import _no_child_processes
+
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite:////tmp/airflow.db")  # dag.test()
+    assert not _no_child_processes()
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "airflow-db-not-allowed:///")  # what the supervisor sets
+    assert _no_child_processes()

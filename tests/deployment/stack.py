@@ -1,0 +1,246 @@
+"""A real Airflow 3 deployment on this machine, started and torn down by tests/deployment.
+
+Nothing in it is simulated: the metadata database is a fresh database on the local PostgreSQL
+server; the CeleryExecutor sends task workloads through a Redis database (the Celery broker;
+results go to PostgreSQL) to a Celery worker; the api-server (REST API, UI and execution API),
+scheduler, dag-processor, triggerer and worker are this venv's `airflow` commands, each started as
+its own process group with its output in a log file. The only stand-in is the Hugging Face Hub
+(tests/hub_server.py on loopback), which cannot be reached from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+
+AIRFLOW = Path(sys.executable).with_name("airflow")
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# Every process the deployment starts, and every process those start, inherits this variable:
+# /proc/<pid>/environ finds them even if one leaves its process group.
+MARKER = "BONITO_DEPLOYMENT_ID"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 2.0,
+               details: Callable[[], str] = lambda: "") -> Any:
+    """Poll `check` until it returns something truthy (returned); on timeout fail with `details()`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{details()}")
+        time.sleep(interval)
+
+
+@contextmanager
+def postgres_database(name: str) -> Iterator[str]:
+    """A new database on the local PostgreSQL server, dropped on exit; yields its libpq URL part."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def redis_database(owner: str) -> Iterator[int]:
+    """An empty, non-zero database index of the local Redis server, claimed with a key naming
+    `owner` (so concurrent sessions never share one) and flushed on exit."""
+    import redis
+
+    count = int(redis.Redis(REDIS_HOST, REDIS_PORT).config_get("databases")["databases"])
+    for index in random.sample(range(1, count), count - 1):
+        client = redis.Redis(REDIS_HOST, REDIS_PORT, db=index)
+        if client.dbsize() == 0 and client.set("bonito-deployment-owner", owner, nx=True):
+            break
+    else:
+        raise RuntimeError("no empty Redis database left")
+    try:
+        yield index
+    finally:
+        client.flushdb()
+
+
+class Services:
+    """The deployment's processes: each its own process group (a new session) with stdout and
+    stderr in <log_dir>/<name>.log."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]):
+        self.log_dir, self.env = log_dir, env
+        self.procs: dict[str, subprocess.Popen] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, *args: str) -> None:
+        """Start `airflow <args>` with the deployment's environment."""
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen([str(AIRFLOW), *args], env=self.env,
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def assert_running(self) -> None:
+        exited = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
+        assert not exited, f"airflow processes exited: {exited}\n{self.tails()}"
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def tails(self, lines: int = 40) -> str:
+        return "\n".join(f"----- {name} ({self.log_dir / name}.log) -----\n{self.tail(name, lines)}"
+                         for name in self.procs)
+
+    def stop(self, grace_s: float = 30) -> list[int]:
+        """SIGTERM every process group, SIGKILL the groups still there after `grace_s`. Returns the
+        processes carrying this deployment's marker that are still alive 10 s later (for example
+        ones that left their group); those are SIGKILLed."""
+        for proc in self.procs.values():
+            _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        deadline = time.monotonic() + 10
+        while (left := marked_processes(self.env[MARKER])) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        return left
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Live processes (zombies have no environment) whose environment holds MARKER=marker."""
+    needle = f"{MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:  # gone, or not ours to read
+                pass
+    return found
+
+
+class AirflowApi:
+    """The public REST API (/api/v2) as a signed-in user of the SimpleAuthManager."""
+
+    def __init__(self, url: str, username: str, password: str):
+        self.url, self.username, self.password = url, username, password
+        self.http = httpx.Client(base_url=url, timeout=60)
+
+    def login(self) -> None:
+        answer = self.http.post("/auth/token", json={"username": self.username, "password": self.password})
+        answer.raise_for_status()
+        self.http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        answer = self.http.request(method, f"/api/v2{path}", **kwargs)
+        if answer.is_error:
+            raise AssertionError(f"{method} {path}: {answer.status_code} {answer.text[:2000]}")
+        return answer.json() if answer.content else None
+
+    def healthy(self) -> bool:
+        """Whether /monitor/health reports the metadatabase and every component healthy."""
+        try:
+            health = self.http.get("/api/v2/monitor/health").json()
+        except (httpx.HTTPError, json.JSONDecodeError):
+            return False
+        return all(part.get("status") == "healthy" for part in health.values())
+
+    def dag(self, dag_id: str) -> dict | None:
+        answer = self.http.get(f"/api/v2/dags/{dag_id}")
+        return answer.json() if answer.status_code == 200 else None
+
+    def import_errors(self) -> list[dict]:
+        return self.call("GET", "/importErrors")["import_errors"]
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})
+
+    def trigger(self, dag_id: str, conf: dict, **fields: Any) -> str:
+        body = {"logical_date": None, "conf": conf, **fields}
+        return self.call("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+
+    def runs(self, dag_id: str, **filters: Any) -> list[dict]:
+        return self.call("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, **filters})["dag_runs"]
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})[
+            "task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        entry = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+                          params={"deserialize": True})
+        return entry["value"]
+
+    def task_log(self, dag_id: str, run_id: str, ti: dict) -> str:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
+        content = self.call("GET", path, params={"map_index": ti["map_index"], "full_content": True})["content"]
+        return "\n".join(_log_line(line) for line in content)
+
+    def failure_report(self, dag_id: str, run_id: str, log_lines: int = 80) -> str:
+        """Every task instance's state, and the log tail of those that failed."""
+        report = []
+        for ti in self.task_instances(dag_id, run_id):
+            report.append(f"{ti['task_id']}[{ti['map_index']}] try {ti['try_number']}: {ti['state']}")
+            if ti["state"] in ("failed", "up_for_retry") and ti["try_number"]:
+                log = self.task_log(dag_id, run_id, ti).splitlines()[-log_lines:]
+                report.append("    " + "\n    ".join(log))
+        return "\n".join(report)
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float, details: Callable[[], str] = lambda: "",
+                     expect: str = "success") -> dict:
+        """The run once it ended; fails with its task instances and failed logs unless it ended in `expect`."""
+        run = wait_until(lambda: (r := self.run(dag_id, run_id))["state"] in ("success", "failed") and r,
+                         timeout, f"run {run_id}", interval=5,
+                         details=lambda: self.failure_report(dag_id, run_id) + "\n" + details())
+        assert run["state"] == expect, (f"run {run_id} {run['state']}\n{self.failure_report(dag_id, run_id)}\n"
+                                        f"{details()}")
+        return run
+
+
+def _log_line(line: Any) -> str:
+    """A structured task-log line as text: its event, then its exceptions (type: message)."""
+    if not isinstance(line, dict):
+        return str(line)
+    errors = [f"  {e.get('exc_type')}: {e.get('exc_value')}" for e in line.get("error_detail") or []]
+    return "\n".join([str(line.get("event", "")), *errors])
