@@ -80,6 +80,14 @@ def test_trigger_from_the_ui_and_open_the_published_dataset(deployment, page, ar
     page.get_by_text("Success").first.wait_for()
     screenshot("run-succeeded")
 
+    # The run summary, readable in the UI: the summarize task's log (and its XCom `summary`).
+    page.goto(f"{deployment.url}/dags/{DAG_ID}/runs/{run_id}/tasks/summarize")
+    page.get_by_text(re.compile(r"gpu_hours=")).first.wait_for()
+    screenshot("run-summary-log")
+    page.goto(f"{deployment.url}/dags/{DAG_ID}/runs/{run_id}/tasks/summarize/xcom")
+    page.get_by_text("summary", exact=True).first.wait_for()
+    screenshot("run-summary-xcom")
+
     page.goto(f"{deployment.url}/dags/{DAG_ID}/runs/{run_id}/tasks/publish/details")
     link = page.get_by_role("link", name="Dataset on Hugging Face")
     link.wait_for()
