@@ -7,14 +7,12 @@ manifest is reported as not committed. Written to `<run>/summary.json` and retur
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import Manifest, RunRef
 from bonito_tasks.store import ArtifactStore, StageWriter, run_prefix
 
-log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 
 
@@ -48,7 +46,7 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig) -> dict[st
                                "pass_rate": quality.get("pass_rate"),
                                "report_uri": quality.get("report_uri")}
     if publish:
-        summary["publish"] = {k: publish.metrics.get(k) for k in ("examples", "examples_added", "dataset_uri", "hub_url")
+        summary["publish"] = {k: publish.metrics[k] for k in ("examples", "examples_added", "dataset_uri", "hub_url")
                               if publish.metrics.get(k) is not None}
     store.write_bytes(f"{run_prefix(run)}/{SUMMARY_FILE}", json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
@@ -59,7 +57,7 @@ def _state(manifest: Manifest | None) -> str:
 
 
 def _generate(store: ArtifactStore, run: RunRef, config: RunConfig, shards: int) -> dict[str, Any]:
-    manifests: list[Manifest] = [m for i in range(shards) if (m := StageWriter(store, run, "generate", shard=i).committed())]
+    manifests = [m for i in range(shards) if (m := StageWriter(store, run, "generate", shard=i).committed())]
     wall_s = sum(m.metrics.get("attempt_wall_s", 0) for m in manifests)
     attempt_tokens = sum((m.metrics.get("attempt_output_tokens_per_s") or 0) * m.metrics.get("attempt_wall_s", 0)
                          for m in manifests)

@@ -142,7 +142,8 @@ Rows failing a row-level check go to the `quarantine` table with the names of th
 failed; the rest go on. The task fails when a dataset threshold (params `min_pass_rate`,
 `min_rows`, `max_duplicate_rate`, `max_label_share`) is breached: the log names the check, the
 observed value and the threshold (no retries: the same data fails the same way).
-**Common failures:** a threshold breach. Open `data_docs/index.html` and `report/quality.html`, read the quarantine part (`failed_expectations` per row); fix the cause
+**Common failures:** a threshold breach. Open `data_docs/index.html` and `report/quality.html`,
+read the quarantine part (`failed_expectations` per row); fix the cause
 (model, prompts, params) or, if the data is acceptable, relax the threshold in a new run
 (clearing this task re-checks the same rows). Publish never runs after a failed validation.
 **Artifacts:** `<store>/bonito_dataset/<run_id>/validate/` (Data Docs, report, result JSON). **Safe to clear.**
