@@ -1,4 +1,4 @@
-# bonito-etl: `make demo` runs the pipeline on the bundled samples; `make test` runs the suite.
+# bonito-etl: `make demo` runs the pipeline on the bundled samples; `make test` lints, then runs the suite.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -12,7 +12,7 @@ else
   CONSTRAINTS := -c constraints.txt
 endif
 
-.PHONY: venv demo test test-deployment lock clean-demo
+.PHONY: venv demo test lint test-deployment lock clean-demo
 
 venv: $(BIN)/.installed
 
@@ -26,10 +26,14 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: venv
-	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_airflow.demo
+	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_dev.demo
 
-test: venv
+# Lint first (ruff, configured in pyproject.toml), then the whole suite.
+test: lint
 	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
 
 # Only the real-deployment tests (PostgreSQL, Redis, Celery, api-server, scheduler, UI in chromium).
 test-deployment: venv

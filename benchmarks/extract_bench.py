@@ -102,13 +102,14 @@ def main() -> None:
     parser.add_argument("--model", default=os.environ.get("BONITO_TEST_MODEL", str(REPO / "tests/assets/tiny-bonito")),
                         help="model whose tokenizer chunks (default: the tiny test model)")
     parser.add_argument("--without-boundary-checks", action="store_true",
-                        help="replace validate_documents/validate_chunks (GX contracts run before each commit) "
+                        help="replace check_documents/check_chunks (GX contracts run before each commit) "
                              "with no-ops, to measure the stages' own throughput and memory")
     args = parser.parse_args()
     if args.without_boundary_checks:
-        import bonito_tasks.validate
+        import bonito_tasks.chunk
+        import bonito_tasks.extract
 
-        bonito_tasks.validate.validate_documents = bonito_tasks.validate.validate_chunks = lambda *a, **k: None
+        bonito_tasks.extract.check_documents = bonito_tasks.chunk.check_chunks = lambda *a, **k: None
 
     from bonito_tasks.chunk import chunk
     from bonito_tasks.config import RunConfig
@@ -138,8 +139,9 @@ def main() -> None:
             started = time.perf_counter()
             manifest = extract(store, RunRef(dag_id="bench", run_id=f"pdf-{round_}"), config(include=["pdf/*.pdf"]))
             stage_times.append(time.perf_counter() - started)
-            assert manifest.counts["pages"] == raw_pages, (manifest.counts, raw_pages)
-        print("PDF rounds (raw s, stage s): " + ", ".join(f"({r:.1f}, {t:.1f})" for r, t in zip(raw_times, stage_times)))
+            assert manifest.metrics.pages == raw_pages, (manifest.counts, raw_pages)
+        rounds = ", ".join(f"({r:.1f}, {t:.1f})" for r, t in zip(raw_times, stage_times))
+        print(f"PDF rounds (raw s, stage s): {rounds}")
         raw_s, stage_s = min(raw_times), min(stage_times)
         ratio = raw_s / stage_s
         print(f"PDF raw pypdfium2: {raw_pages / raw_s:.0f} pages/s, {pdf_bytes / raw_s / 1e6:.2f} MB/s")
@@ -149,8 +151,8 @@ def main() -> None:
         started = time.perf_counter()
         manifest = extract(store, RunRef(dag_id="bench", run_id="all"), config())
         wall = time.perf_counter() - started
-        print(f"extract, whole corpus: {manifest.counts['documents']} documents, "
-              f"{manifest.metrics['source_bytes'] / wall / 1e6:.1f} MB/s, {manifest.counts['pages'] / wall:.0f} pages/s, "
+        print(f"extract, whole corpus: {manifest.metrics.documents} documents, "
+              f"{manifest.metrics.source_bytes / wall / 1e6:.1f} MB/s, {manifest.metrics.pages / wall:.0f} pages/s, "
               f"{wall:.0f} s, {len(manifest.shards_of('documents'))} shard(s); peak RSS {peak_rss_mb():.0f} MiB")
 
         run = RunRef(dag_id="bench", run_id="chunk")
@@ -159,9 +161,9 @@ def main() -> None:
         started = time.perf_counter()
         chunked = chunk(store, run, subset, documents)
         wall = time.perf_counter() - started
-        made = chunked.counts.get("chunks", 0) + chunked.counts["duplicate_chunks"] + chunked.counts["short_chunks"]
+        made = chunked.metrics.chunks + chunked.metrics.duplicate_chunks + chunked.metrics.short_chunks
         print(f"chunk ({args.chunk_files * FILE_BYTES / 2**20:.0f} MiB of text, {subset.chunk_max_tokens} tokens max): "
-              f"{made} chunks ({chunked.counts.get('chunks', 0)} kept) in {wall:.1f} s = {made / wall:.0f} chunks/s, "
+              f"{made} chunks ({chunked.metrics.chunks} kept) in {wall:.1f} s = {made / wall:.0f} chunks/s, "
               f"{args.chunk_files * FILE_BYTES / wall / 1e6:.2f} MB/s")
         print(f"peak RSS: {peak_rss_mb():.0f} MiB (target <= 1024)")
 

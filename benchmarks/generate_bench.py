@@ -63,8 +63,8 @@ def main() -> None:
 
     from bonito_tasks.config import RunConfig
     from bonito_tasks.contracts import RunRef
+    from bonito_tasks.format import build_prompt
     from bonito_tasks.generate.engine import VllmEngine
-    from bonito_tasks.generate.prompt import build_prompt
     from bonito_tasks.generate.run import generate_shard
     from bonito_tasks.store import LocalStore
 
@@ -91,7 +91,7 @@ def main() -> None:
             run = RunRef(dag_id="bench", run_id=f"stage-{round_}")
             started = time.perf_counter()
             manifest = generate_shard(store, run, config, chunks, 0, engine=engine)
-            results.setdefault("b", []).append(manifest.metrics["generated_tokens"] / (time.perf_counter() - started))
+            results.setdefault("b", []).append(manifest.metrics.generated_tokens / (time.perf_counter() - started))
 
     results["c"] = [hf_loop_tokens_per_s(args.model, prompts[: args.hf_prompts], config)]
     a, b, c = (sum(results[k]) / len(results[k]) for k in "abc")

@@ -60,7 +60,8 @@ def synthetic(rows: int, chunk_chars: int, seed: int = 0) -> tuple[pa.Table, pa.
     instruction = pa.array([TASKS[t][0] for t in names], pa.large_string()).take(pa.array(task_index))
     inputs = pc.binary_join_element_wise(context, instruction, pa.scalar("\n", pa.large_string()))
     outputs = pa.array([TASKS[t][1] for t in names], pa.large_string()).take(pa.array(task_index))
-    other_label = pa.array([OTHER_LABEL.get(t, TASKS[t][1]) for t in names], pa.large_string()).take(pa.array(task_index))
+    other_label = pa.array([OTHER_LABEL.get(t, TASKS[t][1]) for t in names], pa.large_string())
+    other_label = other_label.take(pa.array(task_index))
     outputs = pc.if_else(pa.array(np.arange(rows) // len(names) % 2 == 1), other_label, outputs)
     outputs = pc.if_else(pc.equal(outputs, "{span}"), pc.utf8_slice_codeunits(context, 0, 20), outputs)
     defects = rng.random(rows) < 0.01

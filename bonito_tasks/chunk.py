@@ -14,14 +14,17 @@ import re
 import tempfile
 import time
 from bisect import bisect_right
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bonito_tasks.checks import check_chunks
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import CHUNKS, Manifest, RunRef, sha256_hex
-from bonito_tasks.store import ArtifactStore, StageWriter
+from bonito_tasks.contracts import CHUNKS, ChunkMetrics, Manifest, RunRef, sha256_hex
+from bonito_tasks.stage import StageWriter, run_stage
+from bonito_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -159,57 +162,51 @@ def chunk(store: ArtifactStore, run: RunRef, config: RunConfig, documents: Manif
     each documents shard into a local spool file, keeping the first chunk of each distinct text
     and noting where its exact duplicates are; pass 2 writes the kept chunks, with `also_in`,
     in shards of chunk_shard_size."""
-    writer = StageWriter(store, run, "chunk")
-    if done := writer.reusable(config.sha256(), [documents]):
-        log.info("chunk already committed at %s; reusing it", done.uri)
-        return done
-    writer.begin()
-    started = time.monotonic()
-    chunker = Chunker(load_tokenizer(config), config.chunk_max_tokens, config.chunk_overlap_tokens)
-    spool_schema = CHUNKS.remove(CHUNKS.get_field_index("also_in"))
-    seen: set[bytes] = set()  # 128-bit text digests of kept chunks: about 80 bytes each
-    duplicates: dict[bytes, list[dict]] = {}  # digest -> the other places with the same text
-    n_docs = n_short = 0
-    with tempfile.TemporaryDirectory(prefix="bonito-chunk-") as tmp:
-        spool_path = os.path.join(tmp, "spool.parquet")
-        with pq.ParquetWriter(spool_path, spool_schema, compression="zstd") as spool:
-            for shard in range(len(documents.shards_of("documents"))):
-                docs = store.read_shard(documents, "documents", shard, columns=["doc_id", "text", "page_starts"])
-                rows = []
-                for doc_id, text, page_starts in zip(*(docs[c].to_pylist() for c in docs.column_names)):
-                    n_docs += 1
-                    spans = chunker.split_counted(text)
-                    kept = [s for s in spans if len(text[s[0]:s[1]].strip()) >= config.chunk_min_chars]
-                    n_short += len(spans) - len(kept)
-                    for index, (start, end, tokens) in enumerate(kept):
-                        piece = text[start:end]
-                        digest = _digest(piece)
-                        if digest in seen:
-                            duplicates.setdefault(digest, []).append(
-                                {"doc_id": doc_id, "char_start": start, "char_end": end})
-                            continue
-                        seen.add(digest)
-                        rows.append({"chunk_id": sha256_hex(f"{doc_id}:{start}:{end}"), "doc_id": doc_id,
-                                     "chunk_index": index, "char_start": start, "char_end": end,
-                                     "n_tokens": tokens, "text": piece, "page": _page(page_starts, start)})
-                if rows:
-                    spool.write_table(pa.Table.from_pylist(rows, spool_schema))
-        n_chunks = len(seen)
-        seen.clear()
-        for table in _reshard(spool_path, config.chunk_shard_size):
-            also_in = [duplicates.get(_digest(t), []) for t in table["text"].to_pylist()]
-            writer.add("chunks", table.append_column("also_in", pa.array(also_in, CHUNKS.field("also_in").type)))
-    n_dupes = sum(len(v) for v in duplicates.values())
-    from bonito_tasks.validate import validate_chunks  # GX contract before the commit
-    validate_chunks(store, writer, documents)
-    manifest = writer.commit(
-        config_sha256=config.sha256(),
-        inputs=[documents],
-        counts={"documents": n_docs, "shards": len(writer.shards), "duplicate_chunks": n_dupes,
-                "short_chunks": n_short},
-        metrics={"wall_s": round(time.monotonic() - started, 3), "chunk_max_tokens": config.chunk_max_tokens,
-                 "chunk_overlap_tokens": config.chunk_overlap_tokens, "chunk_min_chars": config.chunk_min_chars},
-    )
-    log.info("chunked %d documents into %d chunks in %d shard(s); dropped %d exact duplicate(s) and %d chunk(s) "
-             "under %d chars", n_docs, n_chunks, len(writer.shards), n_dupes, n_short, config.chunk_min_chars)
-    return manifest
+
+    def work(writer: StageWriter) -> ChunkMetrics:
+        started = time.monotonic()
+        chunker = Chunker(load_tokenizer(config), config.chunk_max_tokens, config.chunk_overlap_tokens)
+        spool_schema = CHUNKS.remove(CHUNKS.get_field_index("also_in"))
+        seen: set[bytes] = set()  # 128-bit text digests of kept chunks: about 80 bytes each
+        duplicates: dict[bytes, list[dict]] = {}  # digest -> the other places with the same text
+        metrics = ChunkMetrics(chunk_max_tokens=config.chunk_max_tokens,
+                               chunk_overlap_tokens=config.chunk_overlap_tokens, chunk_min_chars=config.chunk_min_chars)
+        with tempfile.TemporaryDirectory(prefix="bonito-chunk-") as tmp:
+            spool_path = os.path.join(tmp, "spool.parquet")
+            with pq.ParquetWriter(spool_path, spool_schema, compression="zstd") as spool:
+                for shard in range(len(documents.shards_of("documents"))):
+                    docs = store.read_shard(documents, "documents", shard, columns=["doc_id", "text", "page_starts"])
+                    rows = []
+                    for doc_id, text, page_starts in zip(*(docs[c].to_pylist() for c in docs.column_names)):
+                        metrics.documents += 1
+                        spans = chunker.split_counted(text)
+                        kept = [s for s in spans if len(text[s[0]:s[1]].strip()) >= config.chunk_min_chars]
+                        metrics.short_chunks += len(spans) - len(kept)
+                        for index, (start, end, tokens) in enumerate(kept):
+                            piece = text[start:end]
+                            digest = _digest(piece)
+                            if digest in seen:
+                                duplicates.setdefault(digest, []).append(
+                                    {"doc_id": doc_id, "char_start": start, "char_end": end})
+                                continue
+                            seen.add(digest)
+                            rows.append({"chunk_id": sha256_hex(f"{doc_id}:{start}:{end}"), "doc_id": doc_id,
+                                         "chunk_index": index, "char_start": start, "char_end": end,
+                                         "n_tokens": tokens, "text": piece, "page": _page(page_starts, start)})
+                    if rows:
+                        spool.write_table(pa.Table.from_pylist(rows, spool_schema))
+            metrics.chunks = len(seen)
+            seen.clear()
+            for table in _reshard(spool_path, config.chunk_shard_size):
+                also_in = [duplicates.get(_digest(t), []) for t in table["text"].to_pylist()]
+                writer.add("chunks", table.append_column("also_in", pa.array(also_in, CHUNKS.field("also_in").type)))
+        metrics.shards = len(writer.shards)
+        metrics.duplicate_chunks = sum(len(v) for v in duplicates.values())
+        metrics.wall_s = round(time.monotonic() - started, 3)
+        log.info("chunked %d documents into %d chunks in %d shard(s); dropped %d exact duplicate(s) and %d "
+                 "chunk(s) under %d chars", metrics.documents, metrics.chunks, metrics.shards,
+                 metrics.duplicate_chunks, metrics.short_chunks, config.chunk_min_chars)
+        return metrics
+
+    return run_stage(store, run, "chunk", config_sha256=config.sha256(), inputs=[documents], work=work,
+                     check=lambda writer: check_chunks(store, writer, documents))

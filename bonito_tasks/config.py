@@ -29,7 +29,9 @@ class RunConfig(BaseModel):
         default=["**"], description="Globs (relative to source) of files to read, e.g. ['**/*.pdf']."
     )
     exclude: list[str] = Field(default=[], description="Globs (relative to source) of files to skip.")
-    text_column: str = Field("text", min_length=1, description="Column holding the text in .jsonl .csv .parquet and saved HF datasets.")
+    text_column: str = Field(
+        "text", min_length=1, description="Column holding the text in .jsonl .csv .parquet and saved HF datasets."
+    )
     full_refresh: bool = Field(False, description="Reprocess every document, not only those missing from the ledger.")
 
     # What to generate.
@@ -41,8 +43,12 @@ class RunConfig(BaseModel):
     chunk_max_tokens: int | None = Field(
         None, gt=16, description="Most tokens per chunk; default leaves room for prompt and output in 1024."
     )
-    chunk_shard_size: int = Field(500, gt=0, le=100_000, description="Chunks per generate shard (one mapped task each).")
-    chunk_overlap_tokens: int = Field(0, ge=0, description="Tokens of trailing whole sentences repeated at the start of the next chunk.")
+    chunk_shard_size: int = Field(
+        500, gt=0, le=100_000, description="Chunks per generate shard (one mapped task each)."
+    )
+    chunk_overlap_tokens: int = Field(
+        0, ge=0, description="Tokens of trailing whole sentences repeated at the start of the next chunk."
+    )
     chunk_min_chars: int = Field(32, ge=0, description="Chunks shorter than this (boilerplate fragments) are dropped.")
 
     # Model and engine (vLLM in-process, or an OpenAI-compatible server such as `vllm serve`).
@@ -53,20 +59,29 @@ class RunConfig(BaseModel):
     served_model_name: str | None = Field(None, description="Model name the server serves; default: model_id.")
     model_id: str = Field(DEFAULT_MODEL, description="Hub id or local path of the Bonito model.")
     model_revision: str | None = Field(None, description="Hub revision (commit) to pin; ignored for a local path.")
-    max_model_len: int = Field(2048, gt=0, description="vLLM max_model_len (bonito-v1's 32768 does not fit small GPUs).")
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="Model weights dtype for vLLM.")
+    max_model_len: int = Field(
+        2048, gt=0, description="vLLM max_model_len (bonito-v1's 32768 does not fit small GPUs)."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="Model weights dtype for vLLM."
+    )
     quantization: str | None = Field(None, description="vLLM quantization, e.g. 'awq' for an AWQ build.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may use.")
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM batch size limit; default: vLLM's.")
     seed: int = Field(0, description="Engine seed (vLLM's CPU build rejects per-request seeds).")
-    checkpoint_prompts: int = Field(256, gt=0, description="Prompts per generate checkpoint (a retry resumes after the last).")
+    checkpoint_prompts: int = Field(
+        256, gt=0, description="Prompts per generate checkpoint (a retry resumes after the last)."
+    )
     generate_budget_minutes: float = Field(
-        240, gt=0, description="A generate task (one shard) running longer than this raises a deadline alert; it goes on.")
+        240, gt=0, description="A generate task (one shard) running longer than this raises a "
+        "deadline alert; it goes on.")
 
     # Sampling (Bonito's defaults).
     max_tokens: int = Field(256, gt=0, description="Most tokens generated per example.")
-    temperature: float = Field(0.5, ge=0, description="Sampling temperature (Bonito: 0.5; 0.7 for mcqa).")
+    temperature: float = Field(
+        0.5, ge=0, description="Sampling temperature for every task type (Bonito's default: 0.5)."
+    )
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     n: int = Field(1, ge=1, le=16, description="Generations per prompt.")
 
@@ -74,13 +89,21 @@ class RunConfig(BaseModel):
     min_output_tokens: int = Field(1, ge=1, description="Shortest valid example output, in tokens (bytes / 4).")
     max_input_tokens: int = Field(2048, gt=0, description="Longest valid example input, in tokens (bytes / 4).")
     max_output_tokens: int = Field(1024, gt=0, description="Longest valid example output, in tokens (bytes / 4).")
-    min_pass_rate: float = Field(0.9, ge=0, le=1, description="Validation fails when fewer rows pass (the rest are quarantined).")
+    min_pass_rate: float = Field(
+        0.9, ge=0, le=1, description="Validation fails when fewer rows pass (the rest are quarantined)."
+    )
     min_rows: int = Field(1, ge=0, description="Validation fails when fewer rows pass.")
-    max_duplicate_rate: float = Field(0.1, ge=0, le=1, description="Validation fails when more rows repeat an (input, output) pair.")
-    max_label_share: float = Field(0.9, gt=0, le=1, description="Validation fails when one label takes more of a classification task's rows.")
+    max_duplicate_rate: float = Field(
+        0.1, ge=0, le=1, description="Validation fails when more rows repeat an (input, output) pair."
+    )
+    max_label_share: float = Field(
+        0.9, gt=0, le=1, description="Validation fails when one label takes more of a classification task's rows."
+    )
 
     # Publishing.
-    hub_repo_id: str | None = Field(None, description="Hugging Face dataset repo to upload to; empty: local folder only.")
+    hub_repo_id: str | None = Field(
+        None, description="Hugging Face dataset repo to upload to; empty: local folder only."
+    )
     hub_private: bool = Field(True, description="Create the Hub repo private.")
     license: str = Field("other", description="License written into the dataset card.")
     publish_mode: Literal["overwrite", "append", "pr"] = Field(
@@ -101,7 +124,8 @@ class RunConfig(BaseModel):
     @classmethod
     def _required(cls, value: str, info) -> str:
         if not value.strip():
-            raise ValueError(f"{info.field_name} is empty: set it in the trigger form or BONITO_{info.field_name.upper()}")
+            raise ValueError(f"{info.field_name} is empty: set it in the trigger form or "
+                             f"BONITO_{info.field_name.upper()}")
         return value
 
     @field_validator("hub_repo_id", "model_revision", "quantization", "export_s3_uri", "served_model_name",
@@ -115,7 +139,8 @@ class RunConfig(BaseModel):
         if self.chunk_max_tokens is None:
             budget = min(TRAINING_INPUT_TOKENS, self.max_model_len) - PROMPT_OVERHEAD_TOKENS - self.max_tokens
             if budget <= 16:
-                raise ValueError(f"max_tokens={self.max_tokens} leaves no room for a chunk in {TRAINING_INPUT_TOKENS} tokens")
+                raise ValueError(f"max_tokens={self.max_tokens} leaves no room for a chunk in "
+                                 f"{TRAINING_INPUT_TOKENS} tokens")
             object.__setattr__(self, "chunk_max_tokens", budget)
         needed = self.chunk_max_tokens + PROMPT_OVERHEAD_TOKENS + self.max_tokens
         if needed > self.max_model_len:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
-from typing import Any
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,6 +97,25 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+# The text contract of every text column: no U+FFFE (PDFium's soft-hyphen mark), no U+FFFD (text lost
+# before it reached us), no C0 control but "\n" and "\t". A pattern both Python's re and RE2
+# (pyarrow.compute.match_substring_regex) accept: \xhh escapes for the controls, the two
+# non-characters written literally.
+FORBIDDEN_CHARS_PATTERN = "[\\x00-\\x08\\x0b-\\x1f\ufffd\ufffe]"
+FORBIDDEN_CHARS = re.compile(FORBIDDEN_CHARS_PATTERN)
+
+
+def has_forbidden_chars(text: str) -> bool:
+    """Whether the text breaks the contract: U+FFFE, U+FFFD or a C0 control other than \\n and \\t."""
+    return FORBIDDEN_CHARS.search(text) is not None
+
+
+def first_forbidden_char(text: str) -> tuple[int, str] | None:
+    """(offset, "U+XXXX") of the first character that breaks the contract, for error messages."""
+    found = FORBIDDEN_CHARS.search(text)
+    return (found.start(), f"U+{ord(found.group()):04X}") if found else None
+
+
 def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
@@ -125,8 +145,176 @@ class ShardRef(BaseModel):
     sha256: str
 
 
+# ---- Typed metrics: one model per stage, one for the run summary. Manifests serialize them;
+# the summary, card, alerts and operators read their fields (a renamed field is a type error).
+
+
+class _Metrics(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def counts(self) -> dict[str, int]:
+        """The integer fields: the few numbers that travel in XCom and asset events."""
+        return {k: v for k, v in self if isinstance(v, int) and not isinstance(v, bool)}
+
+
+class RejectSample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source_uri: str
+    reason: str
+    detail: str
+
+
+class ExtractMetrics(_Metrics):
+    stage: Literal["extract"] = "extract"
+    files: int = 0  # files listed under the source
+    documents: int = 0  # new documents committed
+    skipped_known: int = 0  # documents already in the ledger
+    duplicate_files: int = 0  # files (or rows) whose content another file already gave
+    rejects: int = 0
+    pages: int = 0
+    furniture_lines: int = 0  # PDF running headers, footers and page numbers removed
+    source_bytes: int = 0
+    wall_s: float = 0.0
+    rejects_by_reason: dict[str, int] = Field(default_factory=dict)
+    reject_samples: list[RejectSample] = Field(default_factory=list)  # the first 100
+
+
+class ChunkMetrics(_Metrics):
+    stage: Literal["chunk"] = "chunk"
+    documents: int = 0
+    chunks: int = 0
+    shards: int = 0
+    duplicate_chunks: int = 0
+    short_chunks: int = 0
+    chunk_max_tokens: int = 0
+    chunk_overlap_tokens: int = 0
+    chunk_min_chars: int = 0
+    wall_s: float = 0.0
+
+
+class GenerateMetrics(_Metrics):
+    stage: Literal["generate"] = "generate"
+    prompts: int = 0
+    generations: int = 0
+    resumed_prompts: int = 0  # done by an earlier attempt (checkpoints)
+    generated_tokens: int = 0
+    checkpoints: int = 0
+    duplicates_dropped: int = 0
+    prompts_too_long: int = 0
+    parse_failures: dict[str, int] = Field(default_factory=dict)
+    attempt_wall_s: float = 0.0  # the attempt that committed
+    attempt_output_tokens_per_s: float | None = None
+
+
+class SuiteRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dataset_suite: str
+    version: str
+
+
+class ExpectationOutcome(BaseModel):
+    """One expectation's result, as a person (or the quarantine) needs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    level: str  # "row", "dataset" or "contract"
+    expectation: str
+    column: str | list[str] | None = None
+    success: bool
+    expected: str | None = None
+    bound: dict[str, Any] = Field(default_factory=dict)
+    observed_value: Any = None
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    sample_unexpected: list[str] = Field(default_factory=list)
+    exception: str | None = None
+
+
+class LengthStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int
+    median: float
+    p95: float
+    max: int
+
+
+class QualitySummary(BaseModel):
+    """Validate's quality report in numbers, with where its files are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = 0
+    passed: int = 0
+    quarantined: int = 0
+    pass_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    failed_expectations: dict[str, int] = Field(default_factory=dict)  # expectation -> rows quarantined
+    parse_failures: dict[str, int] = Field(default_factory=dict)  # reason -> generations dropped
+    dropped_generations: int = 0
+    output_tokens: dict[str, LengthStats] = Field(default_factory=dict)  # per task type
+    labels: dict[str, dict[str, int]] = Field(default_factory=dict)  # task type -> label -> passing rows
+    data_docs_uri: str | None = None
+    report_uri: str | None = None
+    summary_uri: str | None = None
+    plots: dict[str, str] = Field(default_factory=dict)  # file name -> URI of each image
+
+
+class ValidateMetrics(_Metrics):
+    stage: Literal["validate"] = "validate"
+    examples_in: int = 0
+    passed: int = 0
+    quarantined: int = 0
+    suite: SuiteRef
+    expectations: list[ExpectationOutcome] = Field(default_factory=list)
+    validation_s: float = 0.0
+    quality: QualitySummary = Field(default_factory=QualitySummary)
+
+
+class PublishedFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bytes: int
+    sha256: str
+
+
+class PublishMetrics(_Metrics):
+    stage: Literal["publish"] = "publish"
+    dataset_uri: str
+    publish_mode: str
+    examples: int = 0  # rows the dataset holds
+    examples_added: int = 0  # of them, added by this run
+    duplicates_skipped: int = 0
+    documents: int = 0
+    examples_per_task_type: dict[str, int] = Field(default_factory=dict)
+    files: dict[str, PublishedFile] = Field(default_factory=dict)
+    hub_url: str | None = None
+    hub_commit_sha: str | None = None
+    hub_new_commit: bool | None = None
+    hub_pr_url: str | None = None
+    export_uri: str | None = None
+
+
+class CombinedMetrics(_Metrics):
+    """Metrics of a manifest that combines the partitions of a stage: the partitions' metrics
+    stay in their own manifests."""
+
+    stage: Literal["combined"] = "combined"
+    partitions: int = 0
+
+
+StageMetrics = Annotated[
+    ExtractMetrics | ChunkMetrics | GenerateMetrics | ValidateMetrics | PublishMetrics | CombinedMetrics,
+    Field(discriminator="stage"),
+]
+
+
 class Manifest(BaseModel):
-    """The commit marker of one stage (or one shard of a mapped stage)."""
+    """The commit marker of one stage (or one partition of a partitioned stage)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -136,12 +324,12 @@ class Manifest(BaseModel):
     run_id: str
     uri: str  # where this manifest lives
     shards: list[ShardRef] = Field(default_factory=list)
-    counts: dict[str, int] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    counts: dict[str, int] = Field(default_factory=dict)  # rows per table
+    metrics: StageMetrics
     input_manifest_sha256: list[str] = Field(default_factory=list)
     config_sha256: str
     code_version: str
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def shards_of(self, table: str) -> list[ShardRef]:
         return [s for s in self.shards if s.table == table]
@@ -156,3 +344,35 @@ class Manifest(BaseModel):
     def sha256(self) -> str:
         """Content hash of what the stage committed, independent of when it was written."""
         return sha256_hex(canonical_json(self.model_dump(exclude={"created_at", "metrics"})))
+
+
+# ---- The run summary: what each stage of one run committed, for the log, XCom and summary.json.
+
+
+class GenerateSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shards: int
+    shards_committed: int
+    prompts: int = 0
+    examples: int = 0
+    dropped_generations: int = 0
+    generated_tokens: int = 0
+    wall_s: float = 0.0
+    output_tokens_per_s: float | None = None
+    gpu_hours: float | None = None
+
+
+class RunSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dag_id: str
+    run_id: str
+    run_folder: str  # where the run's artifacts are in the store
+    stages: dict[str, str]  # stage -> "committed", "not committed", "3/4 shards committed", ...
+    # What each committed stage reported (None: the stage did not commit).
+    extracted: ExtractMetrics | None = None
+    chunked: ChunkMetrics | None = None
+    generated: GenerateSummary | None = None
+    validated: ValidateMetrics | None = None
+    published: PublishMetrics | None = None

@@ -9,13 +9,13 @@ appends twice. The ledger is the union of the parts.
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bonito_tasks.contracts import Manifest, RunRef
-from bonito_tasks.store import ArtifactStore, safe_segment
+from bonito_tasks.store import ArtifactStore, parquet_bytes, safe_segment
 
 LEDGER = pa.schema(
     [
@@ -47,7 +47,7 @@ def load_ledger(store: ArtifactStore, dag_id: str) -> set[str]:
 
 def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest) -> dict:
     """Record the documents of a run's extract stage; call only after publish succeeded."""
-    recorded_at = datetime.now(timezone.utc).isoformat()
+    recorded_at = datetime.now(UTC).isoformat()
     ids, uris = [], []
     for shard in range(len(documents.shards_of("documents"))):
         table = store.read_shard(documents, "documents", shard, columns=["doc_id", "source_uri"])
@@ -55,8 +55,6 @@ def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest) -> dic
         uris += table["source_uri"].to_pylist()
     table = pa.table({"doc_id": ids, "source_uri": uris, "run_id": [run.run_id] * len(ids),
                       "recorded_at": [recorded_at] * len(ids)}, schema=LEDGER)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
     key = f"{ledger_prefix(run.dag_id)}/part-{safe_segment(run.run_id)}.parquet"
-    uri = store.write_bytes(key, sink.getvalue().to_pybytes())
+    uri = store.write_bytes(key, parquet_bytes(table))
     return {"ledger_part": uri, "recorded": len(ids)}

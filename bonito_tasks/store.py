@@ -1,7 +1,8 @@
 """Artifact store: a local directory or an S3 prefix, with atomic writes and the run layout.
 
-Layout: <root>/<dag_id>/<run_id>/<stage>[/shard-NNNNN]/{part-NNNNN.<table>.parquet, _manifest.json}.
-The manifest is written last; a stage directory without one holds nothing committed.
+Layout: <root>/<dag_id>/<run_id>/<stage>[/shard-NNNNN]/{part-NNNNN.<table>.parquet, _manifest.json}
+(see stage.py, which writes it). The manifest is written last; a stage directory without one
+holds nothing committed.
 """
 
 from __future__ import annotations
@@ -12,18 +13,26 @@ import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bonito_tasks import __version__
-from bonito_tasks.contracts import MANIFEST_NAME, TABLES, Manifest, RunRef, ShardRef, sha256_hex
+from bonito_tasks.contracts import TABLES, Manifest, RunRef, ShardRef, sha256_hex
 
 
 class StoreError(RuntimeError):
     pass
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, prefix) of an s3://bucket/prefix URI; the prefix without leading or trailing '/'."""
+    match = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
+    if not match:
+        raise StoreError(f"not an s3://bucket[/prefix] URI (no bucket, or not s3://): {uri!r}")
+    return match.group(1), match.group(2).strip("/")
 
 
 class ArtifactStore(ABC):
@@ -142,10 +151,7 @@ class S3Store(ArtifactStore):
     (endpoint_url for MinIO, region_name, aws_access_key_id, ...)."""
 
     def __init__(self, uri: str, client: Any = None, **client_kwargs: Any):
-        match = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
-        if not match:
-            raise StoreError(f"not an s3:// URI: {uri}")
-        self.bucket, prefix = match.group(1), match.group(2).strip("/")
+        self.bucket, prefix = parse_s3_uri(uri)
         self.prefix = f"{prefix}/" if prefix else ""
         self.root_uri = f"s3://{self.bucket}/{prefix}".rstrip("/")
         if client is None:
@@ -212,76 +218,8 @@ def run_prefix(run: RunRef) -> str:
     return f"{safe_segment(run.dag_id)}/{safe_segment(run.run_id)}"
 
 
-class StageWriter:
-    """Writes one stage (or one shard of a mapped stage) and commits it with its manifest.
-
-    A retry first calls `committed()`: an existing manifest means the work is done. Otherwise
-    `begin()` clears whatever a dead attempt left, shards are added, and `commit()` writes the
-    manifest last.
-    """
-
-    def __init__(self, store: ArtifactStore, run: RunRef, stage: str, shard: int | None = None):
-        self.store, self.run, self.stage = store, run, stage
-        self.prefix = f"{run_prefix(run)}/{stage}"
-        if shard is not None:
-            self.prefix += f"/shard-{shard:05d}"
-        self.shards: list[ShardRef] = []
-
-    @property
-    def manifest_key(self) -> str:
-        return f"{self.prefix}/{MANIFEST_NAME}"
-
-    def committed(self) -> Manifest | None:
-        if not self.store.exists(self.manifest_key):
-            return None
-        return self.store.read_manifest(self.manifest_key)
-
-    def reusable(self, config_sha256: str, inputs: list[Manifest] = ()) -> Manifest | None:
-        """The committed manifest, if the same config and inputs produced it (a retry after success)."""
-        done = self.committed()
-        if done and done.config_sha256 == config_sha256 and done.input_manifest_sha256 == [m.sha256 for m in inputs]:
-            return done
-        return None
-
-    def begin(self) -> None:
-        self.store.delete_prefix(self.prefix)
-        self.shards = []
-
-    def add(self, table_name: str, table: pa.Table) -> ShardRef:
-        schema = TABLES[table_name]
-        table = table.select(schema.names).cast(schema)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        data = sink.getvalue().to_pybytes()
-        index = sum(1 for s in self.shards if s.table == table_name)
-        path = f"part-{index:05d}.{table_name}.parquet"
-        self.store.write_bytes(f"{self.prefix}/{path}", data)
-        ref = ShardRef(table=table_name, path=path, rows=table.num_rows, sha256=sha256_hex(data))
-        self.shards.append(ref)
-        return ref
-
-    def commit(
-        self,
-        *,
-        config_sha256: str,
-        inputs: list[Manifest] = (),
-        counts: dict[str, int] | None = None,
-        metrics: dict[str, Any] | None = None,
-    ) -> Manifest:
-        table_counts = {}
-        for ref in self.shards:
-            table_counts[ref.table] = table_counts.get(ref.table, 0) + ref.rows
-        manifest = Manifest(
-            stage=self.stage,
-            dag_id=self.run.dag_id,
-            run_id=self.run.run_id,
-            uri=self.store.uri(self.manifest_key),
-            shards=self.shards,
-            counts={**table_counts, **(counts or {})},
-            metrics=metrics or {},
-            input_manifest_sha256=[m.sha256 for m in inputs],
-            config_sha256=config_sha256,
-            code_version=__version__,
-        )
-        self.store.write_bytes(self.manifest_key, manifest.to_json().encode())
-        return manifest
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as one zstd-compressed Parquet file in memory (what every writer of the store uses)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()

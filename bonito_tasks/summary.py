@@ -6,17 +6,15 @@ manifest is reported as not committed. Written to `<run>/summary.json` and retur
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import Manifest, RunRef
-from bonito_tasks.store import ArtifactStore, StageWriter, run_prefix
+from bonito_tasks.contracts import GenerateMetrics, GenerateSummary, Manifest, RunRef, RunSummary
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import ArtifactStore, run_prefix
 
 SUMMARY_FILE = "summary.json"
 
 
-def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig) -> dict[str, Any]:
+def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig) -> RunSummary:
     """Counts per stage, rejects, quarantined rows, generated tokens per second and GPU-hours.
 
     Tokens/s and GPU-hours cover the attempts that committed each generate shard (an attempt that
@@ -25,30 +23,26 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig) -> dict[st
     """
     extract, chunk, validate, publish = (StageWriter(store, run, stage).committed()
                                          for stage in ("extract", "chunk", "validate", "publish"))
-    summary: dict[str, Any] = {"dag_id": run.dag_id, "run_id": run.run_id}
-    generate = _generate(store, run, config, chunk.counts.get("shards", 0)) if chunk else None
-    summary["stages"] = {
-        "extract": _state(extract), "chunk": _state(chunk),
-        "generate": "{shards_committed}/{shards} shards committed".format(**generate) if generate else "not started",
-        "validate": _state(validate), "publish": _state(publish),
-    }
-    if extract:
-        summary["extract"] = {k: extract.counts.get(k, 0) for k in ("files", "documents", "skipped_known", "rejects")}
-        summary["extract"]["rejects_by_reason"] = extract.metrics.get("rejects_by_reason", {})
-    if chunk:
-        summary["chunk"] = {k: chunk.counts.get(k, 0) for k in ("chunks", "shards", "duplicate_chunks", "short_chunks")}
-        summary["generate"] = generate
-    if validate:
-        quality = validate.metrics.get("quality", {})
-        summary["validate"] = {"examples_in": validate.counts.get("examples_in", 0),
-                               "passed": validate.rows_of("examples"),
-                               "quarantined": validate.rows_of("quarantine"),
-                               "pass_rate": quality.get("pass_rate"),
-                               "report_uri": quality.get("report_uri")}
-    if publish:
-        summary["publish"] = {k: publish.metrics[k] for k in ("examples", "examples_added", "dataset_uri", "hub_url")
-                              if publish.metrics.get(k) is not None}
-    store.write_bytes(f"{run_prefix(run)}/{SUMMARY_FILE}", json.dumps(summary, indent=2, sort_keys=True).encode())
+    generate = _generate(store, run, config, chunk.metrics.shards) if chunk else None
+    summary = RunSummary(
+        dag_id=run.dag_id,
+        run_id=run.run_id,
+        run_folder=store.uri(run_prefix(run)),
+        stages={
+            "extract": _state(extract),
+            "chunk": _state(chunk),
+            "generate": (f"{generate.shards_committed}/{generate.shards} shards committed"
+                         if generate else "not started"),
+            "validate": _state(validate),
+            "publish": _state(publish),
+        },
+        extracted=extract and extract.metrics,
+        chunked=chunk and chunk.metrics,
+        generated=generate,
+        validated=validate and validate.metrics,
+        published=publish and publish.metrics,
+    )
+    store.write_bytes(f"{run_prefix(run)}/{SUMMARY_FILE}", summary.model_dump_json(indent=2).encode())
     return summary
 
 
@@ -56,30 +50,42 @@ def _state(manifest: Manifest | None) -> str:
     return "committed" if manifest else "not committed"
 
 
-def _generate(store: ArtifactStore, run: RunRef, config: RunConfig, shards: int) -> dict[str, Any]:
-    manifests = [m for i in range(shards) if (m := StageWriter(store, run, "generate", shard=i).committed())]
-    wall_s = sum(m.metrics.get("attempt_wall_s", 0) for m in manifests)
-    attempt_tokens = sum((m.metrics.get("attempt_output_tokens_per_s") or 0) * m.metrics.get("attempt_wall_s", 0)
-                         for m in manifests)
-    return {
-        "shards": shards,
-        "shards_committed": len(manifests),
-        "prompts": sum(m.metrics.get("prompts", 0) for m in manifests),
-        "examples": sum(m.rows_of("examples") for m in manifests),
-        "dropped_generations": sum(m.rows_of("dropped_generations") for m in manifests),
-        "generated_tokens": sum(m.metrics.get("generated_tokens", 0) for m in manifests),
-        "wall_s": round(wall_s, 1),
-        "output_tokens_per_s": round(attempt_tokens / wall_s, 1) if wall_s else None,
-        "gpu_hours": round(wall_s * config.tensor_parallel_size / 3600, 4) if config.backend == "vllm" else None,
-    }
+def _generate(store: ArtifactStore, run: RunRef, config: RunConfig, shards: int) -> GenerateSummary:
+    manifests = [m for i in range(shards) if (m := StageWriter(store, run, "generate", partition=i).committed())]
+    metrics: list[GenerateMetrics] = [m.metrics for m in manifests]
+    wall_s = sum(m.attempt_wall_s for m in metrics)
+    attempt_tokens = sum((m.attempt_output_tokens_per_s or 0) * m.attempt_wall_s for m in metrics)
+    return GenerateSummary(
+        shards=shards,
+        shards_committed=len(manifests),
+        prompts=sum(m.prompts for m in metrics),
+        examples=sum(m.rows_of("examples") for m in manifests),
+        dropped_generations=sum(m.rows_of("dropped_generations") for m in manifests),
+        generated_tokens=sum(m.generated_tokens for m in metrics),
+        wall_s=round(wall_s, 1),
+        output_tokens_per_s=round(attempt_tokens / wall_s, 1) if wall_s else None,
+        gpu_hours=round(wall_s * config.tensor_parallel_size / 3600, 4) if config.backend == "vllm" else None,
+    )
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: RunSummary) -> str:
     """The summary as a few aligned lines for the task log."""
-    lines = [f"run summary {summary['dag_id']} / {summary['run_id']}"]
-    lines += [f"  {stage:<9} {state}" for stage, state in summary["stages"].items()]
-    for stage in ("extract", "chunk", "generate", "validate", "publish"):
-        if stage in summary:
-            values = ", ".join(f"{k}={v}" for k, v in summary[stage].items() if not isinstance(v, dict))
-            lines.append(f"  {stage}: {values}")
+    lines = [f"run summary {summary.dag_id} / {summary.run_id}", f"  folder    {summary.run_folder}"]
+    lines += [f"  {stage:<9} {state}" for stage, state in summary.stages.items()]
+    if e := summary.extracted:
+        lines.append(f"  extract: files={e.files}, documents={e.documents}, skipped_known={e.skipped_known}, "
+                     f"rejects={e.rejects} {e.rejects_by_reason or ''}".rstrip())
+    if c := summary.chunked:
+        lines.append(f"  chunk: chunks={c.chunks}, shards={c.shards}, duplicate_chunks={c.duplicate_chunks}, "
+                     f"short_chunks={c.short_chunks}")
+    if g := summary.generated:
+        lines.append(f"  generate: prompts={g.prompts}, examples={g.examples}, dropped={g.dropped_generations}, "
+                     f"tokens={g.generated_tokens}, output_tokens_per_s={g.output_tokens_per_s}, "
+                     f"gpu_hours={g.gpu_hours}")
+    if v := summary.validated:
+        lines.append(f"  validate: examples_in={v.examples_in}, passed={v.passed}, quarantined={v.quarantined}, "
+                     f"pass_rate={v.quality.pass_rate}, report={v.quality.report_uri}")
+    if p := summary.published:
+        lines.append(f"  publish: examples={p.examples}, examples_added={p.examples_added}, "
+                     f"dataset={p.dataset_uri}" + (f", hub={p.hub_url}" if p.hub_url else ""))
     return "\n".join(lines)

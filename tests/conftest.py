@@ -14,9 +14,9 @@ ASSETS = REPO / "tests" / "assets"
 SAMPLE_DOCS = ASSETS / "sample_docs"
 TINY_MODEL = Path(os.environ.get("BONITO_TEST_MODEL", ASSETS / "tiny-bonito"))
 
-sys.path[:0] = [str(REPO / "plugins"), str(REPO / "dags")]
+sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(REPO / "dags")]
 # Airflow reads its configuration at import time: point it at a throwaway home before any test imports it.
-from bonito_airflow.local import configure  # noqa: E402
+from bonito_dev.local import configure  # noqa: E402
 
 AIRFLOW_HOME = Path(os.environ.get("BONITO_TEST_AIRFLOW_HOME", f"/tmp/bonito-etl-tests-{os.getpid()}"))
 configure(AIRFLOW_HOME)
@@ -74,14 +74,14 @@ def commit_chunks(store, run, rows: list[dict]):
     """A committed chunk stage holding `rows` (optional CHUNKS fields default to empty)."""
     import pyarrow as pa
 
-    from bonito_tasks.contracts import CHUNKS
-    from bonito_tasks.store import StageWriter
+    from bonito_tasks.contracts import CHUNKS, ChunkMetrics
+    from bonito_tasks.stage import StageWriter
 
     defaults = {"page": None, "also_in": []}
     writer = StageWriter(store, run, "chunk")
     writer.begin()
     writer.add("chunks", pa.Table.from_pylist([{**defaults, **row} for row in rows], CHUNKS))
-    return writer.commit(config_sha256="test-chunks")
+    return writer.commit(config_sha256="test-chunks", metrics=ChunkMetrics(chunks=len(rows)))
 
 
 def paragraph_chunks(store, run, n: int):

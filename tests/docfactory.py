@@ -146,3 +146,27 @@ def write_bad_corpus(folder: Path, outside: Path) -> dict[str, str]:
     (folder / "bad/dangling.txt").symlink_to(folder / "bad/does-not-exist.txt")
     expected["bad/dangling.txt"] = "unreadable"
     return expected
+
+
+def pdf_with_furniture_bytes(pages: list[str], header: str, footer: str = "Page {page} of {nb}") -> bytes:
+    """A PDF whose every page carries a running header and a footer (`{page}` is the page number,
+    `{nb}` the page count), around the body text of `pages`."""
+    from fpdf import FPDF
+
+    class Document(FPDF):
+        def header(self):
+            self.set_font("helvetica", size=9)
+            self.cell(0, 8, header, align="C")
+            self.ln(12)
+
+        def footer(self):
+            self.set_y(-15)
+            self.set_font("helvetica", size=9)
+            self.cell(0, 10, footer.format(page=self.page_no(), nb="{nb}"), align="C")
+
+    pdf = Document()
+    for body in pages:
+        pdf.add_page()
+        pdf.set_font("helvetica", size=11)
+        pdf.multi_cell(0, 6, body)
+    return bytes(pdf.output())

@@ -14,21 +14,25 @@ from typing import Any
 
 import pyarrow as pa
 
+from bonito_tasks.checks import check_documents
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import DOCUMENTS, REJECTS, Manifest, RunRef, sha256_hex
+from bonito_tasks.contracts import DOCUMENTS, REJECTS, ExtractMetrics, Manifest, RejectSample, RunRef, sha256_hex
+from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.extract.readers import READERS, TABLE_READERS, Reject, read_hf_dataset
 from bonito_tasks.extract.sources import HF_DATASET, SourceFile, iter_source
 from bonito_tasks.ledger import load_ledger
-from bonito_tasks.store import ArtifactStore, StageWriter
+from bonito_tasks.stage import StageWriter, run_stage
+from bonito_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 SHARD_TEXT_BYTES = 32 * 2**20  # flush a documents shard once it holds this much text
+REJECT_SAMPLES = 100  # rejects listed in the manifest (all are in the rejects table)
 SUPPORTED = sorted([*READERS, *TABLE_READERS, HF_DATASET])
 
 
-class NothingExtracted(RuntimeError):
-    pass
+class NothingExtracted(PermanentFailure):
+    """No file under the source gave a document."""
 
 
 def read_documents(file: SourceFile, config: RunConfig, known: set[str] = frozenset()) -> tuple[list[dict], int]:
@@ -62,7 +66,8 @@ def read_documents(file: SourceFile, config: RunConfig, known: set[str] = frozen
     if not extracted.text.strip():
         raise Reject("no_text", "no text could be extracted")
     return [{"doc_id": doc_id, "source_uri": file.uri, "media_type": media_type, "size_bytes": len(data),
-             "text": extracted.text, "page_starts": extracted.page_starts}], 0
+             "text": extracted.text, "page_starts": extracted.page_starts,
+             "furniture_lines": extracted.furniture_lines}], 0
 
 
 def _rows(file: SourceFile, media_type: str, texts, known: set[str]) -> tuple[list[dict], int]:
@@ -82,62 +87,61 @@ def _rows(file: SourceFile, media_type: str, texts, known: set[str]) -> tuple[li
 def extract(
     store: ArtifactStore, run: RunRef, config: RunConfig, s3_client_kwargs: dict[str, Any] | None = None
 ) -> Manifest:
-    writer = StageWriter(store, run, "extract")
-    if done := writer.reusable(config.sha256()):
-        log.info("extract already committed at %s; reusing it", done.uri)
-        return done
-    writer.begin()
-    started = time.monotonic()
-    known = set() if config.full_refresh else load_ledger(store, run.dag_id)
-    batch: list[dict] = []
-    batch_bytes = 0
-    rejects: list[dict] = []
-    seen: set[str] = set()
-    duplicates = skipped_known = files = source_bytes = pages = 0
-    for file in iter_source(config.source, config.include, config.exclude, **(s3_client_kwargs or {})):
-        files += 1
-        try:
-            rows, skipped = read_documents(file, config, known)
-        except Reject as rej:
-            log.warning("rejected %s: %s (%s)", file.uri, rej.reason, rej.detail)
-            rejects.append({"source_uri": file.uri, "stage": "extract", "reason": rej.reason,
-                            "detail": rej.detail, "size_bytes": file.size})
-            continue
-        skipped_known += skipped
-        source_bytes += file.size
-        for row in rows:
-            if row["doc_id"] in seen:
-                duplicates += 1
+    """Every source file into the documents and rejects tables; raises NothingExtracted when no
+    file gave a document (a retry cannot fix that)."""
+
+    def work(writer: StageWriter) -> ExtractMetrics:
+        started = time.monotonic()
+        known = set() if config.full_refresh else load_ledger(store, run.dag_id)
+        metrics = ExtractMetrics()
+        batch: list[dict] = []
+        batch_bytes = 0
+        rejects: list[dict] = []
+        seen: set[str] = set()
+        for file in iter_source(config.source, config.include, config.exclude, **(s3_client_kwargs or {})):
+            metrics.files += 1
+            try:
+                rows, skipped = read_documents(file, config, known)
+            except Reject as rej:
+                log.warning("rejected %s: %s (%s)", file.uri, rej.reason, rej.detail)
+                rejects.append({"source_uri": file.uri, "stage": "extract", "reason": rej.reason,
+                                "detail": rej.detail, "size_bytes": file.size})
                 continue
-            seen.add(row["doc_id"])
-            pages += len(row["page_starts"] or ())
-            batch.append(row)
-            batch_bytes += len(row["text"])
-            if batch_bytes >= SHARD_TEXT_BYTES:
-                writer.add("documents", pa.Table.from_pylist(batch, DOCUMENTS))
-                batch, batch_bytes = [], 0
-    if batch:
-        writer.add("documents", pa.Table.from_pylist(batch, DOCUMENTS))
-    if rejects:
-        writer.add("rejects", pa.Table.from_pylist(rejects, REJECTS))
-    if not seen and not skipped_known:
-        reasons = "; ".join(f"{r['source_uri']}: {r['reason']} ({r['detail']})" for r in rejects[:20])
-        raise NothingExtracted(
-            f"no document could be extracted from {config.source!r} "
-            f"({len(rejects)} file(s) rejected{': ' + reasons if reasons else ', none found'})"
-        )
-    by_reason = dict(sorted(Counter(r["reason"] for r in rejects).items()))
-    wall = time.monotonic() - started
-    log.info("extract: %d file(s), %d new document(s), %d already in the ledger, %d duplicate(s), "
-             "%d reject(s) %s in %.1f s", files, len(seen), skipped_known, duplicates, len(rejects), by_reason, wall)
-    for r in rejects:
-        log.info("  reject %-20s %s: %s", r["reason"], r["source_uri"], r["detail"])
-    from bonito_tasks.validate import validate_documents  # GX contract before the commit
-    validate_documents(store, writer)
-    return writer.commit(
-        config_sha256=config.sha256(),
-        counts={"documents": len(seen), "rejects": len(rejects), "duplicate_files": duplicates,
-                "skipped_known": skipped_known, "files": files, "pages": pages},
-        metrics={"wall_s": round(wall, 3), "source_bytes": source_bytes, "rejects_by_reason": by_reason,
-                 "rejects": [{k: r[k] for k in ("source_uri", "reason", "detail")} for r in rejects[:100]]},
-    )
+            metrics.skipped_known += skipped
+            metrics.source_bytes += file.size
+            for row in rows:
+                if row["doc_id"] in seen:
+                    metrics.duplicate_files += 1
+                    continue
+                seen.add(row["doc_id"])
+                metrics.pages += len(row["page_starts"] or ())
+                metrics.furniture_lines += row.get("furniture_lines", 0)
+                batch.append(row)
+                batch_bytes += len(row["text"])
+                if batch_bytes >= SHARD_TEXT_BYTES:
+                    writer.add("documents", pa.Table.from_pylist(batch, DOCUMENTS))
+                    batch, batch_bytes = [], 0
+        if batch:
+            writer.add("documents", pa.Table.from_pylist(batch, DOCUMENTS))
+        if rejects:
+            writer.add("rejects", pa.Table.from_pylist(rejects, REJECTS))
+        if not seen and not metrics.skipped_known:
+            reasons = "; ".join(f"{r['source_uri']}: {r['reason']} ({r['detail']})" for r in rejects[:20])
+            raise NothingExtracted(
+                f"no document could be extracted from {config.source!r} "
+                f"({len(rejects)} file(s) rejected{': ' + reasons if reasons else ', none found'})"
+            )
+        metrics.documents, metrics.rejects = len(seen), len(rejects)
+        metrics.rejects_by_reason = dict(sorted(Counter(r["reason"] for r in rejects).items()))
+        metrics.reject_samples = [RejectSample(**{k: r[k] for k in ("source_uri", "reason", "detail")})
+                                  for r in rejects[:REJECT_SAMPLES]]
+        metrics.wall_s = round(time.monotonic() - started, 3)
+        log.info("extract: %d file(s), %d new document(s), %d already in the ledger, %d duplicate(s), "
+                 "%d reject(s) %s in %.1f s", metrics.files, metrics.documents, metrics.skipped_known,
+                 metrics.duplicate_files, metrics.rejects, metrics.rejects_by_reason, metrics.wall_s)
+        for r in rejects:
+            log.info("  reject %-20s %s: %s", r["reason"], r["source_uri"], r["detail"])
+        return metrics
+
+    return run_stage(store, run, "extract", config_sha256=config.sha256(), inputs=[], work=work,
+                     check=lambda writer: check_documents(store, writer))

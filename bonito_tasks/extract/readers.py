@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
+
+from bonito_tasks.extract.text import (
+    MAX_REPLACEMENT_SHARE,
+    DecodeError,
+    clean_text,
+    count_words,
+    remove_page_furniture,
+    replacement_share,
+)
+from bonito_tasks.extract.text import decode_text as _decode_text
 
 
 class Reject(Exception):
@@ -22,37 +33,55 @@ class Reject(Exception):
 class Extracted:
     text: str
     page_starts: list[int] | None = None  # char offset where each page begins (PDF)
+    furniture_lines: int = 0  # running header, footer and page-number lines removed (PDF)
+
+
+# An HTML page whose main content has fewer words (runs of letters) than this is a redirect stub,
+# a version sticker or an error page, not a document.
+MIN_HTML_WORDS = 20
 
 
 def decode_text(data: bytes) -> str:
-    """Decode text in any common encoding; binary content is rejected, never guessed at."""
-    if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise Reject("binary_content", "file holds binary data (NUL bytes) behind a text extension")
+    """Decode text in any common encoding (see text.decode_text); binary content is rejected, never guessed at."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
-    from charset_normalizer import from_bytes
+        return _decode_text(data)
+    except DecodeError as err:
+        raise Reject(err.reason, err.detail) from err
 
-    best = from_bytes(data).best()
-    if best is None:
-        raise Reject("undecodable_text", "no text encoding fits the bytes")
-    return str(best)
+
+def check_replacements(raw: str) -> None:
+    """Rejects text riddled with U+FFFD (text lost before it reached us) rather than pass it on with
+    holes; clean_text drops the few that a usable text may hold."""
+    share = replacement_share(raw)
+    if share > MAX_REPLACEMENT_SHARE:
+        raise Reject("undecodable_text", f"{raw.count(chr(0xFFFD))} replacement characters (U+FFFD), {share:.1%} "
+                                         "of the text: it was damaged before it reached us")
+
+
+def clean(raw: str) -> str:
+    """The text as documents hold it: see text.clean_text and check_replacements."""
+    check_replacements(raw)
+    return clean_text(raw)
 
 
 def read_text(data: bytes) -> Extracted:
-    return Extracted(decode_text(data))
+    return Extracted(clean(decode_text(data)))
 
 
 def read_html(data: bytes) -> Extracted:
     import trafilatura
 
-    text = trafilatura.extract(
+    extracted = trafilatura.extract(
         decode_text(data), include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
     )
-    if not text:
+    if not extracted:
         raise Reject("no_main_content", "HTML page has no main content to extract")
-    return Extracted(text)
+    result = clean(extracted)
+    words = count_words(result)
+    if words < MIN_HTML_WORDS:
+        raise Reject("no_main_content", f"HTML main content has {words} word(s), fewer than {MIN_HTML_WORDS} "
+                                        f"(a redirect stub or a placeholder page?): {result[:80]!r}")
+    return Extracted(result)
 
 
 def read_pdf(data: bytes) -> Extracted:
@@ -63,21 +92,24 @@ def read_pdf(data: bytes) -> Extracted:
     except pdfium.PdfiumError as err:
         reason = "encrypted_pdf" if "password" in str(err).lower() else "corrupt_pdf"
         raise Reject(reason, f"PDF cannot be opened: {err}") from err
-    pages, page_starts, offset = [], [], 0
+    raw = []
     try:
         for page in pdf:
             textpage = page.get_textpage()
-            text = textpage.get_text_range().replace("\r\n", "\n")
+            raw.append(textpage.get_text_range())
             textpage.close()
             page.close()
-            page_starts.append(offset)
-            pages.append(text)
-            offset += len(text) + 1  # pages are joined with "\n"
     finally:
         pdf.close()
-    if not any(p.strip() for p in pages):
-        raise Reject("no_text_layer", f"PDF has {len(pages)} page(s) but no text layer (scanned?)")
-    return Extracted("\n".join(pages), page_starts)
+    if not any(p.strip() for p in raw):
+        raise Reject("no_text_layer", f"PDF has {len(raw)} page(s) but no text layer (scanned?)")
+    check_replacements("\n".join(raw))
+    pages = remove_page_furniture([clean_text(p) for p in raw])
+    page_starts, offset = [], 0
+    for page_text in pages.pages:
+        page_starts.append(offset)
+        offset += len(page_text) + 1  # pages are joined with "\n"
+    return Extracted("\n".join(pages.pages), page_starts, pages.removed)
 
 
 # A DOCX is a zip: refuse to inflate one whose members would expand past these before parsing.
@@ -116,7 +148,7 @@ def read_docx(data: bytes) -> Extracted:
                 blocks.append(" | ".join(cells))
         else:
             blocks.append(block.text)
-    return Extracted("\n\n".join(b for b in blocks if b.strip()))
+    return Extracted(clean("\n\n".join(b for b in blocks if b.strip())))
 
 
 def _missing_column(column: str, found: list[str]) -> Reject:
@@ -124,14 +156,18 @@ def _missing_column(column: str, found: list[str]) -> Reject:
 
 
 def _texts(values: Iterable[Any]) -> Iterator[str]:
-    return (v for v in values if isinstance(v, str) and v.strip())
+    """The cleaned non-blank strings among a column's values (see text.clean_text)."""
+    cleaned = (clean_text(v) for v in values if isinstance(v, str))
+    return (v for v in cleaned if v.strip())
 
 
 def read_jsonl(data: bytes, column: str) -> Iterator[str]:
     import json
 
     first = True
-    for number, line in enumerate(decode_text(data).splitlines(), 1):
+    # JSON Lines end lines with "\n" only: str.splitlines() would also split at U+2028 and other
+    # separators that a JSON string may hold unescaped.
+    for number, line in enumerate(decode_text(data).split("\n"), 1):
         if not line.strip():
             continue
         try:

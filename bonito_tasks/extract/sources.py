@@ -7,11 +7,13 @@ with `reject` set, so it lands in `rejects` like any other bad file.
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+
+from bonito_tasks.store import parse_s3_uri
 
 # A folder written by `datasets.Dataset.save_to_disk` holds these two files; it is read as one source.
 HF_DATASET_MARKERS = ("dataset_info.json", "state.json")
@@ -52,7 +54,8 @@ def iter_source(source: str, include: list[str] = ("**",), exclude: list[str] = 
 
 
 def _unreadable(uri: str, err: OSError) -> SourceFile:
-    return SourceFile(uri, 0, lambda _: b"", _suffix(uri), reject=("unreadable", f"{type(err).__name__}: {err.strerror}"))
+    reason = f"{type(err).__name__}: {err.strerror}"
+    return SourceFile(uri, 0, lambda _: b"", _suffix(uri), reject=("unreadable", reason))
 
 
 def _local_file(path: Path, uri: str) -> SourceFile:
@@ -119,10 +122,9 @@ def _iter_local(path: str, include: list[str], exclude: list[str]) -> Iterator[S
 
 def _iter_s3(uri: str, include: list[str], exclude: list[str], client: Any = None,
              **client_kwargs: Any) -> Iterator[SourceFile]:
-    match = re.fullmatch(r"s3://([^/]+)/?(.*)", uri)
-    if not match:
-        raise ValueError(f"not an s3:// URI: {uri}")
-    bucket, prefix = match.groups()
+    bucket, prefix = parse_s3_uri(uri)
+    if prefix and uri.endswith("/"):
+        prefix += "/"  # a folder: list only what is inside it
     if client is None:
         import boto3
 

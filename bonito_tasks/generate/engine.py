@@ -5,12 +5,15 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
+from bonito_tasks.compat import shutdown_vllm
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import sha256_hex
+from bonito_tasks.errors import PermanentFailure
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,13 @@ class EngineFailure(RuntimeError):
     def __init__(self, message: str, kind: str):
         super().__init__(message)
         self.kind = kind  # "out_of_memory", "engine_died", or "rejected" (a configuration error: don't retry)
+
+
+class EngineRejected(EngineFailure, PermanentFailure):
+    """A configuration error the engine or server rejects (kind "rejected"): retrying cannot help."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "rejected")
 
 
 def _as_engine_failure(err: BaseException, config: RunConfig, max_num_seqs: int | None) -> EngineFailure:
@@ -151,8 +161,7 @@ class VllmEngine:
     def unload(self) -> None:
         if self.llm is None:
             return
-        # Without an explicit shutdown the engine-core process outlives the task by minutes.
-        self.llm.llm_engine.engine_core.shutdown()
+        shutdown_vllm(self.llm)  # without it the engine-core process outlives the task by minutes
         self.llm = None
         gc.collect()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bonito_tasks.generate.prompt import CONTEXT_PLACEHOLDER, PIPE_MARKER
+from bonito_tasks.format import CONTEXT_PLACEHOLDER, PIPE_MARKER
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,14 @@ from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import (
     DROPPED_GENERATIONS,
     EXAMPLES,
+    GenerateMetrics,
     Manifest,
     RunRef,
     ShardRef,
     canonical_json,
     sha256_hex,
 )
+from bonito_tasks.format import build_prompt
 from bonito_tasks.generate.engine import (
     DEFAULT_MAX_NUM_SEQS,
     Completion,
@@ -36,8 +38,7 @@ from bonito_tasks.generate.engine import (
     model_revision,
 )
 from bonito_tasks.generate.parse import ParseFailure, parse_generation
-from bonito_tasks.generate.prompt import build_prompt
-from bonito_tasks.store import StageWriter
+from bonito_tasks.stage import StageWriter, code_version, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -62,72 +63,75 @@ def generate_shard(
     """Generate examples for one chunk shard. Pass a loaded `engine` (in-process or server) to
     share it across calls; without one, a vLLM engine is started for this shard and shut down
     before returning."""
-    writer = StageWriter(store, run, "generate", shard=shard)
     config_sha = config.sha256()
-    if done := writer.reusable(config_sha, [chunks]):
-        log.info("generate shard %d already committed at %s; reusing it", shard, done.uri)
-        return done
-    state = _resume(writer, config_sha, chunks)
-    resumed = len(state.done)
-    rows = store.read_shard(chunks, "chunks", shard).to_pylist()
-    jobs = [(row, task_type) for row in rows for task_type in config.task_types]
-    pending = {i: build_prompt(row["text"], t) for i, (row, t) in enumerate(jobs) if i not in state.done}
-    log.info("generate shard %d: %d chunks x %d task types = %d prompts (n=%d); %d done in %d checkpoint(s)",
-             shard, len(rows), len(config.task_types), len(jobs), config.n, len(state.done), state.checkpoints)
 
-    started = time.monotonic()
-    attempt_tokens = 0
-    if pending:
-        failures = _engine_failures(writer)
-        own_engine = None
-        try:
-            if engine is None:
-                engine = own_engine = VllmEngine(config, max_num_seqs=_backed_off_max_num_seqs(config, failures))
-                own_engine.load()
-            recorder = _Recorder(writer, run, config, chunks, jobs, state)
-            too_long = _too_long(engine, config, pending)
-            if too_long:
-                recorder.commit({i: None for i in too_long})
-                for i in too_long:
-                    del pending[i]
-            progress = _Progress(shard, len(jobs), len(state.done))
-            for batch in engine.stream(pending, config.sampling_params(), flush_every=config.checkpoint_prompts):
-                attempt_tokens += recorder.commit(dict(batch))
-                progress.update(len(state.done), attempt_tokens)
-        except EngineFailure as failure:
-            store.write_bytes(f"{writer.prefix}/{ENGINE_FAILURES}",
-                              json.dumps(failures + [{"error": str(failure), "kind": failure.kind}]).encode())
-            raise
-        finally:
-            if own_engine is not None:
-                own_engine.unload()
-    wall_s = time.monotonic() - started
+    def work(writer: StageWriter) -> GenerateMetrics:
+        nonlocal engine
+        failures = _engine_failures(writer)  # before _resume, which may clear the folder
+        state = _resume(writer, config_sha, chunks)
+        resumed = len(state.done)
+        rows = store.read_shard(chunks, "chunks", shard).to_pylist()
+        jobs = [(row, task_type) for row in rows for task_type in config.task_types]
+        pending = {i: build_prompt(row["text"], t) for i, (row, t) in enumerate(jobs) if i not in state.done}
+        log.info("generate shard %d: %d chunks x %d task types = %d prompts (n=%d); %d done in %d checkpoint(s)",
+                 shard, len(rows), len(config.task_types), len(jobs), config.n, len(state.done), state.checkpoints)
 
-    counts = state.counts
-    metrics = {
-        "prompts": len(jobs),
-        "generations": len(jobs) * config.n,
-        "resumed_prompts": resumed,
-        "generated_tokens": counts["generated_tokens"],
-        "attempt_wall_s": round(wall_s, 3),
-        "attempt_output_tokens_per_s": round(attempt_tokens / wall_s, 1) if wall_s > 0 else None,
-        "parse_failures": {r: counts[r] for r in ("no_pipe", "extra_pipe") if counts[r]},
-        "duplicates_dropped": counts["duplicate"],
-        "prompts_too_long": counts["prompt_too_long"] // config.n,
-        "checkpoints": state.checkpoints,
-    }
-    log.info("generate shard %d committed: %s", shard, metrics)
-    return writer.commit(config_sha256=config_sha, inputs=[chunks], metrics=metrics)
+        started = time.monotonic()
+        attempt_tokens = 0
+        if pending:
+            own_engine = None
+            try:
+                if engine is None:
+                    engine = own_engine = VllmEngine(config, max_num_seqs=_backed_off_max_num_seqs(config, failures))
+                    own_engine.load()
+                recorder = _Recorder(writer, run, config, chunks, jobs, state)
+                too_long = _too_long(engine, config, pending)
+                if too_long:
+                    recorder.commit({i: None for i in too_long})
+                    for i in too_long:
+                        del pending[i]
+                progress = _Progress(shard, len(jobs), len(state.done))
+                for batch in engine.stream(pending, config.sampling_params(), flush_every=config.checkpoint_prompts):
+                    attempt_tokens += recorder.commit(dict(batch))
+                    progress.update(len(state.done), attempt_tokens)
+            except EngineFailure as failure:
+                store.write_bytes(f"{writer.prefix}/{ENGINE_FAILURES}",
+                                  json.dumps(failures + [{"error": str(failure), "kind": failure.kind}]).encode())
+                raise
+            finally:
+                if own_engine is not None:
+                    own_engine.unload()
+        wall_s = time.monotonic() - started
+
+        counts = state.counts
+        metrics = GenerateMetrics(
+            prompts=len(jobs),
+            generations=len(jobs) * config.n,
+            resumed_prompts=resumed,
+            generated_tokens=counts["generated_tokens"],
+            attempt_wall_s=round(wall_s, 3),
+            attempt_output_tokens_per_s=round(attempt_tokens / wall_s, 1) if wall_s > 0 else None,
+            parse_failures={r: counts[r] for r in ("no_pipe", "extra_pipe") if counts[r]},
+            duplicates_dropped=counts["duplicate"],
+            prompts_too_long=counts["prompt_too_long"] // config.n,
+            checkpoints=state.checkpoints,
+        )
+        log.info("generate shard %d: %s", shard, metrics.model_dump_json())
+        return metrics
+
+    return run_stage(store, run, "generate", config_sha256=config_sha, inputs=[chunks], work=work,
+                     partition=shard, resumable=True)
 
 
 def _resume(writer: StageWriter, config_sha: str, chunks: Manifest) -> ShardState:
-    """Reload the checkpoints of an earlier attempt with the same config and input; otherwise
+    """Reload the checkpoints of an earlier attempt with the same config, input and code; otherwise
     (or when there are none) start the shard from an empty folder."""
     store = writer.store
     keys = store.list(writer.prefix)
     markers = [json.loads(store.read_bytes(k)) for k in keys if k.rsplit("/", 1)[-1].startswith(CHECKPOINT_PREFIX)]
     state = ShardState()
-    if not markers or any((m["config_sha256"], m["input_sha256"]) != (config_sha, chunks.sha256) for m in markers):
+    expected = (config_sha, chunks.sha256, code_version())
+    if not markers or any((m["config_sha256"], m["input_sha256"], m.get("code_version")) != expected for m in markers):
         writer.begin()
         return state
     writer.shards = [ShardRef(**ref) for m in markers for ref in m["shards"]]
@@ -176,6 +180,7 @@ class _Recorder:
         marker = {
             "config_sha256": self.config_sha,
             "input_sha256": self.input_sha,
+            "code_version": code_version(),
             "prompts": sorted(finished),
             "shards": [ref.model_dump() for ref in self.writer.shards[before:]],
             "counts": dict(counts),

@@ -13,8 +13,8 @@ texts and writes lineage exactly as it does for the in-process engine.
   `return_token_ids`, so `n_tokens` is exact per choice (EOS included, as in-process); a server
   without that extension gets `usage.completion_tokens` split evenly over the n choices.
 - No per-request `seed`: vLLM's CPU build rejects it. Start the server with `--seed`.
-- Retries: 408, 429, 5xx, timeouts and connection errors, with jittered exponential backoff
-  (a numeric Retry-After is honoured up to the cap). Any other 4xx fails at once
+- Retries (bonito_tasks.retry): 408, 429, 5xx, timeouts and connection errors, with full-jitter
+  exponential backoff (a numeric Retry-After is honoured up to the cap). Any other 4xx fails at once
   (kind "rejected"); a request out of attempts fails with kind "engine_died". A retry after a
   timeout may leave the abandoned request running on the server; only the retry's answer is used.
 - The API key travels only in the Authorization header and is masked in every message.
@@ -23,34 +23,30 @@ texts and writes lineage exactly as it does for the in-process engine.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
-from typing import Iterator
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.generate.engine import FLUSH_EVERY_S, Completion, EngineFailure
+from bonito_tasks.generate.engine import FLUSH_EVERY_S, Completion, EngineFailure, EngineRejected
+from bonito_tasks.retry import RetryPolicy, network_errors, retry_after_s, transient_status
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = {408, 429}  # and every 5xx
+SERVER_RETRY = RetryPolicy(timeout_s=600.0)  # a completion may queue behind others on the server
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 5  # tries per request, the first included
-    base_delay_s: float = 1.0  # wait before try k+1: base * 2**(k-1) * uniform(0.5, 1), capped
-    max_delay_s: float = 30.0
-    timeout_s: float = 600.0  # per request: a completion may queue behind others on the server
-    connect_timeout_s: float = 10.0
+class _Transient(Exception):
+    """An answer worth retrying (408, 429, 5xx): `problem` for the log, the server's Retry-After."""
 
-    def delay(self, attempt: int, retry_after: str | None) -> float:
-        try:
-            return max(0.0, min(float(retry_after), self.max_delay_s))
-        except (TypeError, ValueError):
-            return min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s) * random.uniform(0.5, 1)
+    def __init__(self, problem: str, retry_after: float | None):
+        super().__init__(problem)
+        self.problem, self.retry_after = problem, retry_after
+
+
+class _Stopped(Exception):
+    """The request was abandoned while it waited to retry (another request failed, or the caller stopped)."""
 
 
 class OpenAICompletionsEngine:
@@ -58,7 +54,7 @@ class OpenAICompletionsEngine:
     accepted). Use as a context manager so the connection pool is always released."""
 
     def __init__(self, config: RunConfig, base_url: str, api_key: str | None = None, concurrency: int = 16,
-                 retry: RetryPolicy = RetryPolicy(), served_model_name: str | None = None):
+                 retry: RetryPolicy = SERVER_RETRY, served_model_name: str | None = None):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.config = config
@@ -173,39 +169,46 @@ class OpenAICompletionsEngine:
         """The response JSON, or None when `stop` is set while waiting to retry."""
         import httpx
 
-        stop = stop or threading.Event()
         url = f"{self.base_url}{path}"
-        for attempt in range(1, self.retry.attempts + 1):
-            retry_after = None
-            try:
-                response = self._client.request(method, path, json=body)
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as err:
-                problem = f"{type(err).__name__}: {err}"
-            else:
-                if response.is_success:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise self._failure(f"{method} {url} answered {response.status_code} without JSON "
-                                            f"({response.text[:200]!r}): is {self.base_url} an OpenAI-compatible "
-                                            "server?", "rejected") from None
-                problem = f"HTTP {response.status_code}: {_error_text(response)}"
-                if response.status_code not in RETRY_STATUSES and response.status_code < 500:
-                    raise self._failure(
-                        f"{method} {url} was rejected ({problem}). Check the server URL, the API key and the "
-                        f"served model name ('{self.model}'); retrying cannot help.", "rejected")
-                retry_after = response.headers.get("retry-after")
-            if attempt == self.retry.attempts:
-                break
-            delay = self.retry.delay(attempt, retry_after)
-            log.warning("%s", self._mask(f"{method} {url} failed ({problem}); retry {attempt}/"
+        transport = network_errors(httpx)
+
+        def send() -> dict:
+            response = self._client.request(method, path, json=body)
+            if response.is_success:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise self._failure(f"{method} {url} answered {response.status_code} without JSON "
+                                        f"({response.text[:200]!r}): is {self.base_url} an OpenAI-compatible "
+                                        "server?", "rejected") from None
+            problem = f"HTTP {response.status_code}: {_error_text(response)}"
+            if not transient_status(response.status_code):
+                raise self._failure(
+                    f"{method} {url} was rejected ({problem}). Check the server URL, the API key and the "
+                    f"served model name ('{self.model}'); retrying cannot help.", "rejected")
+            raise _Transient(problem, retry_after_s(response.headers))
+
+        def wait(delay: float) -> None:
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                raise _Stopped
+
+        def log_retry(attempt: int, err: BaseException, delay: float) -> None:
+            log.warning("%s", self._mask(f"{method} {url} failed ({_problem(err)}); retry {attempt}/"
                                          f"{self.retry.attempts - 1} in {delay:.1f}s"))
-            if stop.wait(delay):
-                return None
-        raise self._failure(
-            f"{method} {url} failed after {self.retry.attempts} attempt(s); last error: {problem}. Check that the "
-            f"server is up ({self.base_url}/health) and not overloaded (lower the concurrency, now "
-            f"{self.concurrency}); the retry resumes after the last checkpoint.", "engine_died")
+
+        try:
+            return self.retry.call(
+                send, retryable=lambda err: isinstance(err, (_Transient, *transport)),
+                retry_after=lambda err: getattr(err, "retry_after", None), on_retry=log_retry, sleep=wait)
+        except _Stopped:
+            return None
+        except (_Transient, *transport) as err:
+            raise self._failure(
+                f"{method} {url} failed after {self.retry.attempts} attempt(s); last error: {_problem(err)}. Check "
+                f"that the server is up ({self.base_url}/health) and not overloaded (lower the concurrency, now "
+                f"{self.concurrency}); the retry resumes after the last checkpoint.", "engine_died") from None
 
     def _completions(self, response: dict, n: int) -> list[Completion]:
         choices = sorted(response["choices"], key=lambda c: c["index"])
@@ -218,10 +221,14 @@ class OpenAICompletionsEngine:
                 for i, c in enumerate(choices)]
 
     def _failure(self, message: str, kind: str) -> EngineFailure:
-        return EngineFailure(self._mask(message), kind)
+        return EngineRejected(self._mask(message)) if kind == "rejected" else EngineFailure(self._mask(message), kind)
 
     def _mask(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def _problem(err: BaseException) -> str:
+    return err.problem if isinstance(err, _Transient) else f"{type(err).__name__}: {err}"
 
 
 def _error_text(response) -> str:

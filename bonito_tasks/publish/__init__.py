@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import Manifest, RunRef, sha256_hex
+from bonito_tasks.contracts import (
+    Manifest,
+    PublishedFile,
+    PublishMetrics,
+    QualitySummary,
+    RunRef,
+    ValidateMetrics,
+    sha256_hex,
+)
 from bonito_tasks.publish.card import render_card
-from bonito_tasks.publish.hub import HubCommit, PublishError, RetryPolicy, upload_dataset
+from bonito_tasks.publish.hub import HUB_RETRY, HubCommit, PublishError, upload_dataset
 from bonito_tasks.publish.layout import (
     ASSETS_DIR,
     CARD_FILE,
@@ -32,9 +41,11 @@ from bonito_tasks.publish.layout import (
     sources_jsonl,
     task_splits,
 )
-from bonito_tasks.store import ArtifactStore, StageWriter, StoreError, open_store, safe_segment
+from bonito_tasks.retry import RetryPolicy
+from bonito_tasks.stage import StageWriter, run_stage
+from bonito_tasks.store import ArtifactStore, StoreError, open_store, safe_segment
 
-__all__ = ["DATASET_DIR", "STAGE", "HubCommit", "PublishError", "RetryPolicy", "publish", "upload_dataset"]
+__all__ = ["DATASET_DIR", "STAGE", "HubCommit", "PublishError", "publish", "upload_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +64,7 @@ def publish(
     token: str | None,
     *,
     endpoint: str | None = None,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = HUB_RETRY,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     s3_client_kwargs: Mapping[str, Any] | None = None,
 ) -> Manifest:
@@ -61,14 +72,10 @@ def publish(
     repo hold the same files (one commit, none when it already does); when `config.export_s3_uri`
     is set copy them there too (with `s3_client_kwargs`). Returns the manifest.
 
-    `examples` is the validate stage's manifest (table "examples"; `metrics["quality"]` goes into
-    the card when present), `documents` the extract stage's. `endpoint` defaults to HF_ENDPOINT.
+    `examples` is the validate stage's manifest (table "examples"; its quality summary goes into
+    the card), `documents` the extract stage's. `endpoint` defaults to HF_ENDPOINT.
     A re-run with the same config and inputs returns the committed manifest and does nothing.
     """
-    writer = StageWriter(store, run, STAGE)
-    inputs = [examples, documents]
-    if done := writer.reusable(config.sha256(), inputs):
-        return done
     if config.hub_repo_id and not token:
         raise PublishError(f"a Hugging Face token with write access to {config.hub_repo_id} is needed to upload")
     if config.publish_mode == "pr" and not config.hub_repo_id:
@@ -76,82 +83,82 @@ def publish(
     if config.export_s3_uri and not config.export_s3_uri.startswith("s3://"):
         raise PublishError(f"export_s3_uri must be an s3://bucket/prefix URI, not {config.export_s3_uri!r}")
 
-    rows = store.read_table(examples, "examples")
-    if rows.num_rows == 0:
-        raise PublishError("the validated examples table is empty: nothing to publish")
-    sources = store.read_table(documents, "documents", columns=SOURCE_COLUMNS)
-    quality = examples.metrics.get("quality")
-    assets = quality_plots(store, quality)
-    export = open_store(config.export_s3_uri, **(s3_client_kwargs or {})) if config.export_s3_uri else None
-    built: list[Snapshot] = []
+    def work(writer: StageWriter) -> PublishMetrics:
+        rows = store.read_table(examples, "examples")
+        if rows.num_rows == 0:
+            raise PublishError("the validated examples table is empty: nothing to publish")
+        sources = store.read_table(documents, "documents", columns=SOURCE_COLUMNS)
+        quality = examples.metrics.quality if isinstance(examples.metrics, ValidateMetrics) else None
+        assets = quality_plots(store, quality)
+        export = open_store(config.export_s3_uri, **(s3_client_kwargs or {})) if config.export_s3_uri else None
+        built: list[Snapshot] = []
 
-    def build(existing: ExistingFiles) -> dict[str, bytes]:
-        """The dataset's files: this run's snapshot, or (append) the existing dataset plus this run."""
-        if config.publish_mode == "append":
-            snapshot = append_snapshot(existing, rows, sources, safe_segment(run.run_id), rows_per_shard)
+        def build(existing: ExistingFiles) -> dict[str, bytes]:
+            """The dataset's files: this run's snapshot, or (append) the existing dataset plus this run."""
+            if config.publish_mode == "append":
+                snapshot = append_snapshot(existing, rows, sources, safe_segment(run.run_id), rows_per_shard)
+            else:
+                snapshot = Snapshot(task_splits(rows, rows_per_shard), rows, sources)
+            built.append(snapshot)
+            if snapshot.skipped == rows.num_rows and CARD_FILE in existing.paths:
+                # An append that adds no row changes nothing, the card included.
+                kept = [p for p in existing.paths if p in (CARD_FILE, SOURCES_FILE) or p.startswith(REPLACED)]
+                return {p: existing.read(p) for p in kept}
+            card = render_card(
+                run=run, config=config, splits=snapshot.splits, examples=snapshot.examples,
+                documents=snapshot.sources, quality=quality, plots=[(label, path) for label, path, _ in assets],
+            )
+            files = {path: data for split in snapshot.splits for path, data in split.shards.items()}
+            files |= {path: data for _, path, data in assets}
+            files[SOURCES_FILE] = sources_jsonl(snapshot.sources)
+            files[CARD_FILE] = card.encode()
+            return files
+
+        commit = None
+        if config.hub_repo_id:
+            run_line = f"Run: {run.run_url}" if run.run_url else f"Run: {run.dag_id} / {run.run_id}"
+            commit, files = upload_dataset(
+                build,
+                repo_id=config.hub_repo_id,
+                token=token,
+                private=config.hub_private,
+                replace_folders=REPLACED,
+                commit_message=f"Publish {rows.num_rows} Bonito examples ({run.run_id}, {config.publish_mode})",
+                commit_description=f"{run_line}\nMode: {config.publish_mode}",
+                create_pr=config.publish_mode == "pr",
+                endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None,
+                retry=retry,
+            )
         else:
-            snapshot = Snapshot(task_splits(rows, rows_per_shard), rows, sources)
-        built.append(snapshot)
-        if snapshot.skipped == rows.num_rows and CARD_FILE in existing.paths:
-            # An append that adds no row changes nothing, the card included.
-            kept = [p for p in existing.paths if p in (CARD_FILE, SOURCES_FILE) or p.startswith(REPLACED)]
-            return {p: existing.read(p) for p in kept}
-        card = render_card(
-            run=run, config=config, splits=snapshot.splits, examples=snapshot.examples, documents=snapshot.sources,
-            quality=quality, plots=[(label, path) for label, path, _ in assets],
-        )
-        files = {path: data for split in snapshot.splits for path, data in split.shards.items()}
-        files |= {path: data for _, path, data in assets}
-        files[SOURCES_FILE] = sources_jsonl(snapshot.sources)
-        files[CARD_FILE] = card.encode()
-        return files
+            files = build(StoreFiles(export) if export else NoFiles())
+        snapshot = built[-1]
 
-    commit = None
-    if config.hub_repo_id:
-        run_line = f"Run: {run.run_url}" if run.run_url else f"Run: {run.dag_id} / {run.run_id}"
-        commit, files = upload_dataset(
-            build,
-            repo_id=config.hub_repo_id,
-            token=token,
-            private=config.hub_private,
-            replace_folders=REPLACED,
-            commit_message=f"Publish {rows.num_rows} Bonito examples ({run.run_id}, {config.publish_mode})",
-            commit_description=f"{run_line}\nMode: {config.publish_mode}",
-            create_pr=config.publish_mode == "pr",
-            endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None,
-            retry=retry,
+        dataset_key = f"{writer.prefix}/{DATASET_DIR}"
+        for path, data in sorted(files.items()):
+            store.write_bytes(f"{dataset_key}/{path}", data)
+        logger.info("wrote %d files (%d examples) to %s", len(files), snapshot.examples.num_rows,
+                    store.uri(dataset_key))
+        metrics = PublishMetrics(
+            dataset_uri=store.uri(dataset_key),
+            publish_mode=config.publish_mode,
+            examples=snapshot.examples.num_rows,
+            examples_added=rows.num_rows - snapshot.skipped,
+            duplicates_skipped=snapshot.skipped,
+            documents=snapshot.sources.num_rows,
+            examples_per_task_type={split.task_type: split.rows for split in snapshot.splits},
+            files={path: PublishedFile(bytes=len(data), sha256=sha256_hex(data))
+                   for path, data in sorted(files.items())},
         )
-    else:
-        files = build(StoreFiles(export) if export else NoFiles())
-    snapshot = built[-1]
+        if commit:
+            metrics.hub_url, metrics.hub_commit_sha, metrics.hub_new_commit = (
+                commit.repo_url, commit.commit_sha, commit.created)
+            metrics.hub_pr_url = commit.pr_url
+        if export:
+            export_files(export, files)
+            metrics.export_uri = export.root_uri
+        return metrics
 
-    writer.begin()
-    dataset_key = f"{writer.prefix}/{DATASET_DIR}"
-    for path, data in sorted(files.items()):
-        store.write_bytes(f"{dataset_key}/{path}", data)
-    logger.info("wrote %d files (%d examples) to %s", len(files), snapshot.examples.num_rows, store.uri(dataset_key))
-    metrics = {
-        "dataset_uri": store.uri(dataset_key),
-        "publish_mode": config.publish_mode,
-        "examples": snapshot.examples.num_rows,
-        "examples_added": rows.num_rows - snapshot.skipped,
-        "duplicates_skipped": snapshot.skipped,
-        "examples_per_task_type": {split.task_type: split.rows for split in snapshot.splits},
-        "files": {path: {"bytes": len(data), "sha256": sha256_hex(data)} for path, data in sorted(files.items())},
-    }
-    if commit:
-        metrics |= {"hub_url": commit.repo_url, "hub_commit_sha": commit.commit_sha, "hub_new_commit": commit.created}
-        if commit.pr_url:
-            metrics["hub_pr_url"] = commit.pr_url
-    if export:
-        export_files(export, files)
-        metrics["export_uri"] = export.root_uri
-    return writer.commit(
-        config_sha256=config.sha256(),
-        inputs=inputs,
-        counts={"examples": snapshot.examples.num_rows, "documents": snapshot.sources.num_rows},
-        metrics=metrics,
-    )
+    return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[examples, documents], work=work)
 
 
 class NoFiles:
@@ -189,11 +196,13 @@ def export_files(export: ArtifactStore, files: Mapping[str, bytes]) -> None:
     logger.info("exported %d files to %s", len(files), export.root_uri)
 
 
-def quality_plots(store: ArtifactStore, quality: Any) -> list[tuple[str, str, bytes]]:
-    """(label, path in the dataset, bytes) of each image that validate's quality summary names by
-    store key or URI. Images that are not in the store are left out with a warning."""
+def quality_plots(store: ArtifactStore, quality: QualitySummary | None) -> list[tuple[str, str, bytes]]:
+    """(label, path in the dataset, bytes) of each plot validate's quality report lists. Images
+    that are not in the store are left out with a warning."""
     plots, names = [], set()
-    for label, ref in _image_refs(quality):
+    for plot, ref in (quality.plots if quality else {}).items():
+        if not plot.lower().endswith(IMAGE_SUFFIXES):
+            continue
         try:
             key = store.key(ref) if "://" in ref or ref.startswith("/") else ref
             data = store.read_bytes(key) if store.exists(key) else None
@@ -207,16 +216,5 @@ def quality_plots(store: ArtifactStore, quality: Any) -> list[tuple[str, str, by
         if name in names:
             name = f"{sha256_hex(key)[:8]}-{name}"
         names.add(name)
-        plots.append((label, f"{ASSETS_DIR}/{name}", data))
+        plots.append((PurePosixPath(plot).stem.replace("_", " "), f"{ASSETS_DIR}/{name}", data))
     return plots
-
-
-def _image_refs(value: Any, label: str = "") -> Iterator[tuple[str, str]]:
-    if isinstance(value, str) and value.lower().endswith(IMAGE_SUFFIXES):
-        yield label or PurePosixPath(value).stem, value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _image_refs(item, PurePosixPath(str(key)).stem.replace("_", " "))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _image_refs(item, label)

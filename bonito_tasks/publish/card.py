@@ -3,7 +3,6 @@ how the data was made, from which sources, under which license, and how to cite 
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping
 from string import Template
@@ -14,7 +13,7 @@ import pyarrow.compute as pc
 import yaml
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import EXAMPLES, RunRef
+from bonito_tasks.contracts import EXAMPLES, QualitySummary, RunRef
 from bonito_tasks.publish.layout import DATA_DIR, SOURCES_FILE, SPLIT, TaskSplit
 from bonito_tasks.task_types import TASK_TYPES
 
@@ -112,11 +111,11 @@ def render_card(
     splits: list[TaskSplit],
     examples: pa.Table,
     documents: pa.Table,
-    quality: dict[str, Any] | None = None,
+    quality: QualitySummary | None = None,
     plots: list[tuple[str, str]] = (),
 ) -> str:
-    """The card; `quality` is validate's `metrics["quality"]` of this run, `plots` (label, path in
-    the dataset) its images."""
+    """The card; `quality` is validate's quality summary of this run, `plots` (label, path in the
+    dataset) its images."""
     n_examples = sum(s.rows for s in splits)
     title = config.hub_repo_id.split("/")[-1] if config.hub_repo_id else f"Bonito data of {run.dag_id} {run.run_id}"
     metadata = {
@@ -195,41 +194,33 @@ def size_category(n: int) -> str:
     return next((label for exponent, label in enumerate(labels, start=3) if n < 10**exponent), "n>1T")
 
 
-def _quality_section(quality: Mapping[str, Any] | None, plots: list[tuple[str, str]], run_id: str) -> str:
-    """Validate's summary, as far as it is understood: numbers (rows, pass rate, quarantined rows),
-    label distributions, reasons rows failed, and plots. Keys of other shapes are left out."""
-    if not isinstance(quality, Mapping) or not (quality or plots):
+def _quality_section(quality: QualitySummary | None, plots: list[tuple[str, str]], run_id: str) -> str:
+    """Validate's quality summary: pass rate, row counts, label distributions, why rows failed, plots."""
+    if (quality is None or not quality.rows) and not plots:
         return ""
     lines, tables = [], []
-    for key, value in quality.items():
-        name = str(key).replace("_", " ")
-        if key == "pass_rate" and _number(value):
-            lines.append(f"- Pass rate: {value:.1%} of the generated examples passed validation")
-        elif _number(value):
-            lines.append(f"- {name.capitalize()}: {value:g}")
-        elif isinstance(value, Mapping) and any(word in name.lower() for word in ("label", "distribution", "balance")):
-            tables.extend(_count_tables(name, value, "Label"))
-        elif isinstance(value, Mapping) and any(word in name.lower() for word in ("fail", "quarantin")):
-            tables.extend(_count_tables(name, value, "Reason"))
+    if quality is not None and quality.rows:
+        lines += [
+            f"- Pass rate: {quality.pass_rate:.1%} of the generated examples passed validation",
+            f"- Rows: {quality.rows}",
+            f"- Passed: {quality.passed}",
+            f"- Quarantined: {quality.quarantined}",
+            f"- Duplicate rate: {quality.duplicate_rate:.1%}",
+            f"- Generations dropped before validation: {quality.dropped_generations}",
+        ]
+        for task, labels in quality.labels.items():
+            tables.append(_count_table(f"Labels, {task}", labels, "Label"))
+        if quality.failed_expectations:
+            tables.append(_count_table("Failed expectations", quality.failed_expectations, "Reason"))
+        if quality.parse_failures:
+            tables.append(_count_table("Parse failures", quality.parse_failures, "Reason"))
     body = "\n".join(lines + tables + [f"![{_cell(label)}]({path})" for label, path in plots])
-    return f"\n## Quality\n\nValidation of run `{run_id}` (Great Expectations):\n\n{body}\n" if body else ""
+    return f"\n## Quality\n\nValidation of run `{run_id}` (Great Expectations):\n\n{body}\n"
 
 
-def _count_tables(name: str, value: Mapping, header: str) -> list[str]:
-    """`{key: count}`, or `{group: {key: count}}` (e.g. per task type), as Markdown tables."""
-    if value and all(_number(v) for v in value.values()):
-        rows = "\n".join(f"| {_cell(key)} | {count:g} |" for key, count in value.items())
-        return [f"\n{name.capitalize()}:\n\n| {header} | Rows |\n|---|---|\n{rows}\n"]
-    return [
-        table
-        for group, counts in value.items()
-        if isinstance(counts, Mapping)
-        for table in _count_tables(f"{name}, {group}", counts, header)
-    ]
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+def _count_table(name: str, counts: Mapping[str, int], header: str) -> str:
+    rows = "\n".join(f"| {_cell(key)} | {count} |" for key, count in counts.items())
+    return f"\n{name}:\n\n| {header} | Rows |\n|---|---|\n{rows}\n"
 
 
 def _cell(value: Any) -> str:

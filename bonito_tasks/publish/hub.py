@@ -6,46 +6,35 @@ same publish, finds nothing to change and makes no commit. In "pr" mode the pull
 opened first (titled with the commit message, which names the run) and the files are committed
 to its ref `refs/pr/N` on top of its head: a retry finds the PR by title and a commit whose answer
 was lost is not repeated (a lost answer to the PR creation itself can leave one empty draft PR).
-Transient failures (429, 5xx, timeouts, dropped connections, a head that moved under the commit)
-are retried with jittered exponential backoff; 401/403 are not. The token never appears in logs or errors.
+Transient failures (408, 429, 5xx, timeouts, dropped connections, a head that moved under the commit)
+are retried with full-jitter exponential backoff (bonito_tasks.retry); 401/403 and other errors are
+not. The token never appears in logs or errors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import tempfile
-import time
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from bonito_tasks.compat import hf_request_timeout
+from bonito_tasks.retry import RetryPolicy, network_errors, retry_after_s, transient_status
 
 if TYPE_CHECKING:
     from huggingface_hub import Discussion, HfApi, RepoFile
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_STATUS = frozenset({408, 412, 429, 500, 502, 503, 504})  # 412: main moved; the retry rebuilds on it
+HEAD_MOVED = 412  # main moved under the commit: the retry rebuilds on the new head
+HUB_RETRY = RetryPolicy()  # 5 tries, at most 120 s of silence per request
 T = TypeVar("T")
 
 
 class PublishError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 5
-    base_delay_s: float = 1.0
-    max_delay_s: float = 30.0
-    timeout_s: float = 120.0  # longest wait to connect, or for the next bytes of a read or write
-
-    def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
-        """Wait before retry number `attempt` (1-based): half fixed, half random, doubling each time."""
-        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-        wait = ceiling / 2 + random.uniform(0, ceiling / 2)
-        return min(self.max_delay_s, max(wait, retry_after_s or 0.0))
 
 
 @dataclass(frozen=True)
@@ -82,7 +71,7 @@ def upload_dataset(
     commit_description: str = "",
     create_pr: bool = False,
     endpoint: str | None = None,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = HUB_RETRY,
 ) -> tuple[HubCommit, dict[str, bytes]]:
     """Make the dataset repo hold the files `build` returns (path in repo -> bytes), in one commit.
 
@@ -129,7 +118,7 @@ def upload_dataset(
         logger.info("committed %d change(s) to dataset repo %s at %s: %s", len(operations), repo_id, revision, info.oid)
         return HubCommit(repo_url, info.oid, created=True, pr_url=pr_url), files
 
-    with _request_timeout(retry.timeout_s), tempfile.TemporaryDirectory(prefix="bonito-hub-") as cache_dir:
+    with hf_request_timeout(retry.timeout_s), tempfile.TemporaryDirectory(prefix="bonito-hub-") as cache_dir:
         return _with_retries(lambda: attempt(cache_dir), retry, repo_id, token)
 
 
@@ -181,69 +170,41 @@ def _same(remote: RepoFile | None, data: bytes) -> bool:
 
 
 def _with_retries(call: Callable[[], T], policy: RetryPolicy, repo_id: str, token: str) -> T:
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return call()
-        except Exception as err:
-            status = _status(err)
-            if status in (401, 403):
-                raise PublishError(
-                    f"the Hugging Face token is missing or lacks write access to dataset repo {repo_id} (HTTP {status})"
-                ) from None
-            cause = f"{type(err).__name__}: {_redact(str(err), token)}"
-            if not _transient(err) or attempt >= policy.attempts:
-                raise PublishError(f"upload to dataset repo {repo_id} failed (attempt {attempt}): {cause}") from None
-            delay = policy.delay(attempt, _retry_after(err))
-            logger.warning(
-                "upload to %s: attempt %d/%d failed (%s); retrying in %.2fs",
-                repo_id, attempt, policy.attempts, f"HTTP {status}" if status else type(err).__name__, delay,
-            )
-            time.sleep(delay)
+    def log_retry(attempt: int, err: BaseException, delay: float) -> None:
+        status = _status(err)
+        logger.warning(
+            "upload to %s: attempt %d/%d failed (%s); retrying in %.2fs",
+            repo_id, attempt, policy.attempts, f"HTTP {status}" if status else type(err).__name__, delay,
+        )
+
+    try:
+        return policy.call(call, retryable=_transient, retry_after=_retry_after, on_retry=log_retry)
+    except Exception as err:
+        status = _status(err)
+        if status in (401, 403):
+            raise PublishError(
+                f"the Hugging Face token is missing or lacks write access to dataset repo {repo_id} (HTTP {status})"
+            ) from None
+        tries = f"after {policy.attempts} attempts" if _transient(err) else "and cannot be retried"
+        cause = f"{type(err).__name__}: {_redact(str(err), token)}"
+        raise PublishError(f"upload to dataset repo {repo_id} failed {tries}: {cause}") from None
 
 
-def _status(err: Exception) -> int | None:
+def _status(err: BaseException) -> int | None:
     response = getattr(err, "response", None)
     return getattr(response, "status_code", None)
 
 
-def _transient(err: Exception) -> bool:
+def _transient(err: BaseException) -> bool:
     import httpx2
 
-    network = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
-    return _status(err) in TRANSIENT_STATUS or isinstance(err, network)
+    status = _status(err)
+    return status == HEAD_MOVED or transient_status(status) or isinstance(err, network_errors(httpx2))
 
 
-def _retry_after(err: Exception) -> float | None:
-    response = getattr(err, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    return float(value) if value and value.replace(".", "", 1).isdigit() else None
+def _retry_after(err: BaseException) -> float | None:
+    return retry_after_s(getattr(getattr(err, "response", None), "headers", None))
 
 
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
-
-
-@contextmanager
-def _request_timeout(seconds: float) -> Iterator[None]:
-    """Bound every request of huggingface_hub's shared HTTP client (it waits forever by default).
-
-    Wraps the installed client factory (a private global of huggingface_hub; set_client_factory
-    is the public setter) and puts it back afterwards.
-    """
-    from huggingface_hub import set_client_factory
-    from huggingface_hub.utils import _http
-
-    previous = _http._GLOBAL_CLIENT_FACTORY
-
-    def bounded_client() -> Any:
-        client = previous()
-        client.timeout = seconds
-        return client
-
-    set_client_factory(bounded_client)
-    try:
-        yield
-    finally:
-        set_client_factory(previous)

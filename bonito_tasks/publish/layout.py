@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from bonito_tasks.contracts import DOCUMENTS, EXAMPLES, canonical_json, sha256_hex
 from bonito_tasks.publish.hub import PublishError
+from bonito_tasks.store import parquet_bytes
 
 SPLIT = "train"
 DATA_DIR = "data"
@@ -80,7 +81,7 @@ def task_splits(
         rows = examples.filter(pc.equal(examples["task_type"], task_type)).sort_by("example_id")
         n_shards = -(-rows.num_rows // rows_per_shard)
         shards = {
-            f"{DATA_DIR}/{task_type}/{stem}{i:05d}-of-{n_shards:05d}.parquet": _parquet_bytes(
+            f"{DATA_DIR}/{task_type}/{stem}{i:05d}-of-{n_shards:05d}.parquet": parquet_bytes(
                 rows.slice(i * rows_per_shard, rows_per_shard)
             )
             for i in range(n_shards)
@@ -166,9 +167,3 @@ def sources_jsonl(documents: pa.Table) -> bytes:
     """Provenance of every source document (content hash, where it came from), never its text."""
     rows = documents.select(SOURCE_COLUMNS).sort_by([("doc_id", "ascending"), ("source_uri", "ascending")])
     return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows.to_pylist()).encode()
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()

@@ -1,8 +1,8 @@
 """Validate stage: Great Expectations suites as code, the gate and quarantine over generated
-examples, contracts at the extract and chunk boundaries, Data Docs and the quality report."""
+examples, Data Docs and the quality report."""
 
-from bonito_tasks.validate.boundaries import validate_chunks, validate_documents
-from bonito_tasks.validate.run import ExamplesCheck, SuiteRun, ValidationFailed, check_examples, validate
+from bonito_tasks.checks.gx import SuiteRun, ValidationFailed
+from bonito_tasks.validate.run import ExamplesCheck, check_examples, validate
 from bonito_tasks.validate.suites import (
     DATASET_SUITE,
     EXAMPLES_SUITE,
@@ -28,6 +28,4 @@ __all__ = [
     "dataset_expectations",
     "example_expectations",
     "validate",
-    "validate_chunks",
-    "validate_documents",
 ]

@@ -1,6 +1,7 @@
 """The row profile: one narrow row of derived values per example, computed vectorized with
 pyarrow.compute, plus Python loops only where a row must be compared with its chunk text (exqa
-and mcqa rows, and inputs barely longer than their chunk).
+and mcqa rows, inputs barely longer than their chunk, and rows with markup: markup is checked in
+what the model generated, outside the chunk text the row quotes).
 
 GX runs the suite on this profile rather than on the raw text: its pandas engine fingerprints the
 whole dataframe, which is slow on wide string columns, while these columns are numbers, flags and
@@ -20,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bonito_tasks.checks.gx import present_probe
 from bonito_tasks.contracts import EXAMPLES
-from bonito_tasks.generate.prompt import CONTEXT_PLACEHOLDER, MARKERS
+from bonito_tasks.format import CONTEXT_PLACEHOLDER, MARKERS
 
 BYTES_PER_TOKEN = 4
 # Any Bonito marker or an unfilled placeholder left in the text means post-processing went wrong.
@@ -41,16 +43,6 @@ _OPTION_LETTER = re.compile(r"\(?([A-Ha-h1-8])[).:]?")
 def tokens(array: pa.Array) -> pa.Array:
     """The token-count proxy of a string column (null stays null)."""
     return pc.ceil(pc.divide(pc.cast(pc.binary_length(array), pa.float64()), BYTES_PER_TOKEN)).cast(pa.int64())
-
-
-def present_probe(values: pa.Array) -> pa.Array:
-    """A narrow stand-in of a column for not-null checks, null exactly where it is: the length of a
-    string or list, the value itself otherwise."""
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return pc.binary_length(values)
-    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-        return pc.list_value_length(values)
-    return values
 
 
 def normalize_label(array: pa.Array) -> pa.Array:
@@ -131,6 +123,13 @@ def _answer_in_context(context: str | None, answer: str) -> bool:
     return squash(answer) in squash(context)
 
 
+def _generated_has_markup(context: str | None, text: str) -> bool:
+    """Whether the text holds markup outside every copy of the chunk text."""
+    if context:
+        text = text.replace(context, "\x1f")  # a separator: markup cannot form across a removed context
+    return any(re.search(pattern, text) for pattern in MARKUP_REGEXES)
+
+
 def _copies_context(text: str, context: str | None) -> bool:
     if not context or context not in text:
         return False
@@ -154,8 +153,6 @@ def row_profile(examples: pa.Table, chunks: pa.Table, label_tasks: list[str], sh
     columns["task_type"] = task_type
     columns["input_tokens"] = tokens(inputs)
     columns["output_tokens"] = tokens(outputs)
-    columns["input_has_markup"] = has_markup(inputs)
-    columns["output_has_markup"] = has_markup(outputs)
     columns["repeats_input_output"] = pa.array(_duplicate_repeats(inputs, outputs))
 
     # Join each example to its chunk's text.
@@ -170,9 +167,14 @@ def row_profile(examples: pa.Table, chunks: pa.Table, label_tasks: list[str], sh
         rows = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
         values = [a.take(rows).to_pylist() for a in arrays]
         result = np.full(n, None, dtype=object)
-        result[rows] = [check(chunk_texts[chunk_rows[i]], *v) for i, *v in zip(rows, *values)]
+        result[rows] = [check(chunk_texts[chunk_rows[i]], *v) for i, *v in zip(rows, *values, strict=True)]
         return pa.array(result, pa.bool_())
 
+    # Markup is checked in what the model generated: the text outside the chunk's own (the source
+    # passage may hold "<|pipe|>" or "{{context}}", and the reference library keeps such rows).
+    # Only rows whose whole text has markup are looked at again without the chunk text.
+    for side, values in (("input", inputs), ("output", outputs)):
+        columns[f"{side}_has_markup"] = pc.fill_null(per_row(has_markup(values), _generated_has_markup, values), False)
     # An input that copies the context is at most a few bytes longer than it: test only those rows.
     maybe_copy = pc.less(pc.subtract(pc.binary_length(inputs), context_bytes), COPY_SLACK_BYTES)
     copies = per_row(maybe_copy, lambda ctx, text: _copies_context(text, ctx), inputs)

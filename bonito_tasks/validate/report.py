@@ -8,15 +8,13 @@ were dropped or rows quarantined.
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bonito_tasks.contracts import Manifest
+from bonito_tasks.contracts import LengthStats, Manifest, QualitySummary
 
 TOP_LABELS = 10
 HIST_BINS = 12
@@ -26,13 +24,13 @@ _BAR_H, _GAP, _LABEL_W, _PLOT_W = 16, 4, 200, 360
 def quality_report(
     profile: pa.Table, passed: np.ndarray, failed_by_row: dict[int, list[str]], generated: list[Manifest],
     label_tasks: list[str],
-) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """(summary, files): the summary goes into the manifest's metrics["quality"]; files are
+) -> tuple[QualitySummary, dict[str, bytes]]:
+    """(summary, files): the summary goes into the validate manifest's metrics; files are
     quality.html, summary.json and the plots *.svg."""
     rows = len(passed)
     parse_failures: Counter = Counter()
     for manifest in generated:
-        parse_failures.update(manifest.metrics.get("parse_failures", {}))
+        parse_failures.update(manifest.metrics.parse_failures)
     failed = Counter(name for names in failed_by_row.values() for name in names)
     task_type = profile["task_type"].to_numpy(zero_copy_only=False)
     output_tokens = profile["output_tokens"].to_numpy(zero_copy_only=False)
@@ -40,8 +38,8 @@ def quality_report(
     histograms = {}
     for task in sorted(set(task_type)):
         values = output_tokens[task_type == task]
-        lengths[task] = {"rows": int(len(values)), "median": float(np.median(values)),
-                         "p95": float(np.percentile(values, 95)), "max": int(values.max())}
+        lengths[task] = LengthStats(rows=len(values), median=float(np.median(values)),
+                                    p95=float(np.percentile(values, 95)), max=int(values.max()))
         counts, edges = np.histogram(values, bins=HIST_BINS)
         histograms[task] = [(f"{edges[i]:.0f}-{edges[i + 1]:.0f}", int(c)) for i, c in enumerate(counts)]
     labels = {}
@@ -50,29 +48,29 @@ def quality_report(
         counts = pc.value_counts(column.drop_null()).to_pylist()
         ranked = sorted(((c["values"], c["counts"]) for c in counts), key=lambda item: (-item[1], item[0]))
         labels[task] = dict(ranked[:TOP_LABELS])
-    summary = {
-        "rows": rows,
-        "passed": int(passed.sum()),
-        "quarantined": rows - int(passed.sum()),
-        "pass_rate": round(float(passed.mean()), 6) if rows else 0.0,
-        "duplicate_rate": round(float(profile["repeats_input_output"].to_numpy().mean()), 6) if rows else 0.0,
-        "failed_expectations": dict(failed.most_common()),
-        "parse_failures": dict(parse_failures.most_common()),
-        "dropped_generations": sum(m.rows_of("dropped_generations") for m in generated),
-        "output_tokens": lengths,
-        "labels": labels,
-    }
+    summary = QualitySummary(
+        rows=rows,
+        passed=int(passed.sum()),
+        quarantined=rows - int(passed.sum()),
+        pass_rate=round(float(passed.mean()), 6) if rows else 0.0,
+        duplicate_rate=round(float(profile["repeats_input_output"].to_numpy().mean()), 6) if rows else 0.0,
+        failed_expectations=dict(failed.most_common()),
+        parse_failures=dict(parse_failures.most_common()),
+        dropped_generations=sum(m.rows_of("dropped_generations") for m in generated),
+        output_tokens=lengths,
+        labels=labels,
+    )
     plots = {
         "output_tokens.svg": _panels("Output length (tokens) per task type", histograms),
         "labels.svg": _panels("Label distribution per task type (passing rows)",
                               {t: list(v.items()) for t, v in labels.items()}),
         "failures.svg": _panels("Why generations were dropped or rows quarantined", {
-            "parse failures (generate)": list(summary["parse_failures"].items()),
-            "failed expectations (validate)": list(summary["failed_expectations"].items()),
+            "parse failures (generate)": list(summary.parse_failures.items()),
+            "failed expectations (validate)": list(summary.failed_expectations.items()),
         }),
     }
     files = {name: svg.encode() for name, svg in plots.items()}
-    files["summary.json"] = json.dumps(summary, indent=2).encode()
+    files["summary.json"] = summary.model_dump_json(indent=2).encode()
     files["quality.html"] = _page(summary, plots).encode()
     return summary, files
 
@@ -101,9 +99,9 @@ def _panels(title: str, panels: dict[str, list[tuple[str, int]]]) -> str:
             f'font-size="12">{"".join(body)}</svg>')
 
 
-def _page(summary: dict[str, Any], plots: dict[str, str]) -> str:
+def _page(summary: QualitySummary, plots: dict[str, str]) -> str:
     rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(summary[k]))}</td></tr>"
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(getattr(summary, k)))}</td></tr>"
         for k in ("rows", "passed", "quarantined", "pass_rate", "duplicate_rate", "dropped_generations")
     )
     figures = "".join(f"<figure>{svg}</figure>" for svg in plots.values())

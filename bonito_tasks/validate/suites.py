@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import EXAMPLES
-from bonito_tasks.generate.prompt import CONTEXT_PLACEHOLDER, MARKERS
+from bonito_tasks.format import CONTEXT_PLACEHOLDER, MARKERS
 from bonito_tasks.validate.profile import BYTES_PER_TOKEN
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 EXAMPLES_SUITE = "bonito_examples"
 DATASET_SUITE = "bonito_examples_dataset"
-SUITE_VERSION = "2"
+SUITE_VERSION = "3"
 
 LABEL_SETS: dict[str, list[str]] = {
     "ynqa": ["yes", "no"],
@@ -98,7 +98,8 @@ def example_expectations(config: RunConfig) -> list[Expectation]:
         ),
         *(
             in_set(f"no_leftover_markup:{side}", f"{side}_has_markup", [False],
-                   f"no Bonito markers {', '.join(MARKERS)} and no {CONTEXT_PLACEHOLDER} in the {side}")
+                   f"no Bonito markers {', '.join(MARKERS)} and no {CONTEXT_PLACEHOLDER} in the generated {side} "
+                   "(the chunk text it quotes may hold them)")
             for side in ("input", "output")
         ),
         in_set("unique_input_output", "repeats_input_output", [False],

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+from bonito_airflow.compat import redact
 from bonito_airflow.hooks import AlertWebhookHook
 
 log = logging.getLogger("bonito.alert")
@@ -18,20 +19,13 @@ WEBHOOK_TIMEOUT_S = 10
 MESSAGE_CHARS = 2000
 
 
-def _redact(value: Any) -> Any:
-    """Mask the secrets Airflow knows of (connection passwords, masked variables)."""
-    from airflow.sdk._shared.secrets_masker import redact
-
-    return redact(value)
-
-
 def emit_alert(kind: str, context: dict, message: str, **details: Any) -> dict[str, Any]:
     """Log and post one alert about the task instance in `context`; returns the payload sent."""
     ti = context["ti"]
     runbook = (getattr(context.get("task"), "doc_md", None) or "").strip().splitlines()
-    payload = _redact({
+    payload = redact({
         "alert": kind,
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "dag_id": ti.dag_id,
         "run_id": ti.run_id,
         "task_id": ti.task_id,

@@ -1,60 +1,145 @@
-"""Operators: thin wrappers over bonito_tasks stage calls."""
+"""Operators: one per task of the bonito_dataset DAG, each a thin wrapper over one bonito_tasks call.
+
+The idiom, in the Airflow providers' style (keyword-only arguments, `template_fields` for the
+upstream XCom references, hooks for connections):
+
+- `BonitoOperator.execute` builds the task's runtime (`task_runtime`: the run config from the
+  params, the run's identity, the store; S3 credentials from `aws_conn_id`) and calls
+  `run(rt, context)`. A `bonito_tasks.errors.PermanentFailure` raised there fails the task without
+  retries (`AirflowFailException`, same message); any other exception propagates and is retried.
+- `BonitoStageOperator` is the one for a pipeline stage: `run_stage(rt, context)` returns the
+  stage's committed `Manifest`, and the task returns its URI and counts (`stage_output`), which
+  also go into the event of each Asset among its outlets. `to_xcom` may add to that.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from abc import abstractmethod
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from bonito_airflow.alerts import Deadline
+from bonito_airflow.compat import under_task_supervisor
 from bonito_airflow.hooks import HuggingFaceHook, VllmServerHook
 from bonito_airflow.links import HuggingFaceDatasetLink
-from bonito_airflow.runtime import stage_output, task_runtime
+from bonito_airflow.runtime import TaskRuntime, stage_output, task_runtime
+from bonito_tasks.contracts import Manifest, PublishMetrics
+from bonito_tasks.errors import PermanentFailure
+
+STAGE_OUTPUT_KEY = "stage_output"  # XCom key of the chunk stage's own output (its return value lists the shards)
 
 
-class BonitoGenerateOperator(BaseOperator):
+class BonitoOperator(BaseOperator):
+    """A task of the bonito_dataset DAG: `run(rt, context)` with the task's runtime; a
+    `PermanentFailure` fails the task without retries, anything else is retried."""
+
+    def __init__(self, *, aws_conn_id: str = "aws_default", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.aws_conn_id = aws_conn_id
+
+    def execute(self, context) -> Any:
+        rt = task_runtime(context, self.aws_conn_id)
+        try:
+            return self.run(rt, context)
+        except PermanentFailure as failure:  # the same inputs fail the same way: retrying is pointless
+            raise AirflowFailException(str(failure)) from failure
+
+    @abstractmethod
+    def run(self, rt: TaskRuntime, context) -> Any:
+        """The task's work; its return value goes to XCom."""
+
+
+class BonitoStageOperator(BonitoOperator):
+    """A pipeline stage: `run_stage(rt, context)` returns the stage's committed manifest; the task
+    returns its URI and counts (never data)."""
+
+    def run(self, rt: TaskRuntime, context) -> Any:
+        return self.to_xcom(context, rt, self.run_stage(rt, context))
+
+    @abstractmethod
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        """Run the stage (or find it committed) and return its manifest."""
+
+    def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> Any:
+        """The task's return value: the manifest URI and counts, also given to its Asset events."""
+        return stage_output(context, manifest)
+
+
+class BonitoExtractOperator(BonitoStageOperator):
+    """Extracts the documents under the run's `source` that the ledger does not know yet. Fails
+    without retries when nothing at all could be extracted."""
+
+    ui_color = "#d5e8d4"
+
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        from bonito_tasks.extract import extract
+
+        return extract(rt.store, rt.run, rt.config, rt.s3_client_kwargs)
+
+
+class BonitoChunkOperator(BonitoStageOperator):
+    """Chunks the extracted `documents` (the extract task's output). Skips when there is no new
+    document. Returns one entry per chunk shard (map generate over it: `.expand(chunk_shard=op.output)`);
+    the stage's own output (manifest URI and counts) goes to XCom key `stage_output` (`op.stage_ref`)."""
+
+    template_fields = ("documents",)
+    ui_color = "#dae8fc"
+
+    def __init__(self, *, documents: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.documents = documents
+
+    @property
+    def stage_ref(self):
+        """The XComArg of this stage's manifest URI and counts, for downstream tasks."""
+        return self.output[STAGE_OUTPUT_KEY]
+
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        from bonito_tasks.chunk import chunk
+
+        if not self.documents["counts"].get("documents"):  # every document already in the ledger
+            raise AirflowSkipException(f"no new documents ({self.documents['counts'].get('skipped_known', 0)} known)")
+        return chunk(rt.store, rt.run, rt.config, rt.store.read_manifest(self.documents["manifest"]))
+
+    def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> list[dict[str, Any]]:
+        context["ti"].xcom_push(key=STAGE_OUTPUT_KEY, value=super().to_xcom(context, rt, manifest))
+        return [{"manifest": manifest.uri, "shard": i, "chunks": ref.rows}
+                for i, ref in enumerate(manifest.shards_of("chunks"))]
+
+
+class BonitoGenerateOperator(BonitoStageOperator):
     """Generates Bonito examples for one chunk shard (map it over the chunk task's output).
 
     backend "vllm" runs the engine in-process (one GPU slot: pool `gpu`, the GPU workers' queue);
     backend "server" calls the OpenAI-compatible server of connection `server_conn_id`.
     Resumes from the shard's last checkpoint on retry; the engine is always shut down.
-    A configuration error the server rejects fails the task without retries.
+    A configuration error the server rejects (a PermanentFailure) fails the task without retries.
     """
 
     template_fields = ("chunk_shard",)
     ui_color = "#f6d8a8"
 
-    def __init__(self, *, chunk_shard: dict[str, Any], aws_conn_id: str = "aws_default",
-                 server_conn_id: str = "bonito_vllm_default", **kwargs: Any):
+    def __init__(self, *, chunk_shard: dict[str, Any], server_conn_id: str = "bonito_vllm_default", **kwargs: Any):
         super().__init__(**kwargs)
         self.chunk_shard = chunk_shard
-        self.aws_conn_id = aws_conn_id
         self.server_conn_id = server_conn_id
 
-    def execute(self, context) -> dict[str, Any]:
-        from bonito_tasks.generate.engine import EngineFailure
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.generate.run import generate_shard
 
-        rt = task_runtime(context, self.aws_conn_id)
         chunks = rt.store.read_manifest(self.chunk_shard["manifest"])
         shard = self.chunk_shard["shard"]
-        try:
-            with Deadline(context, f"generate shard {shard}", rt.config.generate_budget_minutes * 60):
-                if rt.config.backend == "server":
-                    with self._server_engine(rt.config) as engine:
-                        manifest = generate_shard(rt.store, rt.run, rt.config, chunks, shard, engine=engine)
-                else:
-                    if _no_child_processes():
-                        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
-                    manifest = generate_shard(rt.store, rt.run, rt.config, chunks, shard)
-        except EngineFailure as failure:
-            if failure.kind == "rejected":
-                raise AirflowFailException(str(failure)) from failure
-            raise
-        return stage_output(context, manifest)
+        with Deadline(context, f"generate shard {shard}", rt.config.generate_budget_minutes * 60):
+            if rt.config.backend == "server":
+                with self._server_engine(rt.config) as engine:
+                    return generate_shard(rt.store, rt.run, rt.config, chunks, shard, engine=engine)
+            if _no_child_processes():
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
+            return generate_shard(rt.store, rt.run, rt.config, chunks, shard)
 
     def _server_engine(self, config):
         from bonito_tasks.generate.server import OpenAICompletionsEngine
@@ -72,14 +157,31 @@ def _no_child_processes() -> bool:
     worker) may not have children at all. `dag.test()` runs tasks in its own process: neither holds."""
     import multiprocessing
 
-    blanked_db = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").startswith("airflow-db-not-allowed")
-    return blanked_db or multiprocessing.current_process().daemon
+    return under_task_supervisor() or multiprocessing.current_process().daemon
+
+
+class BonitoValidateOperator(BonitoStageOperator):
+    """Validates the `generated` shards (the generate tasks' outputs) against the `chunks` they came
+    from (the chunk stage's output). A breached dataset threshold fails the task without retries."""
+
+    template_fields = ("generated", "chunks")
+    ui_color = "#e1d5e7"
+
+    def __init__(self, *, generated: list[dict[str, Any]], chunks: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.generated, self.chunks = generated, chunks
+
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        from bonito_tasks.validate import validate
+
+        generated = [rt.store.read_manifest(ref["manifest"]) for ref in self.generated]
+        return validate(rt.store, rt.run, rt.config, generated, chunks=rt.store.read_manifest(self.chunks["manifest"]))
 
 
 PUBLISHED_KEYS = ("dataset_uri", "hub_url", "hub_commit_sha", "hub_pr_url", "export_uri")  # to XCom
 
 
-class BonitoPublishOperator(BaseOperator):
+class BonitoPublishOperator(BonitoStageOperator):
     """Publishes the validated examples: the dataset folder in the store, the Hub repo when
     `hub_repo_id` is set (token from connection `hf_conn_id` or HF_TOKEN), the S3 export when
     `export_s3_uri` is set (credentials from `aws_conn_id`).
@@ -93,41 +195,68 @@ class BonitoPublishOperator(BaseOperator):
     operator_extra_links = (HuggingFaceDatasetLink(),)
     ui_color = "#ffd21e"
 
-    def __init__(
-        self,
-        *,
-        examples: dict[str, Any],
-        documents: dict[str, Any],
-        hf_conn_id: str = "huggingface_default",
-        aws_conn_id: str = "aws_default",
-        **kwargs: Any,
-    ):
+    def __init__(self, *, examples: dict[str, Any], documents: dict[str, Any], hf_conn_id: str = "huggingface_default",
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.examples, self.documents = examples, documents
-        self.hf_conn_id, self.aws_conn_id = hf_conn_id, aws_conn_id
+        self.hf_conn_id = hf_conn_id
 
-    def execute(self, context) -> dict[str, Any]:
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.publish import publish
 
-        rt = task_runtime(context, self.aws_conn_id)
         token = HuggingFaceHook(self.hf_conn_id).get_token() if rt.config.hub_repo_id else None
-        manifest = publish(
+        return publish(
             rt.store, rt.run, rt.config, rt.store.read_manifest(self.examples["manifest"]),
             rt.store.read_manifest(self.documents["manifest"]), token, s3_client_kwargs=rt.s3_client_kwargs,
         )
-        published = {k: manifest.metrics[k] for k in PUBLISHED_KEYS if k in manifest.metrics}
-        self._asset_events(context, rt.config.hub_repo_id, manifest.metrics)
+
+    def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> dict[str, Any]:
+        metrics: PublishMetrics = manifest.metrics
+        published = metrics.model_dump(include=set(PUBLISHED_KEYS), exclude_none=True)
+        self._asset_events(context, rt.config.hub_repo_id, metrics)
         return stage_output(context, manifest, **published)
 
-    def _asset_events(self, context, repo_id: str | None, metrics: dict[str, Any]) -> None:
-        extra = {"run_id": context["dag_run"].run_id, "examples": metrics["examples"],
-                 "examples_added": metrics["examples_added"], "publish_mode": metrics["publish_mode"]}
+    def _asset_events(self, context, repo_id: str | None, metrics: PublishMetrics) -> None:
+        extra = {"run_id": context["dag_run"].run_id, "examples": metrics.examples,
+                 "examples_added": metrics.examples_added, "publish_mode": metrics.publish_mode}
         assets = []
         if repo_id:
-            hub_extra = {"repo_id": repo_id, "revision": metrics["hub_commit_sha"], "pr_url": metrics.get("hub_pr_url")}
+            hub_extra = {"repo_id": repo_id, "revision": metrics.hub_commit_sha, "pr_url": metrics.hub_pr_url}
             assets.append((Asset(uri=f"hf://datasets/{repo_id}"), hub_extra))
-        if metrics.get("export_uri"):
-            assets.append((Asset(uri=metrics["export_uri"]), {}))
+        if metrics.export_uri:
+            assets.append((Asset(uri=metrics.export_uri), {}))
         for alias in (o for o in self.outlets if isinstance(o, AssetAlias)):
             for asset, asset_extra in assets:
                 context["outlet_events"][alias].add(asset, extra=extra | asset_extra)
+
+
+class BonitoLedgerOperator(BonitoOperator):
+    """Records the run's `documents` (the extract task's output) in the ledger; run it after publish."""
+
+    template_fields = ("documents",)
+
+    def __init__(self, *, documents: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.documents = documents
+
+    def run(self, rt: TaskRuntime, context) -> dict[str, Any]:
+        from bonito_tasks.ledger import update_ledger
+
+        return update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]))
+
+
+class BonitoSummaryOperator(BonitoOperator):
+    """Summarizes the run from its manifests: logs it, pushes it to XCom key `summary`, and fails
+    (without retries) when another task of the run failed, so that the run shows as failed. Give it
+    trigger_rule="all_done"."""
+
+    def run(self, rt: TaskRuntime, context) -> None:
+        from bonito_tasks.summary import format_summary, run_summary
+
+        ti = context["ti"]
+        summary = run_summary(rt.store, rt.run, rt.config)
+        ti.xcom_push(key="summary", value=summary.model_dump(mode="json"))
+        self.log.info("%s", format_summary(summary))
+        failed = ti.get_ti_count(dag_id=ti.dag_id, run_ids=[ti.run_id], states=["failed", "upstream_failed"])
+        if failed:
+            raise AirflowFailException(f"{failed} task(s) of this run failed or could not run; see the summary above")

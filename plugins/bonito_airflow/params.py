@@ -9,6 +9,8 @@ from airflow.sdk import Param
 from bonito_tasks.config import RunConfig
 from bonito_tasks.task_types import TASK_TYPES
 
+# The form offers every task type by its short name, then by its full name (as Bonito was trained on it).
+TASK_TYPE_NAMES = [*TASK_TYPES, *TASK_TYPES.values()]
 _SCHEMA_KEYS = ("enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "minItems")
 
 
@@ -31,8 +33,8 @@ def run_params(**defaults: Any) -> dict[str, Param]:
         schema = properties[name]
         json_type, extra = _json_type(schema)
         default = defaults.get(name, field.default)
-        if name == "task_types":
-            extra = {"items": {"type": "string", "enum": list(TASK_TYPES)}, "uniqueItems": True, "minItems": 1}
+        if name == "task_types":  # short or full names, as RunConfig accepts them
+            extra = {"items": {"type": "string", "enum": TASK_TYPE_NAMES}, "uniqueItems": True, "minItems": 1}
         params[name] = Param(default, type=json_type, title=name.replace("_", " "),
                              description=field.description or "", **extra)
     return params

@@ -34,10 +34,10 @@ def task_runtime(context: dict, aws_conn_id: str = "aws_default") -> TaskRuntime
 
 
 def stage_output(context: dict, manifest: Manifest, **extra: Any) -> dict[str, Any]:
-    """What goes to XCom: the manifest URI and counts, never data. The same goes into the extra
-    of the event of each Asset among the task's outlets, so the asset's history leads to the run's
-    artifacts."""
-    ref = {"manifest": manifest.uri, "counts": manifest.counts, **extra}
+    """What goes to XCom: the manifest URI and counts (rows per table and the stage's integer
+    metrics), never data. The same goes into the extra of the event of each Asset among the task's
+    outlets, so the asset's history leads to the run's artifacts."""
+    ref = {"manifest": manifest.uri, "counts": manifest.counts | manifest.metrics.counts(), **extra}
     for outlet in context["task"].outlets:
         if isinstance(outlet, Asset):
             context["outlet_events"][outlet].extra = {"run_id": manifest.run_id, **ref}

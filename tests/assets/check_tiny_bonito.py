@@ -28,8 +28,9 @@ REPO = ASSETS.parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bonito_tasks.compat import shutdown_vllm  # noqa: E402
+from bonito_tasks.format import build_prompt  # noqa: E402
 from bonito_tasks.generate.parse import ParseFailure, parse_generation  # noqa: E402
-from bonito_tasks.generate.prompt import build_prompt  # noqa: E402
 from bonito_tasks.task_types import TASK_TYPES  # noqa: E402
 
 MODEL_DIR = ASSETS / "tiny-bonito"
@@ -216,9 +217,7 @@ def main(argv=None) -> int:
             if ti == 0 and (rate < args.min_rate or any(per[tt][0] == 0 for tt in task_types)):
                 ok = False
     finally:
-        # vLLM 0.32's LLM has no shutdown()/close(); shut its engine core down explicitly
-        # (stops the engine-core process / frees the KV cache instead of waiting for GC/atexit).
-        llm.llm_engine.engine_core.shutdown()
+        shutdown_vllm(llm)  # stops the engine-core process now instead of at GC/atexit
         print("engine shut down")
     return 0 if ok else 1
 

@@ -33,7 +33,7 @@ DOCS: dict[str, str] = {
 }
 BROKEN_PDF = "broken.pdf"
 
-FIXED_DATE = dt.datetime(2024, 1, 1, 0, 0, 0, tzinfo=dt.timezone.utc)
+FIXED_DATE = dt.datetime(2024, 1, 1, 0, 0, 0, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)

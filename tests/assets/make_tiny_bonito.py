@@ -45,7 +45,9 @@ if str(REPO) not in sys.path:
 if str(ASSETS) not in sys.path:
     sys.path.insert(0, str(ASSETS))
 
-from bonito_tasks.generate.prompt import (  # noqa: E402
+from make_sample_docs import DOCS, licence_blocks, read_licence  # noqa: E402
+
+from bonito_tasks.format import (  # noqa: E402
     CONTEXT_MARKER,
     CONTEXT_PLACEHOLDER,
     PIPE_MARKER,
@@ -55,7 +57,6 @@ from bonito_tasks.generate.prompt import (  # noqa: E402
     build_target,
 )
 from bonito_tasks.task_types import TASK_TYPES  # noqa: E402
-from make_sample_docs import DOCS, licence_blocks, read_licence  # noqa: E402
 
 OUT_DIR = ASSETS / "tiny-bonito"
 SEED = 0
@@ -508,7 +509,7 @@ class Para:
     text: str  # reflowed, computed once (Block.text recomputes)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wrap(text: str, width: int) -> str:
     return textwrap.fill(text, width=width)  # textwrap is slow; the same paragraphs recur a lot
 
@@ -643,7 +644,7 @@ def encode_examples(tok, examples):
     prompts = tok.encode_batch([p for _, p, _ in examples])  # post-processor adds <s>
     targets = tok.encode_batch([t for _, _, t in examples], add_special_tokens=False)
     data = []
-    for (task, _, _), p, t in zip(examples, prompts, targets):
+    for p, t in zip(prompts, targets):
         tids = t.ids[:MAX_TARGET_TOKENS] + [EOS_ID]
         data.append((np.array(p.ids + tids, dtype=np.int64), len(p.ids)))
     return data

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_DOCS, TINY_MODEL
-from deployment.stack import (MARKER, AirflowApi, Services, free_port, postgres_database, redis_database,
-                              wait_until)
+from deployment.stack import MARKER, AirflowApi, Services, free_port, postgres_database, redis_database, wait_until
 from hub_server import HubServer
 from webhook_server import WebhookReceiver
 
@@ -51,7 +50,7 @@ class Deployment:
 
 def _airflow_env(home: Path, db: str, redis_db: int, port: int, passwords: Path, hub: HubServer,
                  alerts: WebhookReceiver, source: Path, store: Path) -> dict[str, str]:
-    from bonito_airflow.local import airflow_env
+    from bonito_dev.local import airflow_env
 
     home.mkdir(parents=True)
     env = dict(os.environ) | airflow_env(home)  # dags and plugins folders, PYTHONPATH, VLLM_CPU_KVCACHE_SPACE=1
@@ -105,7 +104,7 @@ def deployment(tmp_path_factory):
         hub = cleanup.enter_context(HubServer())
         alerts = cleanup.enter_context(WebhookReceiver())
         env = _airflow_env(root / "airflow", db, redis_db, port, passwords, hub, alerts, source, root / "store")
-        from bonito_airflow.local import setup_db
+        from bonito_dev.local import setup_db
 
         setup_db(env)  # airflow db migrate, pool gpu
 

@@ -51,8 +51,8 @@ def test_manual_and_scheduled_runs_succeed_and_publish(deployment):
         assert head.oid == published["hub_commit_sha"]
         assert any(path.startswith("data/") and path.endswith(".parquet") for path in head.files)
         summary = api.xcom(DAG_ID, run_id, "summarize", key="summary")
-        assert summary["publish"]["examples"] == published["counts"]["examples"]
-        assert summary["generate"]["output_tokens_per_s"] > 0
+        assert summary["published"]["examples"] == published["counts"]["examples"]
+        assert summary["generated"]["output_tokens_per_s"] > 0
 
         # The every-minute sweep of BONITO_SOURCE (max_active_runs=1: it waited for the manual
         # run). The ledger knows its document, so chunk and everything after it skip.

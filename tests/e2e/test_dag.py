@@ -1,11 +1,13 @@
 """The whole DAG, run for real with dag.test() on the bundled samples and the tiny model."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from bonito_tasks.contracts import RunRef
-from bonito_tasks.store import StageWriter, open_store, safe_segment
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import open_store, safe_segment
 from conftest import SAMPLE_DOCS, TINY_MODEL
 
 pytestmark = [pytest.mark.airflow, pytest.mark.vllm]
@@ -13,7 +15,7 @@ pytestmark = [pytest.mark.airflow, pytest.mark.vllm]
 
 @pytest.fixture(scope="module")
 def dag():
-    from bonito_airflow.local import load_dag, setup_db
+    from bonito_dev.local import load_dag, setup_db
 
     setup_db()
     return load_dag("bonito_dataset")
@@ -23,11 +25,17 @@ def test_dagbag_has_no_import_errors(dag):
     # load_dag raises on any import error in the dags folder.
     assert [t.task_id for t in dag.topological_sort()] == ["extract", "chunk", "generate", "validate", "publish",
                                                            "update_ledger", "summarize"]
+    runbooks = Path(dag.fileloc).parent / "runbooks"
+    assert sorted(p.stem for p in runbooks.glob("*.md")) == sorted(dag.task_ids)
     for t in dag.tasks:
         assert t.retries >= 1 and t.retry_exponential_backoff
-        # A runbook: what the task does, its common failures, how to clear it, where its artifacts are.
-        assert t.doc_md.lstrip().startswith(f"#### {t.task_id}")
-        assert "**Common failures:**" in t.doc_md and "**Artifacts:**" in t.doc_md and "lear" in t.doc_md, t.task_id
+        # A runbook, from dags/runbooks/<task_id>.md: first whether it is safe to clear, then what the
+        # task does, its common failures and where its artifacts are.
+        assert t.doc_md == (runbooks / f"{t.task_id}.md").read_text(encoding="utf-8"), t.task_id
+        heading, safe_to_clear = t.doc_md.splitlines()[:2]
+        assert heading.startswith(f"#### {t.task_id}") and safe_to_clear.startswith("**Safe to clear:** "), t.task_id
+        assert "**Common failures:**" in t.doc_md and "**Artifacts:**" in t.doc_md, t.task_id
+    assert len(dag.doc_md) < 1200  # the DAG's own doc stays an overview; the runbooks are per task
     assert all(t.on_failure_callback for t in dag.tasks if t.task_id != "summarize")
 
 
@@ -65,10 +73,10 @@ def test_full_run_publishes_dataset_with_lineage(dag, tmp_path, alert_webhook):
     store = open_store(str(store_root))
     run = RunRef(dag_id="bonito_dataset", run_id=dag_run.run_id)
     documents, chunks, published = (StageWriter(store, run, s).committed() for s in ("extract", "chunk", "publish"))
-    assert documents.counts["rejects"] >= 1  # the bundled broken file, recorded and skipped
+    assert documents.metrics.rejects >= 1  # the bundled broken file, recorded and skipped
 
-    dataset = datasets.load_dataset(published.metrics["dataset_uri"], split="train")
-    assert dataset.num_rows == published.metrics["examples"] > 0
+    dataset = datasets.load_dataset(published.metrics.dataset_uri, split="train")
+    assert dataset.num_rows == published.metrics.examples > 0
     chunk_rows = {r["chunk_id"]: r for r in store.read_table(chunks, "chunks").to_pylist()}
     doc_ids = set(store.read_table(documents, "documents")["doc_id"].to_pylist())
     for row in dataset:
@@ -76,7 +84,7 @@ def test_full_run_publishes_dataset_with_lineage(dag, tmp_path, alert_webhook):
         assert row["doc_id"] == chunk["doc_id"] and row["doc_id"] in doc_ids
         assert (row["char_start"], row["char_end"]) == (chunk["char_start"], chunk["char_end"])
         assert row["run_id"] == dag_run.run_id and row["task_type"] in ("exqa", "ynqa")
-    assert len(deadline_alerts) == chunks.counts["shards"]
+    assert len(deadline_alerts) == chunks.metrics.shards
 
     # Lineage: one event per stage output (one per generate shard), each naming its manifest.
     events = _asset_events(dag_run.run_id)
@@ -84,18 +92,19 @@ def test_full_run_publishes_dataset_with_lineage(dag, tmp_path, alert_webhook):
         ("documents", "extract"), ("chunks", "chunk"), ("generations", "generate"), ("examples", "validate"),
         ("dataset", "publish")]}
     assert set(events) == set(stage_assets)
-    assert len(events["bonito://bonito_dataset/generations"]) == chunks.counts["shards"]
+    assert len(events["bonito://bonito_dataset/generations"]) == chunks.metrics.shards
     for uri, stage in stage_assets.items():
         for extra in events[uri]:
             assert extra["run_id"] == dag_run.run_id and f"/{stage}/" in extra["manifest"]
-    assert events["bonito://bonito_dataset/dataset"][0]["dataset_uri"] == published.metrics["dataset_uri"]
+    assert events["bonito://bonito_dataset/dataset"][0]["dataset_uri"] == published.metrics.dataset_uri
 
     # The last task summarises the run from its manifests.
     summary = json.loads(store.read_bytes(f"bonito_dataset/{safe_segment(dag_run.run_id)}/summary.json"))
-    assert set(summary["stages"].values()) == {"committed", f"{chunks.counts['shards']}/{chunks.counts['shards']} shards committed"}
-    assert summary["publish"]["examples"] == dataset.num_rows
-    assert summary["generate"]["examples"] >= summary["validate"]["passed"] == dataset.num_rows
-    assert summary["generate"]["output_tokens_per_s"] > 0 and summary["generate"]["gpu_hours"] > 0
+    shards = chunks.metrics.shards
+    assert set(summary["stages"].values()) == {"committed", f"{shards}/{shards} shards committed"}
+    assert summary["published"]["examples"] == dataset.num_rows
+    assert summary["generated"]["examples"] >= summary["validated"]["passed"] == dataset.num_rows
+    assert summary["generated"]["output_tokens_per_s"] > 0 and summary["generated"]["gpu_hours"] > 0
 
 
 def test_run_failing_at_extract_alerts_once_and_is_summarised(dag, tmp_path, alert_webhook):

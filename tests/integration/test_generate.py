@@ -24,15 +24,15 @@ def test_all_task_types_parse_with_lineage(tmp_path, vllm_engine):
     dropped = store.read_table(manifest, "dropped_generations")
     m = manifest.metrics
     assert examples.schema == EXAMPLES
-    assert m["prompts"] == 4 * 16 and m["generations"] == 4 * 16 * 2
+    assert m.prompts == 4 * 16 and m.generations == 4 * 16 * 2
     # Every (chunk, task type, sample) is accounted for exactly once.
     keys = [(r["chunk_id"], r["task_type"], r["sample_index"]) for t in (examples, dropped) for r in t.to_pylist()]
-    assert len(keys) == len(set(keys)) == m["generations"]
-    parse_failures = sum(m["parse_failures"].values())
+    assert len(keys) == len(set(keys)) == m.generations
+    parse_failures = sum(m.parse_failures.values())
     assert parse_failures == sum(r in ("no_pipe", "extra_pipe") for r in dropped["reason"].to_pylist())
-    assert parse_failures <= 0.05 * m["generations"], m["parse_failures"]
+    assert parse_failures <= 0.05 * m.generations, m.parse_failures
     assert set(examples["task_type"].to_pylist()) == set(TASK_TYPES)
-    assert m["generated_tokens"] > 0 and m["attempt_output_tokens_per_s"] > 0
+    assert m.generated_tokens > 0 and m.attempt_output_tokens_per_s > 0
 
     by_chunk = {r["chunk_id"]: r for r in rows}
     for ex in examples.to_pylist():

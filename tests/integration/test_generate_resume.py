@@ -12,7 +12,8 @@ import pytest
 
 from bonito_tasks.contracts import RunRef, sha256_hex
 from bonito_tasks.generate.run import CHECKPOINT_PREFIX, generate_shard
-from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore
 from conftest import REPO, SAMPLE_DOCS, commit_chunks, make_config
 
 pytestmark = pytest.mark.vllm
@@ -60,7 +61,7 @@ def test_sigkill_at_several_points_then_retry_is_exactly_once(tmp_path, vllm_eng
     store = LocalStore(tmp_path / "store")
     chunks = chunk_stage(store, 40)
     config = make_config(tmp_path, task_types=["exqa", "ynqa", "nli", "qa"], n=2, checkpoint_prompts=8)
-    prefix = StageWriter(store, RUN, "generate", shard=0).prefix
+    prefix = StageWriter(store, RUN, "generate", partition=0).prefix
 
     kill_after(store, prefix, config, chunks, 0, startup_s=3)  # during engine start: nothing written
     assert checkpoints(store, prefix) == 0
@@ -69,7 +70,7 @@ def test_sigkill_at_several_points_then_retry_is_exactly_once(tmp_path, vllm_eng
     kill_after(store, prefix, config, chunks, first + 3)
     second = checkpoints(store, prefix)
     assert 2 <= first < second
-    assert not StageWriter(store, RUN, "generate", shard=0).committed()
+    assert not StageWriter(store, RUN, "generate", partition=0).committed()
 
     manifest = generate_shard(store, RUN, config, chunks, 0, engine=vllm_engine)
     examples = store.read_table(manifest, "examples").to_pylist()
@@ -78,8 +79,8 @@ def test_sigkill_at_several_points_then_retry_is_exactly_once(tmp_path, vllm_eng
     expected = {(sha256_hex(f"c{i}"), t, s) for i in range(40) for t in config.task_types for s in range(2)}
     assert len(keys) == len(set(keys)) and set(keys) == expected
     assert len({(r["chunk_id"], r["input"], r["output"]) for r in examples}) == len(examples)
-    assert manifest.metrics["resumed_prompts"] >= second
-    assert manifest.metrics["checkpoints"] > second
+    assert manifest.metrics.resumed_prompts >= second
+    assert manifest.metrics.checkpoints > second
     # Only files the manifest lists (plus checkpoint markers) remain: the dead attempts' extras are gone.
     listed = {f"{prefix}/{s.path}" for s in manifest.shards} | {f"{prefix}/_manifest.json"}
     assert {k for k in store.list(prefix) if CHECKPOINT_PREFIX not in k} == listed

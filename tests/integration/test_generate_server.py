@@ -19,8 +19,10 @@ import pytest
 from bonito_tasks.contracts import RunRef
 from bonito_tasks.generate.engine import EngineFailure, model_revision
 from bonito_tasks.generate.run import ENGINE_FAILURES, generate_shard
-from bonito_tasks.generate.server import OpenAICompletionsEngine, RetryPolicy
-from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.generate.server import OpenAICompletionsEngine
+from bonito_tasks.retry import RetryPolicy
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore
 from conftest import TINY_MODEL, make_config, paragraph_chunks
 
 pytestmark = pytest.mark.vllm
@@ -167,11 +169,11 @@ def test_generate_shard_through_server_with_lineage(tmp_path, server, caplog):
         manifest = generate_shard(store, RUN, config, chunks, 0, engine=engine)
 
     m = manifest.metrics
-    assert m["prompts"] == 4 * 3 and m["generations"] == 4 * 3 * 2 and m["checkpoints"] == 3
+    assert m.prompts == 4 * 3 and m.generations == 4 * 3 * 2 and m.checkpoints == 3
     keys = accounted(store, manifest)
-    assert len(keys) == len(set(keys)) == m["generations"]
-    assert sum(m["parse_failures"].values()) <= 0.25 * m["generations"], m["parse_failures"]  # sampled: a few fail
-    assert m["generated_tokens"] > 0
+    assert len(keys) == len(set(keys)) == m.generations
+    assert sum(m.parse_failures.values()) <= 0.25 * m.generations, m.parse_failures  # sampled: a few fail
+    assert m.generated_tokens > 0
 
     examples = store.read_table(manifest, "examples").to_pylist()
     assert {e["task_type"] for e in examples} == set(TASK_TYPES)
@@ -219,12 +221,12 @@ def test_exhausted_retries_fail_then_the_retry_resumes(tmp_path, proxy):
     message = str(failure.value)
     assert "3 attempt(s)" in message and "HTTP 503" in message and f"{gateway.url}/health" in message
     assert gateway.actions("/v1/completions") == ["forwarded"] * 3 + ["503"] * 3
-    assert store.exists(f"{StageWriter(store, RUN, 'generate', shard=0).prefix}/{ENGINE_FAILURES}")
+    assert store.exists(f"{StageWriter(store, RUN, 'generate', partition=0).prefix}/{ENGINE_FAILURES}")
 
     gateway.default = None  # the server is back: the retry generates only what is missing
     with OpenAICompletionsEngine(config, gateway.url, api_key=API_KEY, concurrency=2, retry=retry) as engine:
         manifest = generate_shard(store, RUN, config, chunks, 0, engine=engine)
-    assert manifest.metrics["resumed_prompts"] == 3
+    assert manifest.metrics.resumed_prompts == 3
     keys = accounted(store, manifest)
     assert len(keys) == len(set(keys)) == 2 * 3 * 2
 

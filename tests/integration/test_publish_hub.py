@@ -14,8 +14,10 @@ import traceback
 
 import pytest
 
-from bonito_tasks.publish import PublishError, RetryPolicy, publish
-from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.publish import PublishError, publish
+from bonito_tasks.retry import RetryPolicy
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore
 from tests.hub_server import HubServer
 from tests.unit.test_publish import RUN, front_matter, make_config, make_inputs
 
@@ -53,12 +55,12 @@ def test_upload_creates_private_repo_with_one_commit_of_all_files(hub, setup):
     repo = hub.repo(REPO)
     assert repo.private
     [commit] = publish_commits(hub)
-    dataset_key = store.key(manifest.metrics["dataset_uri"])
+    dataset_key = store.key(manifest.metrics.dataset_uri)
     assert commit.files == {".gitattributes": commit.files[".gitattributes"]} | {
-        path: store.read_bytes(f"{dataset_key}/{path}") for path in manifest.metrics["files"]
+        path: store.read_bytes(f"{dataset_key}/{path}") for path in manifest.metrics.files
     }
-    assert manifest.metrics["hub_url"] == f"{hub.url}/datasets/{REPO}"
-    assert manifest.metrics["hub_commit_sha"] == commit.oid and manifest.metrics["hub_new_commit"] is True
+    assert manifest.metrics.hub_url == f"{hub.url}/datasets/{REPO}"
+    assert manifest.metrics.hub_commit_sha == commit.oid and manifest.metrics.hub_new_commit is True
     assert RUN.run_url in commit.description
 
 
@@ -98,8 +100,8 @@ def test_republish_makes_no_new_commit(hub, setup):
     store.delete_prefix(store.key(first.uri).rsplit("/", 1)[0])  # lost manifest: the stage is redone
     again = run_publish(hub, store, config, inputs)
     assert len(publish_commits(hub)) == 1
-    assert again.metrics["hub_commit_sha"] == first.metrics["hub_commit_sha"]
-    assert again.metrics["hub_new_commit"] is False
+    assert again.metrics.hub_commit_sha == first.metrics.hub_commit_sha
+    assert again.metrics.hub_new_commit is False
 
 
 def test_stale_shards_of_an_earlier_publish_are_removed(hub, setup, tmp_path):
@@ -118,7 +120,7 @@ def test_transient_commit_failures_are_retried(hub, setup, status):
     manifest = run_publish(hub, store, config, inputs)
     assert hub.count("POST", r"/commit/") == 3
     [commit] = publish_commits(hub)
-    assert manifest.metrics["hub_commit_sha"] == commit.oid
+    assert manifest.metrics.hub_commit_sha == commit.oid
 
 
 def test_timed_out_commit_is_retried_without_a_duplicate(hub, setup):
@@ -204,8 +206,8 @@ def test_two_appended_nightly_runs_hold_the_sum_of_their_rows(hub, tmp_path):
     second_rows, second, (store, run, config, inputs) = nightly(hub, tmp_path, "night2", rows=range(3, 5))
 
     assert (first_rows, second_rows) == (6, 4)
-    assert sum(main_rows(hub).values()) == first_rows + second_rows == second.metrics["examples"]
-    assert second.metrics["examples_added"] == 4 and second.metrics["duplicates_skipped"] == 0
+    assert sum(main_rows(hub).values()) == first_rows + second_rows == second.metrics.examples
+    assert second.metrics.examples_added == 4 and second.metrics.duplicates_skipped == 0
     files = hub.repo(REPO).resolve("main").files
     assert sorted(p for p in files if p.startswith("data/exqa/")) == [
         "data/exqa/train-scheduled__night1-00000-of-00001.parquet",
@@ -223,19 +225,19 @@ def test_two_appended_nightly_runs_hold_the_sum_of_their_rows(hub, tmp_path):
     assert len(hub.requests) == requests_before
     store.delete_prefix(store.key(second.uri).rsplit("/", 1)[0])
     again = publish(store, run, config, *inputs, token=hub.token, endpoint=hub.url, retry=FAST)
-    assert again.metrics["hub_new_commit"] is False and len(publish_commits(hub)) == 2
-    assert again.metrics["hub_commit_sha"] == second.metrics["hub_commit_sha"]
+    assert again.metrics.hub_new_commit is False and len(publish_commits(hub)) == 2
+    assert again.metrics.hub_commit_sha == second.metrics.hub_commit_sha
 
 
 def test_append_never_adds_a_row_twice(hub, tmp_path):
     nightly(hub, tmp_path, "night1", rows=range(0, 3))
     _, overlap, _ = nightly(hub, tmp_path, "night2", rows=range(1, 5))  # rows 1, 2 again: same example_id
-    assert overlap.metrics["duplicates_skipped"] == 4 and overlap.metrics["examples_added"] == 4
+    assert overlap.metrics.duplicates_skipped == 4 and overlap.metrics.examples_added == 4
     assert main_rows(hub) == {"exqa": 5, "qa": 5}
 
     # Same (input, output) under new example ids: nothing to add, so no commit at all.
     _, same_text, _ = nightly(hub, tmp_path, "night3", rows=range(0, 5), id_salt="other-lineage")
-    assert same_text.metrics["duplicates_skipped"] == 10 and same_text.metrics["hub_new_commit"] is False
+    assert same_text.metrics.duplicates_skipped == 10 and same_text.metrics.hub_new_commit is False
     assert len(publish_commits(hub)) == 2 and main_rows(hub) == {"exqa": 5, "qa": 5}
     assert card_counts(hub.repo(REPO).resolve("main").files["README.md"])["default"] == 10
 
@@ -248,7 +250,7 @@ def test_append_retried_through_faults_adds_its_rows_once(hub, tmp_path):
     rows, manifest, _ = nightly(hub, tmp_path, "night2", rows=range(3, 6),
                                 retry=RetryPolicy(attempts=5, base_delay_s=0.01, max_delay_s=0.05, timeout_s=0.3))
     hub.wait_idle()
-    assert sum(main_rows(hub).values()) == 6 + rows == manifest.metrics["examples"] == 12
+    assert sum(main_rows(hub).values()) == 6 + rows == manifest.metrics.examples == 12
     assert len(publish_commits(hub)) == 2
 
 
@@ -263,21 +265,21 @@ def test_pr_mode_opens_one_pull_request_and_leaves_main_alone(hub, setup, tmp_pa
     repo = hub.repo(REPO)
     assert list(repo.resolve("main").files) == [".gitattributes"]
     [pr] = repo.open_pull_requests()
-    assert manifest.metrics["hub_pr_url"] == f"{hub.url}/datasets/{REPO}/discussions/{pr.num}"
-    assert manifest.metrics["hub_commit_sha"] == repo.refs[f"refs/pr/{pr.num}"]
-    assert sorted(repo.resolve(f"refs/pr/{pr.num}").files) == [".gitattributes", *manifest.metrics["files"]]
+    assert manifest.metrics.hub_pr_url == f"{hub.url}/datasets/{REPO}/discussions/{pr.num}"
+    assert manifest.metrics.hub_commit_sha == repo.refs[f"refs/pr/{pr.num}"]
+    assert sorted(repo.resolve(f"refs/pr/{pr.num}").files) == [".gitattributes", *manifest.metrics.files]
     assert load_rows(hub, tmp_path, revision=f"refs/pr/{pr.num}") == 6
 
     store.delete_prefix(store.key(manifest.uri).rsplit("/", 1)[0])  # lost manifest: the open PR is reused
     again = run_publish(hub, store, config, inputs)
-    assert len(repo.discussions) == 1 and again.metrics["hub_new_commit"] is False
-    assert again.metrics["hub_pr_url"] == manifest.metrics["hub_pr_url"]
+    assert len(repo.discussions) == 1 and again.metrics.hub_new_commit is False
+    assert again.metrics.hub_pr_url == manifest.metrics.hub_pr_url
 
     hub.merge(REPO, pr.num)  # a reviewer merges it: main now holds the dataset, publishing again changes nothing
     store.delete_prefix(store.key(manifest.uri).rsplit("/", 1)[0])
     merged = run_publish(hub, store, config, inputs)
-    assert len(repo.discussions) == 1 and merged.metrics["hub_commit_sha"] == repo.refs["main"]
-    assert "hub_pr_url" not in merged.metrics
+    assert len(repo.discussions) == 1 and merged.metrics.hub_commit_sha == repo.refs["main"]
+    assert merged.metrics.hub_pr_url is None
 
 
 def test_timed_out_pr_commit_opens_a_single_pull_request(hub, setup):

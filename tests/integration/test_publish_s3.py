@@ -34,10 +34,10 @@ def export_run(tmp_path, s3_bucket, name: str, run=RUN, **inputs_kwargs):
 def test_export_holds_the_dataset_files_and_card(tmp_path, s3_bucket):
     store, manifest = export_run(tmp_path, s3_bucket, "a")
     exported = s3_objects(*s3_bucket)
-    dataset_key = store.key(manifest.metrics["dataset_uri"])
-    assert exported == {path: store.read_bytes(f"{dataset_key}/{path}") for path in manifest.metrics["files"]}
-    assert manifest.metrics["export_uri"] == f"s3://{s3_bucket[0]}/{PREFIX}"
-    assert exported["README.md"].startswith(b"---\n") and "hub_url" not in manifest.metrics
+    dataset_key = store.key(manifest.metrics.dataset_uri)
+    assert exported == {path: store.read_bytes(f"{dataset_key}/{path}") for path in manifest.metrics.files}
+    assert manifest.metrics.export_uri == f"s3://{s3_bucket[0]}/{PREFIX}"
+    assert exported["README.md"].startswith(b"---\n") and manifest.metrics.hub_url is None
     assert sum(pq.read_table(io.BytesIO(d)).num_rows for p, d in exported.items() if p.endswith(".parquet")) == 6
 
 
@@ -56,5 +56,5 @@ def test_append_to_an_export_adds_each_row_once(tmp_path, s3_bucket):
     _, second = export_run(tmp_path, s3_bucket, "n2", run=night2, mode="append", rows=range(2, 5))
     exported = s3_objects(*s3_bucket)
     rows = sum(pq.read_table(io.BytesIO(d)).num_rows for p, d in exported.items() if p.endswith(".parquet"))
-    assert rows == second.metrics["examples"] == 10 and second.metrics["duplicates_skipped"] == 2
+    assert rows == second.metrics.examples == 10 and second.metrics.duplicates_skipped == 2
     assert b"num_examples: 10" in exported["README.md"]

@@ -39,10 +39,25 @@ def test_params_mirror_run_config():
     params = run_params(source="/docs", store="/store")
     assert set(params) == set(RunConfig.model_fields)
     assert params["temperature"].value == 0.5 and params["temperature"].schema["minimum"] == 0
-    assert params["task_types"].schema["items"]["enum"] == list(TASK_TYPES)
+    assert params["task_types"].schema["items"]["enum"] == [*TASK_TYPES, *TASK_TYPES.values()]
     assert params["hub_repo_id"].schema["type"] == ["string", "null"]
     assert params["dtype"].schema["enum"] == ["auto", "float16", "bfloat16", "float32"]
     for param in params.values():
         assert param.description
     # The form's defaults make a valid config.
     RunConfig(**{name: param.resolve() for name, param in params.items()})
+
+
+def test_form_accepts_short_and_full_task_type_names():
+    from airflow.sdk import Param
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from bonito_airflow.params import run_params
+
+    schema = run_params(source="/docs", store="/store")["task_types"].schema
+    chosen = ["extractive question answering", "nli", "yes-no question answering"]
+    value = Param(chosen, **schema).resolve()  # the form's validation, as on trigger
+    assert RunConfig(source="/docs", store="/store", task_types=value).task_types == ["exqa", "nli", "ynqa"]
+    for wrong in (["no such task"], []):
+        with pytest.raises(ParamValidationError):
+            Param(wrong, **schema).resolve()

@@ -2,8 +2,9 @@ import pyarrow as pa
 import pytest
 
 from bonito_tasks.chunk import Chunker, chunk, load_tokenizer
-from bonito_tasks.contracts import CHUNKS, DOCUMENTS, RunRef, sha256_hex
-from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.contracts import CHUNKS, DOCUMENTS, ExtractMetrics, RunRef, sha256_hex
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore
 from conftest import make_config
 
 RUN = RunRef(dag_id="d", run_id="r1")
@@ -58,7 +59,7 @@ def test_chunk_stage_shards_and_lineage(tmp_path):
     writer = StageWriter(store, RUN, "extract")
     writer.begin()
     writer.add("documents", pa.Table.from_pylist(docs, DOCUMENTS))
-    documents = writer.commit(config_sha256="x")
+    documents = writer.commit(config_sha256="x", metrics=ExtractMetrics())
 
     config = make_config(tmp_path, chunk_max_tokens=64, chunk_shard_size=5)
     manifest = chunk(store, RUN, config, documents)

@@ -4,9 +4,10 @@ import pyarrow as pa
 import pytest
 
 from bonito_tasks.chunk import Chunker, chunk, load_tokenizer
-from bonito_tasks.contracts import DOCUMENTS, RunRef, sha256_hex
+from bonito_tasks.contracts import DOCUMENTS, ExtractMetrics, RunRef, sha256_hex
 from bonito_tasks.extract.readers import read_pdf
-from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore
 from conftest import make_config
 from docfactory import pdf_bytes
 
@@ -29,7 +30,7 @@ def commit_documents(store, docs):
     writer = StageWriter(store, RUN, "extract")
     writer.begin()
     writer.add("documents", pa.Table.from_pylist(rows, DOCUMENTS))
-    return writer.commit(config_sha256="x"), rows
+    return writer.commit(config_sha256="x", metrics=ExtractMetrics()), rows
 
 
 def test_overlap_repeats_whole_trailing_sentences(tokenizer):
@@ -58,7 +59,7 @@ def test_duplicates_short_fragments_and_lineage(tmp_path):
 
     assert len({c["text"] for c in table}) == len(table)  # every text once
     assert not any(c["text"] == "Page 7" for c in table)  # under chunk_min_chars
-    assert manifest.counts["short_chunks"] == 1 and manifest.counts["duplicate_chunks"] == 2
+    assert manifest.metrics.short_chunks == 1 and manifest.metrics.duplicate_chunks == 2
     [kept] = [c for c in table if c["text"] == DISCLAIMER]
     places = [(kept["doc_id"], kept["char_start"], kept["char_end"])] + [
         (p["doc_id"], p["char_start"], p["char_end"]) for p in kept["also_in"]]
@@ -88,6 +89,6 @@ def test_no_documents_gives_no_chunks(tmp_path):
     store = LocalStore(tmp_path / "store")
     writer = StageWriter(store, RUN, "extract")
     writer.begin()
-    documents = writer.commit(config_sha256="x", counts={"documents": 0})
+    documents = writer.commit(config_sha256="x", metrics=ExtractMetrics())
     manifest = chunk(store, RUN, make_config(tmp_path), documents)
-    assert manifest.shards_of("chunks") == [] and manifest.counts["documents"] == 0
+    assert manifest.shards_of("chunks") == [] and manifest.metrics.documents == 0

@@ -2,8 +2,8 @@ import pytest
 from pydantic import ValidationError
 
 from bonito_tasks.config import PROMPT_OVERHEAD_TOKENS, TRAINING_INPUT_TOKENS, RunConfig
+from bonito_tasks.format import build_prompt
 from bonito_tasks.generate.parse import ParseFailure, parse_generation
-from bonito_tasks.generate.prompt import build_prompt
 from bonito_tasks.task_types import TASK_TYPES, UnknownTaskType, normalize_task_type
 
 

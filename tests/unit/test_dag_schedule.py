@@ -35,3 +35,25 @@ def test_manual_runs_only_without_a_source(monkeypatch):
     from airflow.sdk.definitions.timetables.simple import NullTimetable
 
     assert isinstance(_dag(monkeypatch, BONITO_SCHEDULE="0 3 * * *").timetable, NullTimetable)
+
+
+def test_wiring_runbooks_and_xcom_references(monkeypatch):
+    """The DAG file is wiring: each task's runbook is its dags/runbooks/<task_id>.md, generate is
+    mapped over the chunk shards, and validate gets the chunk stage's own output."""
+    from pathlib import Path
+
+    from airflow.sdk.definitions.xcom_arg import PlainXComArg
+
+    from bonito_airflow.operators import STAGE_OUTPUT_KEY
+
+    dag = _dag(monkeypatch)
+    runbooks = Path(__file__).resolve().parents[2] / "dags" / "runbooks"
+    for t in dag.tasks:
+        assert t.doc_md == (runbooks / f"{t.task_id}.md").read_text(encoding="utf-8"), t.task_id
+        assert t.doc_md.splitlines()[1].startswith("**Safe to clear:** "), t.task_id
+    chunk, validate = dag.get_task("chunk"), dag.get_task("validate")
+    [(_, shards)] = dag.get_task("generate").expand_input.value.items()
+    assert isinstance(shards, PlainXComArg) and (shards.operator, shards.key) == (chunk, "return_value")
+    assert (validate.chunks.operator, validate.chunks.key) == (chunk, STAGE_OUTPUT_KEY)
+    assert validate.generated.operator is dag.get_task("generate")
+    assert dag.get_task("summarize").trigger_rule == "all_done"

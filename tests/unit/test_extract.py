@@ -40,7 +40,7 @@ def test_html_main_content_without_boilerplate():
 
 
 def test_text_encodings_and_binary():
-    assert decode_text("naïve café".encode("utf-8")) == "naïve café"
+    assert decode_text("naïve café".encode()) == "naïve café"
     assert "café" in decode_text("Le café est très bon, merci beaucoup.".encode("latin-1"))
     with pytest.raises(Reject) as err:
         decode_text(b"\x00\x01\x02binary")
@@ -72,7 +72,7 @@ def test_extract_folder_with_rejects(tmp_path):
         "image.png": "unsupported_format",
         "huge.txt": "too_large",
     }
-    assert manifest.counts["duplicate_files"] == 1
+    assert manifest.metrics.duplicate_files == 1
     assert all(r["detail"] for r in rejects)
 
 

@@ -54,8 +54,8 @@ def test_bad_corpus_mixed_with_good_files(tmp_path):
     assert len(docs) == len(good) + 2 + len(texts)
     assert "Straße" in next(d["text"] for d in docs if d["source_uri"].endswith("cp1252.txt"))
     assert "outside the source root" not in "".join(d["text"] for d in docs)
-    assert manifest.counts["rejects"] == len(expected)
-    assert manifest.metrics["rejects_by_reason"]["corrupt_pdf"] == 2  # the run summary lists them
+    assert manifest.metrics.rejects == len(expected)
+    assert manifest.metrics.rejects_by_reason["corrupt_pdf"] == 2  # the run summary lists them
 
 
 def test_tabular_rows_are_documents_with_row_lineage(tmp_path):
@@ -67,7 +67,7 @@ def test_tabular_rows_are_documents_with_row_lineage(tmp_path):
     by_text = {d["text"]: d for d in docs}
     assert by_text[ROWS[1]]["source_uri"].endswith("rows.jsonl#row=1")
     assert by_text["Saved dataset row about subletting."]["media_type"] == "application/vnd.hf-dataset"
-    assert manifest.counts["duplicate_files"] == 1  # the repeated JSONL row
+    assert manifest.metrics.duplicate_files == 1  # the repeated JSONL row
 
 
 def test_text_column_param(tmp_path):
@@ -84,7 +84,10 @@ def test_include_exclude_globs(tmp_path):
     for name in ["a.txt", "sub/b.txt", "sub/c.md", "skip/d.txt", "sub/skip/e.txt"]:
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text(f"Text of {name}.")
-    names = lambda inc, exc: sorted(os.path.relpath(f.uri, src) for f in iter_source(str(src), inc, exc))
+
+    def names(inc, exc):
+        return sorted(os.path.relpath(f.uri, src) for f in iter_source(str(src), inc, exc))
+
     assert names(["**/*.txt"], ["skip/**"]) == ["a.txt", "sub/b.txt", "sub/skip/e.txt"]
     assert names(["**"], ["**/skip/**", "*.md"]) == ["a.txt", "sub/b.txt"]
     assert names(["sub/*.md"], []) == ["sub/c.md"]
@@ -97,7 +100,7 @@ def test_single_file_source(tmp_path):
     store = LocalStore(tmp_path / "store")
     manifest = extract(store, RUN, make_config(tmp_path, source=str(path)))
     docs = store.read_table(manifest, "documents").to_pylist()
-    assert len(docs) == 1 and len(docs[0]["page_starts"]) == 3 and manifest.counts["pages"] == 3
+    assert len(docs) == 1 and len(docs[0]["page_starts"]) == 3 and manifest.metrics.pages == 3
 
 
 def test_s3_globs_and_streamed_size_limit(tmp_path, s3_bucket):

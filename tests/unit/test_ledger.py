@@ -28,22 +28,22 @@ def test_second_run_processes_nothing_then_exactly_the_new_file(tmp_path):
     files = write_good_corpus(tmp_path / "src")
     store = LocalStore(tmp_path / "store")
     first = nightly(store, tmp_path, 1)
-    assert first.counts["documents"] == len(files)
+    assert first.metrics.documents == len(files)
 
     second = nightly(store, tmp_path, 2)
-    assert second.counts["documents"] == 0 and second.counts["skipped_known"] == len(files)
+    assert second.metrics.documents == 0 and second.metrics.skipped_known == len(files)
     assert second.shards_of("documents") == []
 
     (tmp_path / "src" / "new.txt").write_text("A new policy arrived overnight and must be processed.")
     third = nightly(store, tmp_path, 3)
-    assert third.counts["documents"] == 1
+    assert third.metrics.documents == 1
     assert store.read_table(third, "documents")["source_uri"].to_pylist()[0].endswith("new.txt")
 
     (tmp_path / "src" / "plain.txt").write_text("The plain file was edited: changed content is a new document.")
-    assert nightly(store, tmp_path, 4).counts["documents"] == 1
+    assert nightly(store, tmp_path, 4).metrics.documents == 1
 
     refreshed = nightly(store, tmp_path, 5, full_refresh=True)
-    assert refreshed.counts["documents"] == len(files) + 1 and refreshed.counts["skipped_known"] == 0
+    assert refreshed.metrics.documents == len(files) + 1 and refreshed.metrics.skipped_known == 0
 
 
 def test_failed_run_is_retried_next_night(tmp_path):
@@ -51,7 +51,7 @@ def test_failed_run_is_retried_next_night(tmp_path):
     store = LocalStore(tmp_path / "store")
     nightly(store, tmp_path, 1, publish=False)  # publish failed: the ledger is not updated
     assert load_ledger(store, DAG) == set()
-    assert nightly(store, tmp_path, 2).counts["documents"] == len(files)
+    assert nightly(store, tmp_path, 2).metrics.documents == len(files)
 
 
 def test_all_rejected_still_fails_with_a_ledger(tmp_path):
@@ -71,11 +71,11 @@ def test_tabular_rows_are_incremental(tmp_path):
     rows = [{"text": f"Row {i} of the export, about clause {i}."} for i in range(5)]
     (src / "export.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = LocalStore(tmp_path / "store")
-    assert nightly(store, tmp_path, 1).counts["documents"] == 5
+    assert nightly(store, tmp_path, 1).metrics.documents == 5
     rows.append({"text": "A row appended to the export."})
     (src / "export.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     again = nightly(store, tmp_path, 2)
-    assert again.counts["documents"] == 1 and again.counts["skipped_known"] == 5
+    assert again.metrics.documents == 1 and again.metrics.skipped_known == 5
 
 
 def test_retry_does_not_append_twice_and_concurrent_runs_keep_both(tmp_path):
@@ -102,5 +102,5 @@ def test_ledger_in_s3_store(tmp_path, s3_bucket):
     bucket, kwargs = s3_bucket
     write_good_corpus(tmp_path / "src")
     store = S3Store(f"s3://{bucket}/store", **kwargs)
-    assert nightly(store, tmp_path, 1).counts["documents"] == 6
-    assert nightly(store, tmp_path, 2).counts["documents"] == 0
+    assert nightly(store, tmp_path, 1).metrics.documents == 6
+    assert nightly(store, tmp_path, 2).metrics.documents == 0

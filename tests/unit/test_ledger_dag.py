@@ -16,7 +16,7 @@ pytestmark = pytest.mark.airflow
 
 
 def test_run_with_no_new_documents_skips_downstream(tmp_path):
-    from bonito_airflow.local import load_dag, setup_db
+    from bonito_dev.local import load_dag, setup_db
 
     write_good_corpus(tmp_path / "src")
     store = LocalStore(tmp_path / "store")
@@ -33,4 +33,4 @@ def test_run_with_no_new_documents_skips_downstream(tmp_path):
     assert states.pop("extract") == states.pop("summarize") == "success"
     assert set(states.values()) == {"skipped"}, states
     summary = json.loads(store.read_bytes(f"bonito_dataset/{safe_segment(dag_run.run_id)}/summary.json"))
-    assert summary["extract"]["documents"] == 0 and summary["extract"]["skipped_known"] > 0
+    assert summary["extracted"]["documents"] == 0 and summary["extracted"]["skipped_known"] > 0

@@ -1,32 +1,167 @@
-"""BonitoGenerateOperator in the Airflow providers' style: execute() with the library call mocked
-(the real call, on a real engine, is covered by tests/integration and the e2e DAG run)."""
+"""The operators of plugins/bonito_airflow in the Airflow providers' style: execute(context) with the
+library call mocked (the real calls, on a real engine, are covered by tests/integration and the e2e
+DAG run). The manifests they read are real ones, in a real local store."""
 
 from types import SimpleNamespace
 from unittest import mock
 
 import pytest
 
-from bonito_tasks.contracts import CHUNKS, RunRef
-from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.contracts import ChunkMetrics, ExtractMetrics, GenerateMetrics, Manifest, RunRef, ShardRef
+from bonito_tasks.errors import PermanentFailure
+from bonito_tasks.store import LocalStore
 from conftest import TINY_MODEL
 
 pytestmark = pytest.mark.airflow
 
+RUN = RunRef(dag_id="bonito_dataset", run_id="run-1")
 
-def test_execute_delegates_one_shard(tmp_path):
+
+def _manifest(store, stage: str, metrics, *, shards=(), counts=None, partition: str = "") -> Manifest:
+    """A committed manifest of `stage`, written where and as the library writes it."""
+    key = f"{RUN.dag_id}/{RUN.run_id}/{stage}{partition}/_manifest.json"
+    manifest = Manifest(stage=stage, dag_id=RUN.dag_id, run_id=RUN.run_id, uri=store.uri(key), shards=list(shards),
+                        counts=counts or {}, metrics=metrics, config_sha256="x", code_version="test")
+    store.write_bytes(key, manifest.to_json().encode())
+    return manifest
+
+
+def _context(store, op, **params):
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    params = {"source": "/docs", "store": str(store.root), "model_id": str(TINY_MODEL), **params}
+    return {"params": params, "dag_run": SimpleNamespace(dag_id=RUN.dag_id, run_id=RUN.run_id), "task": op,
+            "ti": mock.Mock(), "outlet_events": OutletEventAccessors()}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalStore(tmp_path / "store")
+
+
+# ---- The idiom: BonitoStageOperator
+
+
+def _stage_operator(run_stage, **kwargs):
+    from bonito_airflow.operators import BonitoStageOperator
+
+    class Stage(BonitoStageOperator):
+        def run_stage(self, rt, context):
+            return run_stage(rt, context)
+
+    return Stage(task_id="stage", **kwargs)
+
+
+def test_stage_operator_returns_manifest_uri_and_counts_and_feeds_asset_events(store):
+    from airflow.sdk import Asset
+
+    documents = _manifest(store, "extract", ExtractMetrics(documents=3), counts={"documents": 3, "rejects": 1})
+    seen = {}
+
+    def run_stage(rt, context):
+        seen.update(config=rt.config, run=rt.run, store=rt.store)
+        return documents
+
+    asset = Asset(name="bonito_dataset/documents", uri="bonito://bonito_dataset/documents")
+    op = _stage_operator(run_stage, outlets=[asset])
+    context = _context(store, op, n=2)
+    result = op.execute(context)
+
+    assert result == {"manifest": documents.uri, "counts": {"documents": 3, "rejects": 1}}
+    assert context["outlet_events"][asset].extra == {"run_id": RUN.run_id, **result}
+    assert seen["config"].n == 2 and seen["store"].root_uri == store.root_uri
+    assert (seen["run"].dag_id, seen["run"].run_id) == (RUN.dag_id, RUN.run_id)
+    assert seen["run"].run_url.endswith(f"/dags/{RUN.dag_id}/runs/{RUN.run_id}")
+
+
+class _NotServed(PermanentFailure):
+    pass
+
+
+def test_a_permanent_failure_fails_the_task_without_retries(store):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    cause = _NotServed("model 'bonito' is not served")
+    op = _stage_operator(mock.Mock(side_effect=cause))
+    with pytest.raises(AirflowFailException, match="^model 'bonito' is not served$") as failed:
+        op.execute(_context(store, op))
+    assert failed.value.__cause__ is cause
+
+
+def test_any_other_failure_propagates_to_be_retried(store):
+    op = _stage_operator(mock.Mock(side_effect=ConnectionError("S3 endpoint unreachable")))
+    with pytest.raises(ConnectionError, match="unreachable"):
+        op.execute(_context(store, op))
+
+
+def test_the_library_marks_its_unretryable_failures():
+    """The runbooks promise "fails without retries" for these: each must be a PermanentFailure."""
+    from bonito_tasks.extract import NothingExtracted
+    from bonito_tasks.generate.engine import EngineFailure, EngineRejected
+    from bonito_tasks.validate import ValidationFailed
+
+    for error in (NothingExtracted, ValidationFailed, EngineRejected):
+        assert issubclass(error, PermanentFailure), error
+    rejected = EngineRejected("bad API key")
+    assert isinstance(rejected, EngineFailure) and rejected.kind == "rejected"
+    assert not issubclass(EngineFailure, PermanentFailure)  # out of memory, engine died: retried
+
+
+# ---- One operator per task
+
+
+def test_extract_delegates_with_the_s3_credentials(store, monkeypatch):
+    from bonito_airflow.operators import BonitoExtractOperator
+
+    committed = _manifest(store, "extract", ExtractMetrics(documents=2), counts={"documents": 2})
+    op = BonitoExtractOperator(task_id="extract")
+    with mock.patch("bonito_tasks.extract.extract", return_value=committed) as extract:
+        assert op.execute(_context(store, op)) == {"manifest": committed.uri, "counts": {"documents": 2}}
+    store_arg, run, config, s3_kwargs = extract.call_args.args
+    assert run.run_id == RUN.run_id and config.source == "/docs" and s3_kwargs == {}
+
+
+def test_chunk_returns_one_entry_per_shard_and_pushes_its_own_output(store):
+    from bonito_airflow.operators import STAGE_OUTPUT_KEY, BonitoChunkOperator
+
+    documents = _manifest(store, "extract", ExtractMetrics(documents=2), counts={"documents": 2})
+    shards = [ShardRef(table="chunks", path=f"chunks/part-{i}.parquet", rows=rows, sha256="0" * 64)
+              for i, rows in enumerate((500, 12))]
+    chunks = _manifest(store, "chunk", ChunkMetrics(chunks=512, shards=2), shards=shards, counts={"chunks": 512})
+    op = BonitoChunkOperator(task_id="chunk", documents={"manifest": documents.uri, "counts": {"documents": 2}})
+    context = _context(store, op)
+    with mock.patch("bonito_tasks.chunk.chunk", return_value=chunks) as chunk:
+        result = op.execute(context)
+
+    assert chunk.call_args.args[3] == documents
+    assert result == [{"manifest": chunks.uri, "shard": 0, "chunks": 500},
+                      {"manifest": chunks.uri, "shard": 1, "chunks": 12}]
+    context["ti"].xcom_push.assert_called_once_with(
+        key=STAGE_OUTPUT_KEY, value={"manifest": chunks.uri, "counts": {"chunks": 512}})
+    assert op.template_fields == ("documents",)
+    assert op.stage_ref.key == STAGE_OUTPUT_KEY and op.stage_ref.operator is op
+
+
+def test_chunk_skips_when_there_is_no_new_document(store):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from bonito_airflow.operators import BonitoChunkOperator
+
+    op = BonitoChunkOperator(task_id="chunk",
+                             documents={"manifest": "unused", "counts": {"documents": 0, "skipped_known": 7}})
+    with mock.patch("bonito_tasks.chunk.chunk") as chunk, pytest.raises(AirflowSkipException, match="7 known"):
+        op.execute(_context(store, op))
+    chunk.assert_not_called()
+
+
+def test_generate_delegates_one_shard(store):
     from bonito_airflow.operators import BonitoGenerateOperator
 
-    store = LocalStore(tmp_path / "store")
-    writer = StageWriter(store, RunRef(dag_id="bonito_dataset", run_id="run-1"), "chunk")
-    writer.begin()
-    writer.add("chunks", CHUNKS.empty_table())
-    chunks = writer.commit(config_sha256="x")
-    params = {"source": "/docs", "store": str(tmp_path / "store"), "model_id": str(TINY_MODEL), "n": 2}
+    chunks = _manifest(store, "chunk", ChunkMetrics())
     op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 3})
-    context = {"params": params, "dag_run": SimpleNamespace(dag_id="bonito_dataset", run_id="run-1"), "task": op}
-    committed = chunks.model_copy(update={"stage": "generate", "counts": {"examples": 7}})
+    committed = _manifest(store, "generate", GenerateMetrics(), counts={"examples": 7}, partition="/shard-00003")
     with mock.patch("bonito_tasks.generate.run.generate_shard", return_value=committed) as generate_shard:
-        result = op.execute(context)
+        result = op.execute(_context(store, op, n=2))
 
     store_arg, run, config, chunks_arg, shard = generate_shard.call_args.args
     assert (run.dag_id, run.run_id, shard) == ("bonito_dataset", "run-1", 3)
@@ -35,25 +170,18 @@ def test_execute_delegates_one_shard(tmp_path):
     assert op.template_fields == ("chunk_shard",)
 
 
-def test_server_backend_uses_connection_and_fails_fast_on_rejection(tmp_path, monkeypatch):
+def test_server_backend_uses_connection_and_fails_fast_on_rejection(store, monkeypatch):
     """backend=server: the URL and key come from the connection; a rejected request is not retried."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from bonito_airflow.operators import BonitoGenerateOperator
-    from bonito_tasks.generate.engine import EngineFailure
+    from bonito_tasks.generate.engine import EngineRejected
 
     monkeypatch.setenv("AIRFLOW_CONN_GEN_SERVER", '{"conn_type": "http", "host": "http://127.0.0.1", "port": 8000, '
                                                   '"password": "sk-secret"}')
-    store = LocalStore(tmp_path / "store")
-    writer = StageWriter(store, RunRef(dag_id="bonito_dataset", run_id="run-1"), "chunk")
-    writer.begin()
-    writer.add("chunks", CHUNKS.empty_table())
-    chunks = writer.commit(config_sha256="x")
-    params = {"source": "/docs", "store": str(tmp_path / "store"), "model_id": "bonito", "backend": "server"}
-    context = {"params": params, "dag_run": SimpleNamespace(dag_id="bonito_dataset", run_id="run-1")}
+    chunks = _manifest(store, "chunk", ChunkMetrics())
     op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 0},
                                 server_conn_id="gen_server")
-
     built = {}
 
     class FakeServerEngine:  # stands in for OpenAICompletionsEngine; the real one is tested against vllm serve
@@ -67,13 +195,58 @@ def test_server_backend_uses_connection_and_fails_fast_on_rejection(tmp_path, mo
             built["closed"] = True
 
     monkeypatch.setattr("bonito_tasks.generate.server.OpenAICompletionsEngine", FakeServerEngine)
-    rejected = EngineFailure("model 'bonito' is not served", "rejected")
+    rejected = EngineRejected("model 'bonito' is not served")
     with mock.patch("bonito_tasks.generate.run.generate_shard", side_effect=rejected) as generate_shard:
         with pytest.raises(AirflowFailException, match="not served"):
-            op.execute(context)
+            op.execute(_context(store, op, model_id="bonito", backend="server"))
     assert isinstance(generate_shard.call_args.kwargs["engine"], FakeServerEngine)
     assert built == {"url": "http://127.0.0.1:8000", "api_key": "sk-secret", "concurrency": 16,
                      "served_model_name": None, "closed": True}
+
+
+def test_validate_reads_every_generated_shard_and_the_chunks(store):
+    from bonito_airflow.operators import BonitoValidateOperator
+
+    chunks = _manifest(store, "chunk", ChunkMetrics(shards=2))
+    generated = [_manifest(store, "generate", GenerateMetrics(prompts=i), partition=f"/shard-{i:05d}") for i in (0, 1)]
+    op = BonitoValidateOperator(task_id="validate", generated=[{"manifest": m.uri} for m in generated],
+                                chunks={"manifest": chunks.uri, "counts": {}})
+    committed = _manifest(store, "extract", ExtractMetrics(), counts={"passed": 5})  # any manifest will do
+    with mock.patch("bonito_tasks.validate.validate", return_value=committed) as validate:
+        assert op.execute(_context(store, op))["counts"] == {"passed": 5}
+    assert validate.call_args.args[3] == generated and validate.call_args.kwargs == {"chunks": chunks}
+    assert op.template_fields == ("generated", "chunks")
+
+
+def test_update_ledger_records_the_documents(store):
+    from bonito_airflow.operators import BonitoLedgerOperator
+
+    documents = _manifest(store, "extract", ExtractMetrics(documents=2))
+    op = BonitoLedgerOperator(task_id="update_ledger", documents={"manifest": documents.uri})
+    with mock.patch("bonito_tasks.ledger.update_ledger", return_value={"documents": 2}) as update_ledger:
+        assert op.execute(_context(store, op)) == {"documents": 2}
+    assert update_ledger.call_args.args[2] == documents
+
+
+@pytest.mark.parametrize("failed", [0, 2])
+def test_summary_is_pushed_and_fails_the_run_when_a_task_failed(store, failed):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from bonito_airflow.operators import BonitoSummaryOperator
+
+    op = BonitoSummaryOperator(task_id="summarize")
+    context = _context(store, op)
+    context["ti"].get_ti_count.return_value = failed
+    summary = mock.Mock(**{"model_dump.return_value": {"stages": {"extract": "committed"}}})
+    with mock.patch("bonito_tasks.summary.run_summary", return_value=summary), \
+            mock.patch("bonito_tasks.summary.format_summary", return_value="run summary"):
+        if failed:
+            with pytest.raises(AirflowFailException, match="2 task"):
+                op.execute(context)
+        else:
+            assert op.execute(context) is None
+    context["ti"].xcom_push.assert_called_once_with(key="summary", value={"stages": {"extract": "committed"}})
+    summary.model_dump.assert_called_once_with(mode="json")
 
 
 def test_engine_core_stays_in_the_task_process_only_under_the_task_supervisor(monkeypatch):

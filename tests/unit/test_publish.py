@@ -11,23 +11,37 @@ import pytest
 import yaml
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import DOCUMENTS, EXAMPLES, Manifest, RunRef, canonical_json, sha256_hex
-from bonito_tasks.publish import PublishError, RetryPolicy, publish
+from bonito_tasks.contracts import (
+    DOCUMENTS,
+    EXAMPLES,
+    ExtractMetrics,
+    LengthStats,
+    Manifest,
+    QualitySummary,
+    RunRef,
+    SuiteRef,
+    ValidateMetrics,
+    canonical_json,
+    sha256_hex,
+)
+from bonito_tasks.publish import PublishError, publish
 from bonito_tasks.publish.card import size_category
-from bonito_tasks.store import LocalStore, StageWriter, safe_segment
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore, safe_segment
 
 RUN = RunRef(dag_id="bonito_dataset", run_id="manual__2024-05-01T00:00:00+00:00", run_url="http://airflow.local/runs/1")
 SECRET_TEXT = "the confidential body of document"
 PLOT_KEY = "plots/label_balance_exqa.png"  # written into the store by make_inputs
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake image bytes"
-QUALITY = {  # the shape validate/report.py writes, plus keys it might add
-    "rows": 9, "passed": 6, "quarantined": 3, "pass_rate": 0.93,
-    "failed_expectations": {"output_not_empty": 2, "input_has_context": 1},
-    "labels": {"ynqa": {"yes": 5, "no": 4}},
-    "output_tokens": {"exqa": {"median": 12.0}},  # a shape the card does not know: left out
-    "report_uri": "/store/validate/report/quality.html",
-    "plots": {"label_balance.png": PLOT_KEY, "missing.svg": "plots/not_there.svg"},
-}
+QUALITY = QualitySummary(  # as validate/report.py writes it
+    rows=9, passed=6, quarantined=3, pass_rate=0.93,
+    failed_expectations={"output_not_empty": 2, "input_has_context": 1},
+    labels={"ynqa": {"yes": 5, "no": 4}},
+    output_tokens={"exqa": LengthStats(rows=3, median=12.0, p95=14.0, max=15)},  # not in the card
+    report_uri="/store/validate/report/quality.html",
+    plots={"label_balance.png": PLOT_KEY, "missing.svg": "plots/not_there.svg"},
+)
+SUITE = SuiteRef(name="bonito_examples", dataset_suite="bonito_examples_dataset", version="2")
 
 
 def make_config(tmp_path, **overrides) -> RunConfig:
@@ -62,8 +76,8 @@ def make_inputs(
     validate = StageWriter(store, run, "validate")
     validate.add("examples", pa.Table.from_pylist(examples, schema=EXAMPLES))
     return (
-        validate.commit(config_sha256="c", metrics={"quality": quality} if quality else {}),
-        extract.commit(config_sha256="c"),
+        validate.commit(config_sha256="c", metrics=ValidateMetrics(suite=SUITE, quality=quality or QualitySummary())),
+        extract.commit(config_sha256="c", metrics=ExtractMetrics()),
     )
 
 
@@ -85,15 +99,15 @@ def test_folder_loads_with_datasets_all_and_per_task_type(published, tmp_path):
     import datasets
 
     store, manifest, _ = published
-    folder = manifest.metrics["dataset_uri"]
+    folder = manifest.metrics.dataset_uri
     everything = datasets.load_dataset(folder, split="train", cache_dir=str(tmp_path / "cache"))
-    assert everything.num_rows == 6 == manifest.metrics["examples"] == manifest.counts["examples"]
+    assert everything.num_rows == 6 == manifest.metrics.examples
     assert everything.column_names == EXAMPLES.names
     exqa = datasets.load_dataset(folder, name="exqa", split="train", cache_dir=str(tmp_path / "cache"))
     assert exqa.num_rows == 3 and set(exqa["task_type"]) == {"exqa"}
-    assert manifest.metrics["examples_per_task_type"] == {"exqa": 3, "qa": 3}
-    assert "hub_url" not in manifest.metrics
-    assert sorted(manifest.metrics["files"]) == [
+    assert manifest.metrics.examples_per_task_type == {"exqa": 3, "qa": 3}
+    assert manifest.metrics.hub_url is None
+    assert sorted(manifest.metrics.files) == [
         "README.md", "assets/label_balance_exqa.png", "data/exqa/train-00000-of-00001.parquet",
         "data/qa/train-00000-of-00001.parquet", "sources.jsonl",
     ]
@@ -103,7 +117,7 @@ def test_card_metadata_and_content(published):
     from huggingface_hub import DatasetCard
 
     store, manifest, _ = published
-    card = store.read_bytes(store.key(manifest.metrics["dataset_uri"]) + "/README.md").decode()
+    card = store.read_bytes(store.key(manifest.metrics.dataset_uri) + "/README.md").decode()
     meta = front_matter(card)
     assert [c["config_name"] for c in meta["configs"]] == ["default", "exqa", "qa"]
     assert meta["configs"][0]["default"] is True
@@ -126,7 +140,7 @@ def test_card_metadata_and_content(published):
 
 def test_card_quality_summary_and_plots(published):
     store, manifest, _ = published
-    dataset_key = store.key(manifest.metrics["dataset_uri"])
+    dataset_key = store.key(manifest.metrics.dataset_uri)
     card = store.read_bytes(f"{dataset_key}/README.md").decode()
     quality = card.split("## Quality", 1)[1].split("\n## ", 1)[0]
     for fact in ["- Pass rate: 93.0%", "- Rows: 9", "- Passed: 6", "- Quarantined: 3", "Labels, ynqa:",
@@ -135,39 +149,35 @@ def test_card_quality_summary_and_plots(published):
         assert fact in quality, fact
     assert "median" not in quality and "not_there" not in quality and "quality.html" not in quality
     assert store.read_bytes(f"{dataset_key}/assets/label_balance_exqa.png") == PNG
-    assert "assets/label_balance_exqa.png" in manifest.metrics["files"]
+    assert "assets/label_balance_exqa.png" in manifest.metrics.files
 
 
 def test_plots_named_by_store_uri_are_included(tmp_path):
     store = LocalStore(tmp_path / "store")
     svg = b"<svg xmlns='http://www.w3.org/2000/svg'/>"
     uri = store.write_bytes("bonito_dataset/run/validate/report/labels.svg", svg)  # as validate records it
-    manifest = publish(store, RUN, make_config(tmp_path), *make_inputs(store, quality={"plots": {"labels.svg": uri}}),
-                       token=None)
-    dataset_key = store.key(manifest.metrics["dataset_uri"])
+    inputs = make_inputs(store, quality=QualitySummary(plots={"labels.svg": uri}))
+    manifest = publish(store, RUN, make_config(tmp_path), *inputs, token=None)
+    dataset_key = store.key(manifest.metrics.dataset_uri)
     assert store.read_bytes(f"{dataset_key}/assets/labels.svg") == svg
     assert "![labels](assets/labels.svg)" in store.read_bytes(f"{dataset_key}/README.md").decode()
 
 
-@pytest.mark.parametrize("quality", [
-    {"pass_rate": "n/a", "rows": None, 7: {"x": 1}, "label_counts": {}, "plots": [None, 3, "/elsewhere/x.png"]},
-    {"pass_rate": float("nan"), "label_balance": {"exqa": "not a mapping"}},
-])
-def test_card_survives_unexpected_quality_shapes(tmp_path, quality):
+def test_card_without_a_quality_summary_has_no_quality_section(tmp_path):
     store = LocalStore(tmp_path / "store")
-    manifest = publish(store, RUN, make_config(tmp_path), *make_inputs(store, quality=quality), token=None)
-    card = store.read_bytes(store.key(manifest.metrics["dataset_uri"]) + "/README.md").decode()
+    manifest = publish(store, RUN, make_config(tmp_path), *make_inputs(store, quality=None), token=None)
+    card = store.read_bytes(store.key(manifest.metrics.dataset_uri) + "/README.md").decode()
     assert "## Quality" not in card and "## Citation" in card
-    assert not any(p.startswith("assets/") for p in manifest.metrics["files"])
+    assert not any(p.startswith("assets/") for p in manifest.metrics.files)
 
 
 def test_append_without_a_target_is_this_runs_snapshot(tmp_path):
     store = LocalStore(tmp_path / "store")
     manifest = publish(store, RUN, make_config(tmp_path, publish_mode="append"), *make_inputs(store), token=None)
     tag = safe_segment(RUN.run_id)
-    assert f"data/exqa/train-{tag}-00000-of-00001.parquet" in manifest.metrics["files"]
-    assert manifest.metrics["examples"] == manifest.metrics["examples_added"] == 6
-    assert manifest.metrics["duplicates_skipped"] == 0
+    assert f"data/exqa/train-{tag}-00000-of-00001.parquet" in manifest.metrics.files
+    assert manifest.metrics.examples == manifest.metrics.examples_added == 6
+    assert manifest.metrics.duplicates_skipped == 0
 
 
 def test_pr_mode_needs_a_hub_repo(tmp_path):
@@ -191,13 +201,13 @@ def test_card_without_quality_has_no_quality_section(tmp_path):
     store = LocalStore(tmp_path / "store")
     examples, documents = make_inputs(store, quality=None)
     manifest = publish(store, RUN, make_config(tmp_path), examples, documents, token=None)
-    card = store.read_bytes(store.key(manifest.metrics["dataset_uri"]) + "/README.md").decode()
+    card = store.read_bytes(store.key(manifest.metrics.dataset_uri) + "/README.md").decode()
     assert "## Quality" not in card and "## Citation" in card
 
 
 def test_sources_sidecar_has_provenance_but_no_text(published):
     store, manifest, _ = published
-    raw = store.read_bytes(store.key(manifest.metrics["dataset_uri"]) + "/sources.jsonl")
+    raw = store.read_bytes(store.key(manifest.metrics.dataset_uri) + "/sources.jsonl")
     rows = [json.loads(line) for line in raw.decode().splitlines()]
     assert len(rows) == 3
     assert all(set(row) == {"doc_id", "source_uri", "media_type", "size_bytes"} for row in rows)
@@ -217,7 +227,7 @@ def test_same_inputs_give_identical_bytes(tmp_path):
     for name in ("a", "b"):
         store = LocalStore(tmp_path / name)
         manifests.append(publish(store, RUN, make_config(tmp_path), *make_inputs(store), token=None))
-    assert manifests[0].metrics["files"] == manifests[1].metrics["files"]
+    assert manifests[0].metrics.files == manifests[1].metrics.files
 
 
 def test_shards_split_large_task_types(tmp_path):
@@ -225,10 +235,10 @@ def test_shards_split_large_task_types(tmp_path):
 
     store = LocalStore(tmp_path / "store")
     manifest = publish(store, RUN, make_config(tmp_path), *make_inputs(store), token=None, rows_per_shard=2)
-    assert [p for p in manifest.metrics["files"] if p.startswith("data/exqa/")] == [
+    assert [p for p in manifest.metrics.files if p.startswith("data/exqa/")] == [
         "data/exqa/train-00000-of-00002.parquet", "data/exqa/train-00001-of-00002.parquet"
     ]
-    loaded = datasets.load_dataset(manifest.metrics["dataset_uri"], split="train", cache_dir=str(tmp_path / "cache"))
+    loaded = datasets.load_dataset(manifest.metrics.dataset_uri, split="train", cache_dir=str(tmp_path / "cache"))
     assert loaded.num_rows == 6
 
 
@@ -245,14 +255,6 @@ def test_no_examples_is_an_error(tmp_path):
     examples, documents = make_inputs(store, task_types=())
     with pytest.raises(PublishError, match="empty"):
         publish(store, RUN, make_config(tmp_path), examples, documents, token=None)
-
-
-def test_retry_delay_grows_with_jitter_and_honours_retry_after():
-    policy = RetryPolicy(base_delay_s=1.0, max_delay_s=8.0)
-    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 8.0), (9, 8.0)]:
-        assert ceiling / 2 <= policy.delay(attempt) <= ceiling
-    assert policy.delay(1, retry_after_s=5.0) == 5.0
-    assert policy.delay(1, retry_after_s=60.0) == 8.0
 
 
 def test_size_categories():

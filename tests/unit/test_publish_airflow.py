@@ -65,7 +65,10 @@ def test_execute_publishes_returns_commit_and_emits_asset_event(hub, tmp_path, m
 
 
 def test_execute_without_token_fails_before_uploading(hub, tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
     from bonito_airflow.operators import BonitoPublishOperator
+    from bonito_tasks.errors import PermanentFailure
     from bonito_tasks.publish import PublishError
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -75,9 +78,13 @@ def test_execute_without_token_fails_before_uploading(hub, tmp_path, monkeypatch
                "dag_run": SimpleNamespace(dag_id=RUN.dag_id, run_id=RUN.run_id)}
     op = BonitoPublishOperator(task_id="publish", examples={"manifest": examples.uri},
                                documents={"manifest": documents.uri}, hf_conn_id="no_such_connection")
-    with pytest.raises(PublishError, match="token"):
+    with pytest.raises(Exception, match="token") as raised:
         op.execute(context)
     assert hub.requests == []
+    # The library's error, failing the task without retries exactly when the library says retrying cannot help.
+    error = raised.value.__cause__ if isinstance(raised.value, AirflowFailException) else raised.value
+    assert isinstance(error, PublishError)
+    assert isinstance(raised.value, AirflowFailException) == isinstance(error, PermanentFailure)
 
 
 @pytest.mark.parametrize("published, url", [

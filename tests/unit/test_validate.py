@@ -14,8 +14,17 @@ import pytest
 
 import bonito_tasks
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import CHUNKS, DROPPED_GENERATIONS, EXAMPLES, RunRef
-from bonito_tasks.store import LocalStore, StageWriter
+from bonito_tasks.contracts import (
+    CHUNKS,
+    DROPPED_GENERATIONS,
+    EXAMPLES,
+    ChunkMetrics,
+    GenerateMetrics,
+    Manifest,
+    RunRef,
+)
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore
 from bonito_tasks.validate import EXAMPLES_SUITE, SUITE_VERSION, ValidationFailed, example_expectations, validate
 
 RUN = RunRef(dag_id="d", run_id="r")
@@ -23,7 +32,8 @@ TASKS = ["exqa", "mcqa", "ynqa", "nli", "te", "paraphrase_id", "sentiment", "top
 
 
 def context(i: int) -> str:
-    return f"Lease {i}: the lease runs for twelve months. The tenant pays rent of 900 euros on the first day of each month."
+    return (f"Lease {i}: the lease runs for twelve months. "
+            "The tenant pays rent of 900 euros on the first day of each month.")
 
 
 def clean_row(i: int, task_type: str) -> dict:
@@ -61,18 +71,22 @@ def clean_rows(n: int, first: int = 0, tasks: list[str] = TASKS) -> list[dict]:
     return [clean_row(i, tasks[i % len(tasks)]) for i in range(first, first + n)]
 
 
-def commit_chunks(store, n: int) -> None:
+def commit_chunks(store, n: int) -> Manifest:
     writer = StageWriter(store, RUN, "chunk")
     writer.begin()
     rows = [{"chunk_id": f"chunk-{i}", "doc_id": "doc-0", "chunk_index": i, "char_start": 200 * i,
              "char_end": 200 * i + len(context(i)), "n_tokens": 30, "text": context(i), "also_in": []}
             for i in range(n)]
     writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
-    writer.commit(config_sha256="chunk-config")
+    return writer.commit(config_sha256="chunk-config", metrics=ChunkMetrics(chunks=n))
+
+
+def chunk_stage(store) -> Manifest:
+    return StageWriter(store, RUN, "chunk").committed()
 
 
 def commit_generate_shard(store, rows: list[dict], shard: int = 0, parse_failures: int = 0):
-    writer = StageWriter(store, RUN, "generate", shard=shard)
+    writer = StageWriter(store, RUN, "generate", partition=shard)
     writer.begin()
     writer.add("examples", pa.Table.from_pylist(rows, schema=EXAMPLES))
     if parse_failures:
@@ -81,7 +95,8 @@ def commit_generate_shard(store, rows: list[dict], shard: int = 0, parse_failure
             for i in range(parse_failures)
         ]
         writer.add("dropped_generations", pa.Table.from_pylist(failures, schema=DROPPED_GENERATIONS))
-    return writer.commit(config_sha256="generate-config", metrics={"parse_failures": {"no_pipe": parse_failures}})
+    metrics = GenerateMetrics(parse_failures={"no_pipe": parse_failures} if parse_failures else {})
+    return writer.commit(config_sha256="generate-config", metrics=metrics)
 
 
 @pytest.fixture
@@ -104,31 +119,31 @@ def test_clean_examples_pass_with_docs_and_report_and_a_rerun_reuses_the_manifes
         commit_generate_shard(store, clean_rows(20, first=30), shard=1),
     ]
 
-    manifest = validate(store, RUN, config, shards)
+    manifest = validate(store, RUN, config, shards, chunk_stage(store))
 
     expected = pa.concat_tables([store.read_table(m, "examples") for m in shards])
     assert store.read_table(manifest, "examples").equals(expected)
-    assert manifest.counts == {"examples": 50, "examples_in": 50}
-    assert manifest.input_manifest_sha256 == [m.sha256 for m in shards]
-    assert manifest.metrics["suite"]["name"] == EXAMPLES_SUITE and manifest.metrics["suite"]["version"] == SUITE_VERSION
-    assert all(e["success"] for e in manifest.metrics["expectations"])
-    names = [e["name"] for e in manifest.metrics["expectations"]]
+    assert manifest.counts == {"examples": 50} and manifest.metrics.examples_in == 50
+    assert manifest.input_manifest_sha256 == [m.sha256 for m in [*shards, chunk_stage(store)]]
+    assert manifest.metrics.suite.name == EXAMPLES_SUITE and manifest.metrics.suite.version == SUITE_VERSION
+    assert all(e.success for e in manifest.metrics.expectations)
+    names = [e.name for e in manifest.metrics.expectations]
     assert names[: len(example_expectations(config))] == [e.meta["name"] for e in example_expectations(config)]
     assert {"min_pass_rate", "min_rows", "max_duplicate_rate"} <= set(names)
 
-    quality = manifest.metrics["quality"]
-    assert (quality["rows"], quality["passed"], quality["quarantined"], quality["pass_rate"]) == (50, 50, 0, 1.0)
-    assert quality["parse_failures"] == {"no_pipe": 2} and quality["dropped_generations"] == 2
-    assert quality["labels"]["ynqa"] == {"yes": 5} and set(quality["output_tokens"]) == set(TASKS)
-    for uri in [quality["data_docs_uri"], quality["report_uri"], quality["summary_uri"], *quality["plots"].values()]:
+    quality = manifest.metrics.quality
+    assert (quality.rows, quality.passed, quality.quarantined, quality.pass_rate) == (50, 50, 0, 1.0)
+    assert quality.parse_failures == {"no_pipe": 2} and quality.dropped_generations == 2
+    assert quality.labels["ynqa"] == {"yes": 5} and set(quality.output_tokens) == set(TASKS)
+    for uri in [quality.data_docs_uri, quality.report_uri, quality.summary_uri, *quality.plots.values()]:
         assert Path(uri).is_file(), uri
-    assert set(quality["plots"]) == {"output_tokens.svg", "labels.svg", "failures.svg"}
-    assert "<svg" in Path(quality["report_uri"]).read_text()
-    assert json.loads(Path(quality["summary_uri"]).read_text())["pass_rate"] == 1.0
-    docs = Path(quality["data_docs_uri"]).parent
+    assert set(quality.plots) == {"output_tokens.svg", "labels.svg", "failures.svg"}
+    assert "<svg" in Path(quality.report_uri).read_text()
+    assert json.loads(Path(quality.summary_uri).read_text())["pass_rate"] == 1.0
+    docs = Path(quality.data_docs_uri).parent
     assert any(p.name.endswith(".html") for p in (docs / "validations").rglob("*"))
 
-    assert validate(store, RUN, config, shards) == manifest
+    assert validate(store, RUN, config, shards, chunk_stage(store)) == manifest
 
 
 def defect(name: str, kind: str, **changes):
@@ -170,7 +185,7 @@ def test_each_defect_quarantines_exactly_its_row(store, tmp_path):
     rows.append(repeat)  # the second occurrence of a pair is quarantined, the first goes on
     expected[repeat["example_id"]] = ["unique_input_output"]
 
-    manifest = validate(store, RUN, config, [commit_generate_shard(store, rows)])
+    manifest = validate(store, RUN, config, [commit_generate_shard(store, rows)], chunk_stage(store))
 
     quarantine = store.read_table(manifest, "quarantine").to_pylist()
     assert {r["example_id"]: r["failed_expectations"] for r in quarantine} == expected
@@ -178,8 +193,8 @@ def test_each_defect_quarantines_exactly_its_row(store, tmp_path):
     assert passed == [r["example_id"] for r in rows if r["example_id"] not in expected]
     row_level = {e.meta["name"] for e in example_expectations(config) if e.meta["level"] == "row"}
     assert row_level == {name for names in expected.values() for name in names}, "every check has a defect"
-    quality = manifest.metrics["quality"]
-    assert quality["quarantined"] == len(expected) and quality["failed_expectations"]["ynqa_label"] == 1
+    quality = manifest.metrics.quality
+    assert quality.quarantined == len(expected) and quality.failed_expectations["ynqa_label"] == 1
 
 
 def assert_failed_without_commit(store, err: ValidationFailed) -> None:
@@ -196,12 +211,13 @@ def test_below_the_pass_rate_the_run_fails_and_commits_nothing(store, tmp_path):
     shard = commit_generate_shard(store, rows)
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(store, RUN, run_config(tmp_path), [shard])
+        validate(store, RUN, run_config(tmp_path), [shard], chunk_stage(store))
 
     err = caught.value
     message = str(err)
     assert [f["name"] for f in err.summary["failed"]] == ["min_pass_rate"]
-    assert "min_pass_rate (expect_column_mean_to_be_between on passed): observed 0.8 against threshold min_value=0.9" in message
+    assert ("min_pass_rate (expect_column_mean_to_be_between on passed): "
+            "observed 0.8 against threshold min_value=0.9") in message
     assert "Rows quarantined by expectation: output_length: 4" in message and "publish will not run" in message
     assert_failed_without_commit(store, err)
     assert pickle.loads(pickle.dumps(err)).summary == err.summary
@@ -214,13 +230,14 @@ def test_duplicate_rate_min_rows_and_label_share_thresholds(store, tmp_path):
     config = run_config(tmp_path, task_types=["ynqa"], min_pass_rate=0.5, min_rows=100, max_duplicate_rate=0.01)
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(store, RUN, config, [shard])
+        validate(store, RUN, config, [shard], chunk_stage(store))
 
     failed = {f["name"]: f for f in caught.value.summary["failed"]}
     assert set(failed) == {"min_rows", "max_duplicate_rate", "max_label_share:ynqa"}
     assert failed["min_rows"]["observed_value"] == 29
     assert failed["max_label_share:ynqa"]["observed_value"] == 1.0
-    assert "max_label_share:ynqa (expect_column_max_to_be_between on label_share__ynqa): observed 1.0" in str(caught.value)
+    assert ("max_label_share:ynqa (expect_column_max_to_be_between on label_share__ynqa): "
+            "observed 1.0") in str(caught.value)
 
 
 class ContractBreakingStore(LocalStore):
@@ -243,7 +260,7 @@ def test_a_null_breaks_the_contract_and_fails_the_run(tmp_path):
     shard = commit_generate_shard(store, clean_rows(3))
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(store, RUN, run_config(tmp_path), [shard])
+        validate(store, RUN, run_config(tmp_path), [shard], chunk_stage(store))
 
     assert [f["name"] for f in caught.value.summary["failed"]] == ["not_null:model_revision"]
     assert "on model_revision__present" in str(caught.value)
@@ -259,25 +276,28 @@ def test_a_schema_break_is_named(tmp_path):
 
     with pytest.raises(ValidationFailed, match="breaks the contract: missing column run_id \\(string\\); "
                                                "column sample_index is int64, expected int32"):
-        validate(store, RUN, run_config(tmp_path), [commit_generate_shard(store, clean_rows(3))])
+        validate(store, RUN, run_config(tmp_path), [commit_generate_shard(store, clean_rows(3))], chunk_stage(store))
 
 
 def test_zero_rows_fails_with_a_clear_message(store, tmp_path):
     shards = [commit_generate_shard(store, [], shard=0, parse_failures=2), commit_generate_shard(store, [], shard=1)]
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(store, RUN, run_config(tmp_path), shards)
+        validate(store, RUN, run_config(tmp_path), shards, chunk_stage(store))
 
     assert "2 generate shard(s) produced 0 examples (2 generations dropped)" in str(caught.value)
     assert StageWriter(store, RUN, "validate").committed() is None
 
 
-def test_a_missing_chunk_stage_is_named(tmp_path):
-    store = LocalStore(tmp_path / "store")
-    shard = commit_generate_shard(store, clean_rows(3))
-
-    with pytest.raises(ValidationFailed, match="needs the chunk stage .* re-run the chunk task"):
-        validate(store, RUN, run_config(tmp_path), [shard])
+def test_the_chunks_are_an_input_of_validate(store, tmp_path):
+    """Validate is handed the chunk manifest and hashes it: new chunks redo the check."""
+    config = run_config(tmp_path)
+    shard = commit_generate_shard(store, clean_rows(10))
+    first = validate(store, RUN, config, [shard], chunk_stage(store))
+    assert validate(store, RUN, config, [shard], chunk_stage(store)) == first
+    rechunked = commit_chunks(store, 100)
+    again = validate(store, RUN, config, [shard], rechunked)
+    assert again.input_manifest_sha256[-1] == rechunked.sha256 != first.input_manifest_sha256[-1]
 
 
 def test_expectation_names_are_unique_and_cover_every_column(tmp_path):
@@ -291,3 +311,44 @@ def test_import_does_not_load_great_expectations():
     env = {**os.environ, "PYTHONPATH": str(Path(bonito_tasks.__file__).parents[1])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# A source passage that itself documents Bonito's format: the markers in it are the document's own.
+MARKUP_PASSAGE = ("Prompt templates: write {{context}} where the passage goes and <|pipe|> between the instruction "
+                  "and the answer. A template without the pipe is rejected by the parser.")
+
+
+def commit_markup_chunk(store) -> Manifest:
+    writer = StageWriter(store, RUN, "chunk")
+    writer.begin()
+    row = {"chunk_id": "chunk-markup", "doc_id": "doc-1", "chunk_index": 0, "char_start": 0,
+           "char_end": len(MARKUP_PASSAGE), "n_tokens": 40, "text": MARKUP_PASSAGE, "also_in": []}
+    writer.add("chunks", pa.Table.from_pylist([row], CHUNKS))
+    return writer.commit(config_sha256="chunk-config", metrics=ChunkMetrics(chunks=1))
+
+
+def test_markup_in_the_chunk_text_passes_markup_in_the_generated_text_is_quarantined(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    chunks = commit_markup_chunk(store)
+
+    def row(i: int, task_type: str, input: str, output: str) -> dict:
+        return dict(clean_row(i, task_type), chunk_id="chunk-markup", input=input, output=output)
+
+    rows = [
+        row(0, "summarization", f"Summarize this passage:\n{MARKUP_PASSAGE}", "How prompt templates are written."),
+        row(1, "summarization", f"{MARKUP_PASSAGE}\nWhat does this text say? Quote it.", f"It says: {MARKUP_PASSAGE}"),
+        row(2, "summarization", f"Summarize this passage:\n{MARKUP_PASSAGE}\n<|task|>", "Templates."),
+        row(3, "summarization", f"Summarize {{{{context}}}}:\n{MARKUP_PASSAGE}", "Templates."),
+        row(4, "summarization", f"Summarize this passage briefly:\n{MARKUP_PASSAGE}", "Templates.\n<|pipe|>\nmore"),
+    ]
+    config = run_config(tmp_path, task_types=["summarization"], min_pass_rate=0.2)
+
+    manifest = validate(store, RUN, config, [commit_generate_shard(store, rows)], chunks)
+
+    quarantine = store.read_table(manifest, "quarantine").to_pylist()
+    assert {r["example_id"]: r["failed_expectations"] for r in quarantine} == {
+        "ex-2": ["no_leftover_markup:input"],
+        "ex-3": ["no_leftover_markup:input"],
+        "ex-4": ["no_leftover_markup:output"],
+    }
+    assert store.read_table(manifest, "examples")["example_id"].to_pylist() == ["ex-0", "ex-1"]

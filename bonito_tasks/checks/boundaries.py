@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bonito_tasks.contracts import CHUNKS, DOCUMENTS, Manifest
-from bonito_tasks.store import ArtifactStore, StageWriter
-from bonito_tasks.validate.profile import present_probe
-from bonito_tasks.validate.run import ValidationFailed, _describe, _ephemeral_context, _pandas, _run
+from bonito_tasks.checks.gx import ValidationFailed, describe, ephemeral_context, present_probe, run_suite, to_pandas
+from bonito_tasks.contracts import CHUNKS, DOCUMENTS, FORBIDDEN_CHARS_PATTERN, Manifest
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import ArtifactStore
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
@@ -57,23 +57,31 @@ def _not_null(schema: pa.Schema) -> list[Expectation]:
     ]
 
 
+def _clean_text() -> Expectation:
+    import great_expectations.expectations as gxe
+
+    return gxe.ExpectColumnValuesToBeInSet(
+        column="text_has_forbidden_chars", value_set=[False], meta=_contract("text_clean"),
+        description="text holds no U+FFFE, U+FFFD or C0 control character but newline and tab")
+
+
 def _check(suite_name: str, what: str, uri: str, columns: pa.Table, expectations: list[Expectation]) -> None:
     """Run one boundary suite on the profile `columns`; raise ValidationFailed listing what failed.
     (The schema itself is enforced by the store: parts are cast to the contract when read.)"""
     import great_expectations as gx
 
-    context = _ephemeral_context()
+    context = ephemeral_context()
     suite = context.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
-    outcome = _run(context, context.data_sources.add_pandas("bonito"), what, suite, _pandas(columns))
+    outcome = run_suite(context, context.data_sources.add_pandas("bonito"), what, suite, to_pandas(columns))
     if outcome.failed:
         for failure in outcome.failed:
             failure.pop("unexpected_index_list", None)
         lines = [f"{what} at {uri} break the {suite_name} contract; the stage was not committed:"]
-        raise ValidationFailed("\n".join(lines + [_describe(f) for f in outcome.failed]),
+        raise ValidationFailed("\n".join(lines + [describe(f) for f in outcome.failed]),
                                {"suite": suite_name, "failed": outcome.failed})
 
 
-def validate_documents(store: ArtifactStore, writer: StageWriter) -> None:
+def check_documents(store: ArtifactStore, writer: StageWriter) -> None:
     """The documents the extract stage wrote: schema, non-empty text, unique sha256 ids, page offsets in bounds."""
     import great_expectations.expectations as gxe
 
@@ -86,6 +94,7 @@ def validate_documents(store: ArtifactStore, writer: StageWriter) -> None:
             "doc_id": doc_id,
             "doc_id_is_sha256": pc.match_substring_regex(pc.fill_null(doc_id, ""), SHA256_REGEX),
             "text_nonblank_chars": pc.utf8_length(pc.utf8_trim_whitespace(text)),
+            "text_has_forbidden_chars": pc.match_substring_regex(text, FORBIDDEN_CHARS_PATTERN),
             "page_starts_in_bounds": pa.array(
                 [None if s is None else (s == sorted(s) and all(0 <= p <= n for p in s))
                  for s, n in zip(starts, lengths)],
@@ -99,9 +108,11 @@ def validate_documents(store: ArtifactStore, writer: StageWriter) -> None:
     expectations = _not_null(DOCUMENTS) + [
         gxe.ExpectColumnValuesToBeInSet(column="doc_id_is_sha256", value_set=[True], meta=_contract("doc_id_sha256"),
                                         description="doc_id is a sha256 hex digest"),
-        gxe.ExpectColumnValuesToBeUnique(column="doc_id", meta=_contract("unique_doc_id"), description="one row per doc_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="doc_id", meta=_contract("unique_doc_id"),
+                                         description="one row per doc_id"),
         gxe.ExpectColumnValuesToBeBetween(column="text_nonblank_chars", min_value=1, meta=_contract("text_not_empty"),
                                           description="text has a non-blank character"),
+        _clean_text(),
         gxe.ExpectColumnValuesToBeInSet(column="page_starts_in_bounds", value_set=[True],
                                         meta=_contract("page_starts_in_bounds"),
                                         description="page starts ascend and lie within the text"),
@@ -109,7 +120,7 @@ def validate_documents(store: ArtifactStore, writer: StageWriter) -> None:
     _check(DOCUMENTS_SUITE, "documents", store.uri(writer.prefix), columns, expectations)
 
 
-def validate_chunks(store: ArtifactStore, writer: StageWriter, documents: Manifest) -> None:
+def check_chunks(store: ArtifactStore, writer: StageWriter, documents: Manifest) -> None:
     """The chunks the chunk stage wrote: schema, non-empty text, spans inside their document and
     matching the text's length, unique ids."""
     import great_expectations.expectations as gxe
@@ -133,6 +144,7 @@ def validate_chunks(store: ArtifactStore, writer: StageWriter, documents: Manife
             "end_minus_doc_chars": pc.subtract(end, doc_chars),
             "span_minus_text_chars": pc.subtract(pc.subtract(end, start), pc.utf8_length(text)),
             "text_nonblank_chars": pc.utf8_length(pc.utf8_trim_whitespace(text)),
+            "text_has_forbidden_chars": pc.match_substring_regex(text, FORBIDDEN_CHARS_PATTERN),
             "n_tokens": chunks["n_tokens"].combine_chunks(),
         }
 
@@ -153,6 +165,7 @@ def validate_chunks(store: ArtifactStore, writer: StageWriter, documents: Manife
                                           description="char_end - char_start == length of the chunk text"),
         gxe.ExpectColumnValuesToBeBetween(column="text_nonblank_chars", min_value=1, meta=_contract("text_not_empty"),
                                           description="text has a non-blank character"),
+        _clean_text(),
         gxe.ExpectColumnValuesToBeBetween(column="n_tokens", min_value=1, meta=_contract("has_tokens"),
                                           description="n_tokens >= 1"),
     ]

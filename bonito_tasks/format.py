@@ -1,4 +1,7 @@
-"""Bonito's prompt format, exactly as the reference library builds it."""
+"""Bonito's prompt format (markers, prompt, target), exactly as the reference library builds it.
+
+Shared by generate (prompts, parsing) and validate (markup checks), so it sits below both.
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from bonito_airflow.local import REPO, configure, load_dag, setup_db
+from bonito_dev.local import REPO, configure, load_dag, setup_db
 
 DEMO_DIR = REPO / "demo-output"
 
@@ -37,10 +37,12 @@ def main() -> int:
         return 1
     published = StageWriter(open_store(conf["store"]), RunRef(dag_id=dag.dag_id, run_id=dag_run.run_id),
                             "publish").committed()
-    summary = {k: published.metrics.get(k) for k in ("examples", "examples_per_task_type", "dataset_uri")}
+    metrics = published.metrics
+    summary = {"examples": metrics.examples, "examples_per_task_type": metrics.examples_per_task_type,
+               "dataset_uri": metrics.dataset_uri}
     print(json.dumps({"run_id": dag_run.run_id, "wall_s": round(elapsed, 1), **summary}, indent=2))
-    print(f"\nPublished {published.metrics['examples']} examples to {published.metrics['dataset_uri']}")
-    print(f"Load it with: datasets.load_dataset({published.metrics['dataset_uri']!r})")
+    print(f"\nPublished {metrics.examples} examples to {metrics.dataset_uri}")
+    print(f"Load it with: datasets.load_dataset({metrics.dataset_uri!r})")
     return 0
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from bonito_tasks.contracts import CHUNKS, DOCUMENTS, RunRef, sha256_hex
-from bonito_tasks.store import LocalStore, StageWriter
-from bonito_tasks.validate import ValidationFailed, validate_chunks, validate_documents
+from bonito_tasks.checks import ValidationFailed, check_chunks, check_documents
+from bonito_tasks.contracts import CHUNKS, DOCUMENTS, ExtractMetrics, RunRef, sha256_hex
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore
 
 RUN = RunRef(dag_id="d", run_id="r")
 TEXT = "First page of the policy.\nSecond page of the policy."
@@ -41,25 +42,28 @@ def store(tmp_path):
 @pytest.fixture
 def documents(store):
     writer = written(store, "extract", "documents", [document()], DOCUMENTS)
-    return writer.commit(config_sha256="c")
+    return writer.commit(config_sha256="c", metrics=ExtractMetrics())
 
 
 def test_clean_documents_and_chunks_pass(store, documents):
-    validate_documents(store, written(store, "extract2", "documents", [document(), document("Other.", page_starts=None)],
+    check_documents(store, written(store, "extract2", "documents", [document(), document("Other.", page_starts=None)],
                                       DOCUMENTS))
-    validate_chunks(store, written(store, "chunk", "chunks", [chunk(0, 25), chunk(26, len(TEXT))], CHUNKS), documents)
+    check_chunks(store, written(store, "chunk", "chunks", [chunk(0, 25), chunk(26, len(TEXT))], CHUNKS), documents)
 
 
 @pytest.mark.parametrize("row, failed", [
     (document(text=" \n ", page_starts=None), "text_not_empty"),
     (document(doc_id="not-a-hash"), "doc_id_sha256"),
     (document(page_starts=[0, 500]), "page_starts_in_bounds"),
+    (document(text="manip\ufffeulation", page_starts=None), "text_clean"),
+    (document(text="line one\rline two", page_starts=None), "text_clean"),
+    (document(text="lost \ufffd byte", page_starts=None), "text_clean"),
 ])
 def test_a_broken_document_fails_the_extract_contract(store, row, failed):
     writer = written(store, "extract", "documents", [document("Fine.", page_starts=None), row], DOCUMENTS)
 
     with pytest.raises(ValidationFailed, match=f"(?s)break the bonito_documents contract.*- {failed} ") as caught:
-        validate_documents(store, writer)
+        check_documents(store, writer)
 
     assert [f["name"] for f in caught.value.summary["failed"]] == [failed]
 
@@ -69,11 +73,12 @@ def test_a_broken_document_fails_the_extract_contract(store, row, failed):
     (chunk(0, 25, text="First page"), "span_matches_text"),
     (chunk(0, 3, text="   "), "text_not_empty"),
     (chunk(0, 25, doc_id="unknown"), "known_document"),
+    (chunk(0, 25, text="First page of the\x07policy"), "text_clean"),
 ])
 def test_a_broken_chunk_fails_the_chunk_contract(store, documents, row, failed):
     writer = written(store, "chunk", "chunks", [chunk(26, len(TEXT)), row], CHUNKS)
 
     with pytest.raises(ValidationFailed, match=f"(?s)break the bonito_chunks contract.*- {failed} ") as caught:
-        validate_chunks(store, writer, documents)
+        check_chunks(store, writer, documents)
 
     assert [f["name"] for f in caught.value.summary["failed"]] == [failed]
