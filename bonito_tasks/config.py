@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from bonito_tasks.contracts import canonical_json, sha256_hex
+from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.task_types import normalize_task_type
 
 # Bonito was trained on inputs truncated to 1024 tokens. A chunk leaves room in that budget for
@@ -14,6 +16,7 @@ from bonito_tasks.task_types import normalize_task_type
 TRAINING_INPUT_TOKENS = 1024
 PROMPT_OVERHEAD_TOKENS = 32
 DEFAULT_MODEL = "BatsResearch/bonito-v1"
+NOT_BLANK = {"minLength": 1, "pattern": r"\S"}
 
 
 class RunConfig(BaseModel):
@@ -22,8 +25,11 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     # Where documents come from and where artifacts go.
-    source: str = Field(description="Folder, file or s3://bucket/prefix of documents (.txt .md .html .pdf .docx).")
-    store: str = Field(description="Artifact store root: a local folder or s3://bucket/prefix.")
+    # NOT_BLANK: the form refuses an empty or blank value too (the validator below words the error).
+    source: str = Field(description="Folder, file or s3://bucket/prefix of documents (.txt .md .html .pdf .docx).",
+                        json_schema_extra=NOT_BLANK)
+    store: str = Field(description="Artifact store root: a local folder or s3://bucket/prefix.",
+                       json_schema_extra=NOT_BLANK)
     max_file_bytes: int = Field(50 * 2**20, gt=0, description="Files larger than this are rejected.")
     include: list[str] = Field(
         default=["**"], description="Globs (relative to source) of files to read, e.g. ['**/*.pdf']."
@@ -32,7 +38,22 @@ class RunConfig(BaseModel):
     text_column: str = Field(
         "text", min_length=1, description="Column holding the text in .jsonl .csv .parquet and saved HF datasets."
     )
-    full_refresh: bool = Field(False, description="Reprocess every document, not only those missing from the ledger.")
+    full_refresh: bool = Field(
+        False, description="Reprocess every document (and rejected file), ignoring the ledger; by default a "
+                           "document is processed only for what the ledger lacks (task types, model, publish target)."
+    )
+    retry_rejects: bool = Field(
+        False, description="Read again the files the ledger remembers as rejected (by default an unchanged "
+                           "rejected file is skipped and counted in skipped_rejects)."
+    )
+
+    # Scale-out: extract and chunk run as partitions of the source listing, one mapped task each.
+    partition_bytes: int = Field(
+        256 * 2**20, gt=0, description="Bytes of source files per extract/chunk partition (the last may hold less)."
+    )
+    max_partitions: int = Field(
+        64, ge=1, le=1024, description="Most extract/chunk partitions (mapped tasks) per run (Airflow maps <= 1024)."
+    )
 
     # What to generate.
     task_types: list[str] = Field(
@@ -43,8 +64,18 @@ class RunConfig(BaseModel):
     chunk_max_tokens: int | None = Field(
         None, gt=16, description="Most tokens per chunk; default leaves room for prompt and output in 1024."
     )
-    chunk_shard_size: int = Field(
-        500, gt=0, le=100_000, description="Chunks per generate shard (one mapped task each)."
+    chunk_shard_size: int | None = Field(
+        None, gt=0, le=10_000_000,
+        description="Chunks per generate shard (one mapped task each); empty: auto, so engine start is a small "
+                    "share of each generate task (see gpu_slots, target_shard_minutes).",
+    )
+    gpu_slots: int = Field(
+        1, ge=1, le=1024, description="Slots of the gpu pool (BONITO_GPU_SLOTS): auto sizing makes at least this many "
+                                      "shards when there is enough work.",
+    )
+    target_shard_minutes: float = Field(
+        60, gt=0, description="Auto sizing: about how long one generate shard should run, judged by the speed and "
+                              "engine start of this DAG's last run on the same model (no figures: one shard per slot).",
     )
     chunk_overlap_tokens: int = Field(
         0, ge=0, description="Tokens of trailing whole sentences repeated at the start of the next chunk."
@@ -106,6 +137,19 @@ class RunConfig(BaseModel):
     )
     hub_private: bool = Field(True, description="Create the Hub repo private.")
     license: str = Field("other", description="License written into the dataset card.")
+    license_name: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9.-]*$",
+        description="With license 'other': a short id of the license for the card (the Hub asks for one), "
+                    "e.g. acme-internal-1.0; empty: 'unspecified'.")
+    license_link: str | None = Field(
+        None, pattern=r"^(https?://\S+|LICENSE|LICENSE\.md)$",
+        description="With license 'other': URL of the license text, or LICENSE / LICENSE.md in the repo "
+                    "(the Hub asks for one); empty: none.")
+    dataset_language: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]] = Field(
+        default=["en"],
+        description="Language codes (ISO 639-1 or 639-3, e.g. en, de) of the dataset's text, for the card's "
+                    "`language`. Bonito writes its instructions in English: add the documents' language(s) "
+                    "when they are not English; empty: none stated. Not detected from the text.")
     publish_mode: Literal["overwrite", "append", "pr"] = Field(
         "overwrite",
         description="overwrite: the dataset becomes this run's snapshot; append: add this run's new rows "
@@ -129,28 +173,33 @@ class RunConfig(BaseModel):
         return value
 
     @field_validator("hub_repo_id", "model_revision", "quantization", "export_s3_uri", "served_model_name",
-                     mode="before")
+                     "license_name", "license_link", mode="before")
     @classmethod
     def _empty_is_none(cls, value):
         return None if value == "" else value
 
     @model_validator(mode="after")
     def _fit_budget(self) -> RunConfig:
+        # Cross-field rules: each error names the params in conflict and their values (check_config).
         if self.chunk_max_tokens is None:
             budget = min(TRAINING_INPUT_TOKENS, self.max_model_len) - PROMPT_OVERHEAD_TOKENS - self.max_tokens
             if budget <= 16:
-                raise ValueError(f"max_tokens={self.max_tokens} leaves no room for a chunk in "
-                                 f"{TRAINING_INPUT_TOKENS} tokens")
+                raise _conflict(f"max_tokens ({self.max_tokens}) leaves no room for a chunk: "
+                                f"min({TRAINING_INPUT_TOKENS}, max_model_len ({self.max_model_len})) - prompt "
+                                f"({PROMPT_OVERHEAD_TOKENS}) - max_tokens = {budget} tokens (more than 16 needed)",
+                                max_tokens=self.max_tokens, max_model_len=self.max_model_len)
             object.__setattr__(self, "chunk_max_tokens", budget)
         needed = self.chunk_max_tokens + PROMPT_OVERHEAD_TOKENS + self.max_tokens
         if needed > self.max_model_len:
-            raise ValueError(
+            raise _conflict(
                 f"chunk_max_tokens ({self.chunk_max_tokens}) + prompt ({PROMPT_OVERHEAD_TOKENS}) + "
-                f"max_tokens ({self.max_tokens}) = {needed} exceeds max_model_len ({self.max_model_len})"
+                f"max_tokens ({self.max_tokens}) = {needed} exceeds max_model_len ({self.max_model_len})",
+                chunk_max_tokens=self.chunk_max_tokens, max_tokens=self.max_tokens, max_model_len=self.max_model_len,
             )
         if self.chunk_overlap_tokens >= self.chunk_max_tokens // 2:
-            raise ValueError(f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be under half of "
-                             f"chunk_max_tokens ({self.chunk_max_tokens})")
+            raise _conflict(f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be under half of "
+                            f"chunk_max_tokens ({self.chunk_max_tokens})",
+                            chunk_overlap_tokens=self.chunk_overlap_tokens, chunk_max_tokens=self.chunk_max_tokens)
         return self
 
     def sampling_params(self) -> dict:
@@ -158,3 +207,35 @@ class RunConfig(BaseModel):
 
     def sha256(self) -> str:
         return sha256_hex(canonical_json(self.model_dump()))
+
+
+def _conflict(message: str, **params: int) -> PydanticCustomError:
+    """A cross-field rule broken by `params` (name -> value), kept in the error's context."""
+    return PydanticCustomError("params_conflict", message, {"params": params})
+
+
+class ConfigRejected(PermanentFailure):
+    """The run's params (or the scheduled runs' settings) make no valid RunConfig."""
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem: the param(s) at fault with their values, then what is wrong."""
+    lines = []
+    for e in error.errors():
+        if e["type"] == "params_conflict":
+            params = ", ".join(f"{k}={v}" for k, v in e["ctx"]["params"].items())
+            lines.append(f"params in conflict: {params}: {e['msg']}")
+        elif e["loc"]:
+            lines.append(f"{e['loc'][0]}={e['input']!r}: {e['msg']}")
+        else:
+            lines.append(e["msg"])
+    return lines
+
+
+def check_config(values: dict, origin: str = "params") -> RunConfig:
+    """RunConfig(**values), or ConfigRejected naming every bad or conflicting param with its value."""
+    try:
+        return RunConfig(**values)
+    except ValidationError as error:
+        problems = describe_errors(error)
+        raise ConfigRejected(f"{origin} rejected ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)) from None

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
+FAILURE_NAME = "_failure.json"  # what a stage that failed left instead of a manifest (see StageFailure)
 
 DOCUMENTS = pa.schema(
     [
@@ -26,6 +27,9 @@ DOCUMENTS = pa.schema(
         pa.field("size_bytes", pa.int64(), nullable=False),
         pa.field("text", pa.large_string(), nullable=False),
         pa.field("page_starts", pa.list_(pa.int64())),  # char offset of each page (PDF), else null
+        # The run's task types still to do for this document (the ledger has the others for the
+        # run's processing target); null: all of the run's task types.
+        pa.field("pending_task_types", pa.list_(pa.string())),
     ]
 )
 
@@ -36,6 +40,8 @@ REJECTS = pa.schema(
         pa.field("reason", pa.string(), nullable=False),  # stable label, e.g. "corrupt_pdf"
         pa.field("detail", pa.string(), nullable=False),  # human-readable cause
         pa.field("size_bytes", pa.int64()),
+        # How the ledger remembers this reject (see ledger.reject_key); null: not remembered.
+        pa.field("ledger_key", pa.string()),
     ]
 )
 
@@ -49,6 +55,7 @@ CHUNKS = pa.schema(
         pa.field("n_tokens", pa.int32(), nullable=False),
         pa.field("text", pa.large_string(), nullable=False),
         pa.field("page", pa.int32()),  # 1-based PDF page where the chunk starts, else null
+        pa.field("pending_task_types", pa.list_(pa.string())),  # its document's; null: all of the run's
         # Other places with exactly the same text (exact duplicates are kept once).
         pa.field("also_in", pa.list_(pa.struct([("doc_id", pa.string()), ("char_start", pa.int64()),
                                                  ("char_end", pa.int64())])), nullable=False),
@@ -87,7 +94,31 @@ DROPPED_GENERATIONS = pa.schema(
 
 QUARANTINE = EXAMPLES.append(pa.field("failed_expectations", pa.list_(pa.string()), nullable=False))
 
+# The planned source listing: one row per file, in listing order, with the partition that reads it.
+SOURCE_FILES = pa.schema(
+    [
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("suffix", pa.string(), nullable=False),
+        pa.field("local_path", pa.string()),  # a local file or saved-dataset folder, else null
+        pa.field("reject_reason", pa.string()),  # found while listing (symlink escape, unreadable), else null
+        pa.field("reject_detail", pa.string()),
+    ]
+)
+
+# A document whose content an earlier partition already holds (kept once, like duplicate files).
+DUPLICATE_DOCUMENTS = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=False),  # the partition whose copy is dropped
+        pa.field("source_uri", pa.string(), nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
+    "source_files": SOURCE_FILES,
+    "duplicate_documents": DUPLICATE_DOCUMENTS,
     "documents": DOCUMENTS,
     "rejects": REJECTS,
     "chunks": CHUNKS,
@@ -167,9 +198,11 @@ class RejectSample(BaseModel):
 
 class ExtractMetrics(_Metrics):
     stage: Literal["extract"] = "extract"
+    partitions: int = 0  # 0: a partition's own manifest
     files: int = 0  # files listed under the source
     documents: int = 0  # new documents committed
     skipped_known: int = 0  # documents already in the ledger
+    skipped_rejects: int = 0  # files the ledger remembers as rejected, unchanged: not read again
     duplicate_files: int = 0  # files (or rows) whose content another file already gave
     rejects: int = 0
     pages: int = 0
@@ -180,17 +213,39 @@ class ExtractMetrics(_Metrics):
     reject_samples: list[RejectSample] = Field(default_factory=list)  # the first 100
 
 
+class PlanMetrics(_Metrics):
+    stage: Literal["plan"] = "plan"
+    files: int = 0
+    source_bytes: int = 0
+    partitions: int = 0
+    largest_partition_bytes: int = 0
+    wall_s: float = 0.0
+
+
 class ChunkMetrics(_Metrics):
     stage: Literal["chunk"] = "chunk"
+    partitions: int = 0  # 0: a partition's own manifest
     documents: int = 0
-    chunks: int = 0
-    shards: int = 0
+    chunks: int = 0  # kept (the stage), or made before cross-partition de-duplication (a partition)
+    shards: int = 0  # generate shards
+    shard_size: int = 0  # chunks per generate shard
+    shard_parts: list[int] = Field(default_factory=list)  # the first chunks part of each generate shard
     duplicate_chunks: int = 0
     short_chunks: int = 0
     chunk_max_tokens: int = 0
     chunk_overlap_tokens: int = 0
     chunk_min_chars: int = 0
     wall_s: float = 0.0
+
+
+def generate_shard_parts(chunks: Manifest, shard: int) -> range:
+    """The chunks parts that make up one generate shard (one part per shard when the chunk
+    manifest does not plan shards)."""
+    n_parts = len(chunks.shards_of("chunks"))
+    starts = chunks.metrics.shard_parts if isinstance(chunks.metrics, ChunkMetrics) else []
+    if not starts:
+        return range(shard, shard + 1)
+    return range(starts[shard], starts[shard + 1] if shard + 1 < len(starts) else n_parts)
 
 
 class GenerateMetrics(_Metrics):
@@ -203,8 +258,25 @@ class GenerateMetrics(_Metrics):
     duplicates_dropped: int = 0
     prompts_too_long: int = 0
     parse_failures: dict[str, int] = Field(default_factory=dict)
-    attempt_wall_s: float = 0.0  # the attempt that committed
-    attempt_output_tokens_per_s: float | None = None
+    # The attempt that committed: engine start and generation are timed apart, so the speed of the
+    # engine is not mixed with the cost of starting it.
+    attempt_wall_s: float = 0.0
+    engine_start_s: float = 0.0  # 0 when the engine was shared (server backend, tests)
+    generate_s: float = 0.0
+    output_tokens_per_s: float | None = None  # tokens generated by this attempt / generate_s
+
+
+class GenerateFigures(BaseModel):
+    """What the last run of a DAG measured of generation, for sizing the next run's shards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    model_id: str
+    backend: str
+    tensor_parallel_size: int
+    engine_start_s: float  # one engine start (mean over the shards that started one)
+    seconds_per_generation: float  # generate wall time per generation (prompt x n), at full batch
 
 
 class SuiteRef(BaseModel):
@@ -287,16 +359,20 @@ class PublishMetrics(_Metrics):
     dataset_uri: str
     publish_mode: str
     examples: int = 0  # rows the dataset holds
-    examples_added: int = 0  # of them, added by this run
+    # Of them, rows this publish added: 0 when the Hub target already held the files (no commit).
+    examples_added: int = 0
     duplicates_skipped: int = 0
     documents: int = 0
     examples_per_task_type: dict[str, int] = Field(default_factory=dict)
     files: dict[str, PublishedFile] = Field(default_factory=dict)
     hub_url: str | None = None
     hub_commit_sha: str | None = None
+    # True when this publish's commit holds the files (also one whose answer was lost and that a retry
+    # found on the branch); False when the repo already held them.
     hub_new_commit: bool | None = None
     hub_pr_url: str | None = None
     export_uri: str | None = None
+    export_snapshot_uri: str | None = None  # the complete snapshot the export's _latest.json names
 
 
 class CombinedMetrics(_Metrics):
@@ -308,7 +384,8 @@ class CombinedMetrics(_Metrics):
 
 
 StageMetrics = Annotated[
-    ExtractMetrics | ChunkMetrics | GenerateMetrics | ValidateMetrics | PublishMetrics | CombinedMetrics,
+    PlanMetrics | ExtractMetrics | ChunkMetrics | GenerateMetrics | ValidateMetrics | PublishMetrics
+    | CombinedMetrics,
     Field(discriminator="stage"),
 ]
 
@@ -346,6 +423,21 @@ class Manifest(BaseModel):
         return sha256_hex(canonical_json(self.model_dump(exclude={"created_at", "metrics"})))
 
 
+class StageFailure(BaseModel):
+    """Why a stage (or one partition of it) did not commit: `_failure.json` in its folder, written by
+    the stage harness when the stage's work raised, removed when an attempt commits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    partition: int | None = None
+    error: str  # the exception's type
+    message: str
+    permanent: bool  # a PermanentFailure: a retry cannot fix it
+    details: dict[str, Any] = Field(default_factory=dict)  # structured findings (validate: failed expectations)
+    failed_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
 # ---- The run summary: what each stage of one run committed, for the log, XCom and summary.json.
 
 
@@ -358,9 +450,27 @@ class GenerateSummary(BaseModel):
     examples: int = 0
     dropped_generations: int = 0
     generated_tokens: int = 0
-    wall_s: float = 0.0
-    output_tokens_per_s: float | None = None
+    wall_s: float = 0.0  # the committing attempts, engine starts included
+    engine_start_s: float = 0.0
+    generate_s: float = 0.0
+    output_tokens_per_s: float | None = None  # while generating (engine starts excluded)
     gpu_hours: float | None = None
+
+
+class FailureCause(BaseModel):
+    """Why the run failed, as the on-call needs it first: the stage, its message, and the findings
+    behind it (failed expectations with observed value and threshold, quarantine counts, rejects)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    partition: int | None = None
+    error: str
+    message: str
+    failed_expectations: list[ExpectationOutcome] = Field(default_factory=list)
+    quarantined: dict[str, int] = Field(default_factory=dict)  # expectation -> rows quarantined
+    rejects_by_reason: dict[str, int] = Field(default_factory=dict)  # extract: files rejected, by reason
+    dropped_by_reason: dict[str, int] = Field(default_factory=dict)  # generate: generations dropped, by reason
 
 
 class RunSummary(BaseModel):
@@ -369,7 +479,9 @@ class RunSummary(BaseModel):
     dag_id: str
     run_id: str
     run_folder: str  # where the run's artifacts are in the store
-    stages: dict[str, str]  # stage -> "committed", "not committed", "3/4 shards committed", ...
+    stages: dict[str, str]  # stage -> "committed", "not committed", "failed", "3/4 shards committed", ...
+    failed_stage: str | None = None  # the first stage that failed (None: no stage left a failure)
+    cause: FailureCause | None = None
     # What each committed stage reported (None: the stage did not commit).
     extracted: ExtractMetrics | None = None
     chunked: ChunkMetrics | None = None

@@ -1,60 +1,443 @@
-"""The ledger of processed documents: which doc_ids (content hashes) a DAG has already published.
+"""The ledger: what a DAG's earlier runs already did, so that a nightly run does only what is new.
 
-Layout: `<store>/<dag_id>/_ledger/part-<run_id>.parquet`, one part per run, written in one
-atomic write after publish succeeded. Concurrent runs write different parts, so they cannot
-corrupt each other; a retried run rewrites its own part with the same rows, so it never
-appends twice. The ledger is the union of the parts.
+It holds two kinds of facts, one row each, in `<store>/<dag_id>/_ledger/*.parquet`:
+
+- `done`: document `key` (its doc_id) was processed for `task_type` into the processing target
+  `scope` (`target_key`: the model, its revision and where the dataset is published) and that
+  run published. A new task type, model, revision or publish target therefore processes the
+  known documents again, for what is new only; sampling and chunking params are not part of
+  the target (see `processing_target`).
+- `reject`: the file with ledger key `key` was rejected for `reason` under the extraction
+  settings `scope` (`reject_scope`). The key is the sha256 of the file's bytes when it was read,
+  else a hash of what decided the reject without reading it (URI, size, mtime, reason, detail),
+  so a changed file is read again. I/O errors (`unreadable`) are never remembered.
+
+Parts. `update_ledger` writes one part per run after publish succeeded,
+`part-<run_id>-<digest>.parquet`, in one atomic write; the digest is a hash of the part's
+rows, so an object name never holds two different contents: a retry rewrites the same object,
+and a retry that records something else writes another part. `compact_ledger` replaces the parts
+by one `compact-<digest>.parquet` once there are more than `COMPACT_AFTER_PARTS`: it writes the
+compacted part first, listing in its metadata the names of the parts it replaces, then deletes
+them. Readers ignore a part that a present compacted part lists, and de-duplicate the rest, so
+every crash point leaves a ledger that loses nothing and counts nothing twice; leftovers of a
+crash are deleted by the next compaction. Parts written before this format (`doc_id`,
+`source_uri`, `run_id`, `recorded_at`) are read as done for every target and task type.
+
+Memory: `load_ledger` keeps 32-byte digests and one shared set of task types per distinct
+combination (about 100 bytes per document); it never reads texts.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bonito_tasks.contracts import Manifest, RunRef
-from bonito_tasks.store import ArtifactStore, parquet_bytes, safe_segment
+from bonito_tasks.config import RunConfig
+from bonito_tasks.contracts import Manifest, RunRef, canonical_json, sha256_hex
+from bonito_tasks.stage import PACKAGE_DIR, code_version
+from bonito_tasks.store import ArtifactStore, StoreError, safe_segment
+
+log = logging.getLogger(__name__)
+
+COMPACT_AFTER_PARTS = 64  # compact once more parts than this are live
+ANY = "*"  # scope and task_type of rows carried over from the first format: done for everything
+DONE, REJECT = "done", "reject"
+NOT_REMEMBERED = frozenset({"unreadable"})  # I/O errors may pass: such files are tried every run
+REPLACES_KEY = b"bonito.ledger.replaces"  # compacted part's metadata: JSON list of the part names it replaces
+TARGETS_KEY = b"bonito.ledger.targets"  # JSON {target_key: target}: what the hashes in `scope` stand for
+SCAN_ATTEMPTS = 5  # a part may vanish under a reader when a compaction deletes it: list again
 
 LEDGER = pa.schema(
     [
-        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # "done" or "reject"
+        pa.field("key", pa.string(), nullable=False),  # done: doc_id; reject: the file's ledger key
+        pa.field("scope", pa.string(), nullable=False),  # done: target_key; reject: reject_scope
+        pa.field("task_type", pa.string()),  # done: the task type processed; reject: null
+        pa.field("reason", pa.string()),  # reject: the reject reason; done: null
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("recorded_at", pa.string(), nullable=False),
     ]
 )
+IDENTITY = ["kind", "key", "scope", "task_type"]  # one fact; the other columns say where and when
+LEGACY = ["doc_id", "source_uri", "run_id", "recorded_at"]
 
 
 def ledger_prefix(dag_id: str) -> str:
     return f"{safe_segment(dag_id)}/_ledger"
 
 
-def _parts(store: ArtifactStore, dag_id: str) -> list[str]:
-    # Only committed parts: a local write in progress is a hidden temp file.
-    return [k for k in store.list(ledger_prefix(dag_id))
-            if k.rsplit("/", 1)[-1].startswith("part-") and k.endswith(".parquet")]
+# ---- What a row is about
 
 
-def load_ledger(store: ArtifactStore, dag_id: str) -> set[str]:
-    """Every doc_id recorded for the DAG (hashes only: about 100 bytes per document)."""
-    known: set[str] = set()
-    for key in _parts(store, dag_id):
-        known.update(pq.read_table(io.BytesIO(store.read_bytes(key)), columns=["doc_id"])["doc_id"].to_pylist())
+def processing_target(config: RunConfig) -> dict[str, Any]:
+    """What a document is processed into, besides its task types: the model and its revision as
+    configured, and where the dataset is published (neither Hub repo nor export: the store only).
+
+    Sampling params (temperature, top_p, n, max_tokens), chunking and validation thresholds are
+    deliberately left out: they tune how the same dataset is made, and a changed knob would
+    otherwise regenerate the whole corpus on the next nightly run (hours of GPU) and, in append
+    mode, add a second set of rows for every chunk. Use `full_refresh` to regenerate on purpose.
+    The model is keyed by the configured id and revision, not by hashing a local model's weights:
+    the extract worker need not have the model, and both ends must compute the same key; point
+    `model_id` at a new folder (or pin a new revision) to process the corpus with a new model.
+    """
+    return {
+        "model_id": config.model_id.rstrip("/") or config.model_id,
+        "model_revision": config.model_revision,
+        "hub_repo_id": config.hub_repo_id,
+        "export_s3_uri": config.export_s3_uri.rstrip("/") if config.export_s3_uri else None,
+    }
+
+
+def target_key(config: RunConfig) -> str:
+    """sha256 of the canonical JSON of `processing_target`."""
+    return sha256_hex(canonical_json(processing_target(config)))
+
+
+def reject_scope(config: RunConfig) -> str:
+    """What decides a reject besides the file: the settings and the extract stage's code. A
+    changed `max_file_bytes` or `text_column`, or a new release of the readers, tries the
+    remembered rejects once more."""
+    extract_code = code_version(PACKAGE_DIR / "extract")
+    return sha256_hex(canonical_json({"max_file_bytes": config.max_file_bytes, "text_column": config.text_column,
+                                      "extract_code": extract_code}))
+
+
+def _mtime_ns(path: str | None) -> int | None:
+    """Last modification of a local file, or of the newest file in a local folder (a saved HF
+    dataset); None for an object store (its reject keys use size and detail only)."""
+    if not path:
+        return None
+    try:
+        if os.path.isdir(path):
+            return max((p.stat().st_mtime_ns for p in Path(path).rglob("*") if p.is_file()), default=None)
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def reject_key(file: Any, reject: Any) -> str | None:
+    """How the ledger remembers a rejected file: the sha256 of its bytes when the reject came after
+    reading them (`reject.content_sha256`), else a hash of what decided the reject without reading
+    the content (URI, size, mtime, reason and detail: any change tries the file again). None for a
+    reason that is not remembered. `file` is a SourceFile (uri, size, local_path); `reject` has
+    `reason`, `detail` and optionally `content_sha256`."""
+    if reject.reason in NOT_REMEMBERED:
+        return None
+    content = getattr(reject, "content_sha256", None)
+    if content:
+        return content
+    return sha256_hex(canonical_json([file.uri, file.size, _mtime_ns(getattr(file, "local_path", None)),
+                                      reject.reason, reject.detail]))
+
+
+# ---- What extract consults
+
+
+def _digest(key: str) -> bytes | str:
+    """A hex sha256 as its 32 bytes (half the memory of the string); anything else unchanged."""
+    try:
+        return bytes.fromhex(key) if len(key) == 64 else key
+    except ValueError:
+        return key
+
+
+@dataclass
+class Known:
+    """What the ledger knows for one run: per document the task types already done for the run's
+    processing target, and the rejects remembered under the run's extraction settings."""
+
+    task_types: tuple[str, ...] = ()
+    done: dict[bytes | str, frozenset[str]] = field(default_factory=dict)
+    rejects: dict[bytes | str, str] = field(default_factory=dict)  # ledger key -> reason
+
+    def pending(self, doc_id: str) -> list[str] | None:
+        """The run's task types still to do for a document, in the run's order: None for all of
+        them (the documents row's `pending_task_types` is then null), [] for none."""
+        done = self.done.get(_digest(doc_id))
+        if not done:
+            return None
+        if ANY in done:
+            return []
+        missing = [t for t in self.task_types if t not in done]
+        return None if len(missing) == len(self.task_types) else missing
+
+    def __contains__(self, doc_id: object) -> bool:
+        """Whether every task type of the run is done for the document: skip it."""
+        return isinstance(doc_id, str) and self.pending(doc_id) == []
+
+    def rejected(self, key: str | None) -> str | None:
+        """The reason a remembered reject had, or None when the ledger does not remember it."""
+        return None if key is None else self.rejects.get(_digest(key))
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+
+NOTHING_KNOWN = Known()
+
+
+def load_ledger(store: ArtifactStore, dag_id: str, config: RunConfig) -> Known:
+    """What the DAG's ledger knows for this run's config. `full_refresh` ignores it all;
+    `retry_rejects` ignores the remembered rejects."""
+    task_types = tuple(config.task_types)
+    if config.full_refresh:
+        return Known(task_types)
+    target, scope = target_key(config), reject_scope(config)
+    remember_rejects = not config.retry_rejects
+
+    def scan(parts: list[tuple[str, Callable[[], pa.Table]]]) -> Known:
+        known = Known(task_types)
+        interned: dict[frozenset[str], frozenset[str]] = {}
+        for _, read in parts:
+            table = read()
+            is_done = pc.and_(pc.equal(table["kind"], DONE), pc.is_in(table["scope"], pa.array([target, ANY])))
+            for batch in table.filter(is_done).select(["key", "task_type"]).to_batches(max_chunksize=65536):
+                for key, task_type in zip(batch["key"].to_pylist(), batch["task_type"].to_pylist()):
+                    digest = _digest(key)
+                    had = known.done.get(digest)
+                    if had is not None and task_type in had:
+                        continue
+                    now = frozenset((task_type,)) if had is None else had | {task_type}
+                    known.done[digest] = interned.setdefault(now, now)
+            if remember_rejects:
+                is_reject = pc.and_(pc.equal(table["kind"], REJECT), pc.equal(table["scope"], scope))
+                rows = table.filter(is_reject).select(["key", "reason"])
+                for key, reason in zip(rows["key"].to_pylist(), rows["reason"].to_pylist()):
+                    known.rejects[_digest(key)] = reason
+        return known
+
+    known = _scanned(store, dag_id, scan)
+    log.info("ledger: %d document(s) with work done for target %s, %d remembered reject(s)%s",
+             len(known.done), target[:12], len(known.rejects), "" if remember_rejects else " (retry_rejects: ignored)")
     return known
 
 
-def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest) -> dict:
-    """Record the documents of a run's extract stage; call only after publish succeeded."""
+# ---- Reading the parts
+
+
+class _Vanished(Exception):
+    """A listed part disappeared before it was read (a compaction deleted it)."""
+
+
+def _is_part(key: str) -> bool:
+    # Only committed parts: a local write in progress is a hidden temp file.
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith(("part-", "compact-")) and name.endswith(".parquet")
+
+
+def _name(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def _read(store: ArtifactStore, key: str) -> bytes:
+    try:
+        return store.read_bytes(key)
+    except Exception as err:
+        if not store.exists(key):
+            raise _Vanished(key) from err
+        raise
+
+
+def _table(data: bytes) -> tuple[pa.Table, list[str], dict[str, Any]]:
+    """A part's rows in the current schema, the part names it replaces and its targets."""
+    table = pq.read_table(io.BytesIO(data))
+    metadata = table.schema.metadata or {}
+    replaces = json.loads(metadata.get(REPLACES_KEY, b"[]"))
+    targets = json.loads(metadata.get(TARGETS_KEY, b"{}"))
+    if "kind" not in table.column_names:  # the first format: doc_ids a run published, for any target
+        n = table.num_rows
+        table = pa.table({"kind": [DONE] * n, "key": table["doc_id"], "scope": [ANY] * n, "task_type": [ANY] * n,
+                          "reason": pa.nulls(n, pa.string()), "source_uri": table["source_uri"],
+                          "run_id": table["run_id"], "recorded_at": table["recorded_at"]})
+    return table.select(LEDGER.names).cast(LEDGER), replaces, targets
+
+
+@dataclass
+class _Snapshot:
+    live: list[str]  # parts to read
+    covered: list[str]  # parts a present compacted part replaces (leftovers of a compaction)
+
+
+def _snapshot(store: ArtifactStore, dag_id: str) -> _Snapshot:
+    keys = [k for k in store.list(ledger_prefix(dag_id)) if _is_part(k)]
+    covered_names = {name for k in keys if _name(k).startswith("compact-") for name in _replaces(store, k)}
+    return _Snapshot(live=[k for k in keys if _name(k) not in covered_names],
+                     covered=[k for k in keys if _name(k) in covered_names])
+
+
+def _replaces(store: ArtifactStore, key: str) -> list[str]:
+    """The part names a compacted part replaces, from its Parquet footer only."""
+    try:
+        with store.open_read(key) as f:
+            metadata = pq.read_schema(f).metadata or {}
+    except Exception as err:
+        if not store.exists(key):
+            raise _Vanished(key) from err
+        raise
+    return json.loads(metadata.get(REPLACES_KEY, b"[]"))
+
+
+T = TypeVar("T")
+
+
+def _scanned(store: ArtifactStore, dag_id: str, scan: Callable[[list[tuple[str, Callable[[], pa.Table]]]], T],
+             on_snapshot: Callable[[_Snapshot], None] | None = None) -> T:
+    """scan(parts) over the live parts, each read lazily (one in memory at a time); restarted from
+    a new listing when a part vanished under it."""
+    for _ in range(SCAN_ATTEMPTS):
+        try:
+            snap = _snapshot(store, dag_id)
+            if on_snapshot:
+                on_snapshot(snap)
+
+            def reader(key: str) -> Callable[[], pa.Table]:
+                return lambda: _table(_read(store, key))[0]
+
+            return scan([(key, reader(key)) for key in snap.live])
+        except _Vanished as gone:
+            log.info("ledger part %s vanished while read (a compaction ran): reading again", gone)
+    raise StoreError(f"the ledger under {ledger_prefix(dag_id)} kept changing while it was read")
+
+
+def _dedupe(table: pa.Table) -> pa.Table:
+    """One row per fact (kind, key, scope, task_type): the earliest recorded, in a stable order."""
+    if not table.num_rows:
+        return table
+    ordered = table.sort_by([*((c, "ascending") for c in IDENTITY), ("recorded_at", "ascending"),
+                             ("run_id", "ascending")])
+    rest = [c for c in LEDGER.names if c not in IDENTITY]
+    grouped = ordered.group_by(IDENTITY, use_threads=False).aggregate([(c, "first") for c in rest])
+    grouped = grouped.rename_columns([n.removesuffix("_first") for n in grouped.column_names])
+    return grouped.select(LEDGER.names).cast(LEDGER).sort_by([(c, "ascending") for c in IDENTITY])
+
+
+def read_ledger(store: ArtifactStore, dag_id: str) -> pa.Table:
+    """Every fact of the DAG's ledger, once each (the union of the live parts, de-duplicated)."""
+    def scan(parts):
+        tables = [read() for _, read in parts]
+        return _dedupe(pa.concat_tables(tables) if tables else LEDGER.empty_table())
+
+    return _scanned(store, dag_id, scan)
+
+
+def live_parts(store: ArtifactStore, dag_id: str) -> list[str]:
+    """The keys of the parts a reader reads now (not those a compacted part replaces)."""
+    return _snapshot(store, dag_id).live
+
+
+# ---- Writing
+
+
+def _part_bytes(table: pa.Table, targets: dict[str, Any], replaces: list[str] | None = None) -> bytes:
+    metadata = {TARGETS_KEY: canonical_json(targets).encode()}
+    if replaces is not None:
+        metadata[REPLACES_KEY] = json.dumps(replaces).encode()
+    table = table.replace_schema_metadata(metadata)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def write_part(store: ArtifactStore, run: RunRef, table: pa.Table, targets: dict[str, Any] | None = None) -> str:
+    """Write a run's facts (rows of LEDGER) as one part in one atomic write; its name holds the run
+    id and a digest of its rows (recorded_at aside), so equal names mean equal facts."""
+    table = table.select(LEDGER.names).cast(LEDGER).sort_by([(c, "ascending") for c in [*IDENTITY, "source_uri"]])
+    facts = table.drop_columns(["recorded_at"]).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, facts.schema) as stream:
+        stream.write_table(facts)
+    digest = sha256_hex(sink.getvalue().to_pybytes())
+    key = f"{ledger_prefix(run.dag_id)}/part-{safe_segment(run.run_id)}-{digest[:16]}.parquet"
+    return store.write_bytes(key, _part_bytes(table, targets or {}))
+
+
+def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest, config: RunConfig, *,
+                  compact_after: int = COMPACT_AFTER_PARTS) -> dict:
+    """Record a run's extract output: each document as done for the task types it was processed
+    for (its `pending_task_types`, null: all of the run's) into the run's processing target, and
+    each remembered reject. Call only after publish succeeded (or had nothing to publish). Then
+    compact the ledger when it has more than `compact_after` live parts."""
     recorded_at = datetime.now(UTC).isoformat()
-    ids, uris = [], []
+    target, scope = target_key(config), reject_scope(config)
+    columns: dict[str, list] = {name: [] for name in LEDGER.names}
+
+    def add(kind: str, key: str, row_scope: str, task_type: str | None, reason: str | None, uri: str) -> None:
+        for name, value in zip(LEDGER.names, (kind, key, row_scope, task_type, reason, uri, run.run_id, recorded_at)):
+            columns[name].append(value)
+
+    documents_recorded = rejects_recorded = 0
     for shard in range(len(documents.shards_of("documents"))):
-        table = store.read_shard(documents, "documents", shard, columns=["doc_id", "source_uri"])
-        ids += table["doc_id"].to_pylist()
-        uris += table["source_uri"].to_pylist()
-    table = pa.table({"doc_id": ids, "source_uri": uris, "run_id": [run.run_id] * len(ids),
-                      "recorded_at": [recorded_at] * len(ids)}, schema=LEDGER)
-    key = f"{ledger_prefix(run.dag_id)}/part-{safe_segment(run.run_id)}.parquet"
-    uri = store.write_bytes(key, parquet_bytes(table))
-    return {"ledger_part": uri, "recorded": len(ids)}
+        table = store.read_shard(documents, "documents", shard, columns=["doc_id", "source_uri", "pending_task_types"])
+        for doc_id, uri, pending in zip(*(table[c].to_pylist() for c in table.column_names)):
+            documents_recorded += 1
+            for task_type in pending or config.task_types:
+                add(DONE, doc_id, target, task_type, None, uri)
+    for shard in range(len(documents.shards_of("rejects"))):
+        table = store.read_shard(documents, "rejects", shard, columns=["source_uri", "stage", "reason", "ledger_key"])
+        for uri, stage, reason, key in zip(*(table[c].to_pylist() for c in table.column_names)):
+            if stage == "extract" and key:
+                rejects_recorded += 1
+                add(REJECT, key, scope, None, reason, uri)
+
+    result: dict[str, Any] = {"ledger_part": None, "recorded": documents_recorded, "rejects_recorded": rejects_recorded}
+    if columns["kind"]:
+        result["ledger_part"] = write_part(store, run, pa.table(columns, schema=LEDGER),
+                                           {target: processing_target(config)})
+    try:
+        result["compaction"] = compact_ledger(store, run.dag_id, max_parts=compact_after)
+    except Exception as err:  # housekeeping: the part is written, the next run compacts
+        log.warning("ledger compaction failed (the next run tries again): %s: %s", type(err).__name__, err)
+        result["compaction"] = {"error": f"{type(err).__name__}: {err}"}
+    log.info("ledger: recorded %d document(s) for target %s and %d reject(s) in %s", documents_recorded,
+             target[:12], rejects_recorded, result["ledger_part"] or "no part (nothing to record)")
+    return result
+
+
+def compact_ledger(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PARTS) -> dict:
+    """Replace the live parts by one compacted part when there are more than `max_parts`.
+
+    Protocol (any crash point leaves a correct ledger): (1) write `compact-<digest>.parquet`, the
+    de-duplicated union of the live parts, whose metadata lists the names of every part it
+    replaces (the live ones and leftovers of an earlier compaction); (2) delete those parts. Before
+    (1) completes, readers see the old parts; after it, they ignore the parts it lists, whether
+    deleted yet or not. Leftovers of a crash in (2) are deleted by the next call, whatever the
+    number of parts."""
+    snap_holder: list[_Snapshot] = []
+
+    def scan(parts) -> dict:
+        snap = snap_holder[-1]
+        if len(snap.live) <= max_parts:
+            for key in snap.covered:  # a present compacted part holds their rows
+                store.delete(key)
+            return {"live_parts": len(snap.live), "compacted_parts": 0, "leftovers_deleted": len(snap.covered)}
+        tables, targets = [], {}
+        for key, _ in parts:
+            table, _, part_targets = _table(_read(store, key))
+            tables.append(table)
+            targets.update(part_targets)
+        merged = _dedupe(pa.concat_tables(tables))
+        replaces = sorted(_name(k) for k in snap.live + snap.covered)
+        key = f"{ledger_prefix(dag_id)}/compact-{sha256_hex(canonical_json(replaces))[:16]}.parquet"
+        store.write_bytes(key, _part_bytes(merged, targets, replaces))
+        for old in snap.live + snap.covered:
+            if old != key:
+                store.delete(old)
+        log.info("ledger: compacted %d part(s) (%d rows) into %s (%d rows)", len(replaces),
+                 sum(t.num_rows for t in tables), _name(key), merged.num_rows)
+        return {"live_parts": 1, "compacted_parts": len(replaces), "rows": merged.num_rows, "compact_part": key}
+
+    return _scanned(store, dag_id, scan, on_snapshot=snap_holder.append)
+

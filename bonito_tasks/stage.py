@@ -21,20 +21,24 @@ import pyarrow as pa
 
 from bonito_tasks import __version__
 from bonito_tasks.contracts import (
+    FAILURE_NAME,
     MANIFEST_NAME,
     TABLES,
     CombinedMetrics,
     Manifest,
     RunRef,
     ShardRef,
+    StageFailure,
     StageMetrics,
     sha256_hex,
 )
+from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.store import ArtifactStore, parquet_bytes, run_prefix
 
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+PARTITION_PREFIX = "shard-"  # <stage>/shard-NNNNN/ holds one partition
 
 
 @functools.cache
@@ -54,13 +58,37 @@ class StageWriter:
     def __init__(self, store: ArtifactStore, run: RunRef, stage: str, partition: int | None = None):
         self.store, self.run, self.stage = store, run, stage
         self.prefix = f"{run_prefix(run)}/{stage}"
+        self.partition = partition
         if partition is not None:
-            self.prefix += f"/shard-{partition:05d}"
+            self.prefix += f"/{PARTITION_PREFIX}{partition:05d}"
         self.shards: list[ShardRef] = []
 
     @property
     def manifest_key(self) -> str:
         return f"{self.prefix}/{MANIFEST_NAME}"
+
+    @property
+    def failure_key(self) -> str:
+        return f"{self.prefix}/{FAILURE_NAME}"
+
+    def failure(self) -> StageFailure | None:
+        """Why the last attempt failed, if it failed and none has committed since."""
+        if not self.store.exists(self.failure_key):
+            return None
+        return StageFailure.model_validate_json(self.store.read_bytes(self.failure_key))
+
+    def record_failure(self, error: BaseException, partition: int | None = None) -> None:
+        """Leave the cause of a failed attempt next to its parts (never raises: the error itself matters)."""
+        import json
+
+        details = getattr(error, "summary", None)
+        try:
+            failure = StageFailure(stage=self.stage, partition=partition, error=type(error).__name__,
+                                   message=str(error)[:20_000], permanent=isinstance(error, PermanentFailure),
+                                   details=json.loads(json.dumps(details, default=str)) if details else {})
+            self.store.write_bytes(self.failure_key, failure.model_dump_json(indent=2).encode())
+        except Exception as err:  # an unreachable store: the task fails with the original error
+            log.warning("could not record the failure of %s: %s", self.prefix, err)
 
     def committed(self) -> Manifest | None:
         if not self.store.exists(self.manifest_key):
@@ -76,9 +104,22 @@ class StageWriter:
         return None
 
     def begin(self) -> None:
-        """Clear whatever an earlier attempt left."""
-        self.store.delete_prefix(self.prefix)
+        """Clear whatever an earlier attempt left (a stage's own files, not its partitions')."""
+        if self.partition is not None:
+            self.store.delete_prefix(self.prefix)
+        else:
+            for key in self.store.list(self.prefix):
+                if not key[len(self.prefix) + 1:].startswith(PARTITION_PREFIX):
+                    self.store.delete(key)
         self.shards = []
+
+    def include(self, partition: Manifest) -> None:
+        """List a committed partition's parts as this stage's own (paths relative to the stage folder)."""
+        folder = self.store.key(partition.uri).rsplit("/", 1)[0]
+        if not folder.startswith(f"{self.prefix}/{PARTITION_PREFIX}"):
+            raise ValueError(f"{partition.uri} is not a partition of stage {self.prefix}")
+        relative = folder[len(self.prefix) + 1:]
+        self.shards += [ref.model_copy(update={"path": f"{relative}/{ref.path}"}) for ref in partition.shards]
 
     def add(self, table_name: str, table: pa.Table) -> ShardRef:
         """Write one Parquet part of `table_name`, cast to its contract schema."""
@@ -134,31 +175,49 @@ def run_stage(
         return done
     if not resumable:
         writer.begin()
-    metrics = work(writer)
-    if check is not None:
-        check(writer)
+    try:
+        metrics = work(writer)
+        if check is not None:
+            check(writer)
+    except Exception as error:  # the cause stays in the stage's folder for the run summary and the Dataset view
+        writer.record_failure(error, partition)
+        raise
+    writer.store.delete(writer.failure_key)
     manifest = writer.commit(config_sha256=config_sha256, inputs=inputs, metrics=metrics)
     log.info("%s committed at %s", _name(stage, partition), manifest.uri)
     return manifest
 
 
 def combine_partitions(
-    store: ArtifactStore, run: RunRef, stage: str, partitions: list[Manifest], *, config_sha256: str
+    store: ArtifactStore,
+    run: RunRef,
+    stage: str,
+    partitions: list[Manifest],
+    *,
+    config_sha256: str,
+    work: Callable[[StageWriter], StageMetrics] | None = None,
 ) -> Manifest:
-    """One manifest over the committed partitions of a stage: it lists every partition's parts
-    (paths relative to the stage folder), so readers see the stage as one. Idempotent."""
-    writer = StageWriter(store, run, stage)
-    if done := writer.reusable(config_sha256, partitions):
-        return done
-    stage_key = writer.prefix
-    for manifest in partitions:
-        folder = store.key(manifest.uri).rsplit("/", 1)[0]
-        if not folder.startswith(f"{stage_key}/"):
-            raise ValueError(f"{manifest.uri} is not a partition of stage {stage_key}")
-        relative = folder[len(stage_key) + 1:]
-        writer.shards += [ref.model_copy(update={"path": f"{relative}/{ref.path}"}) for ref in manifest.shards]
-    return writer.commit(config_sha256=config_sha256, inputs=partitions,
-                         metrics=CombinedMetrics(partitions=len(partitions)))
+    """One manifest over the committed partitions of a stage, in partition order: it lists every
+    partition's parts, so readers see the stage as one. `work` may add parts of the stage's own
+    (written at the stage's top level) and returns the combined metrics."""
+
+    def combine(writer: StageWriter) -> StageMetrics:
+        for manifest in partitions:
+            writer.include(manifest)
+        return work(writer) if work else CombinedMetrics(partitions=len(partitions))
+
+    return run_stage(store, run, stage, config_sha256=config_sha256, inputs=partitions, work=combine)
+
+
+def partition_view(manifest: Manifest, partition: int) -> Manifest:
+    """The parts of one partition of a combined manifest, as a manifest readers can use. A stage
+    that ran as one task is its own partition 0."""
+    folder = f"{PARTITION_PREFIX}{partition:05d}/"
+    if not any(ref.path.startswith(PARTITION_PREFIX) for ref in manifest.shards):
+        if partition != 0:
+            raise ValueError(f"{manifest.uri} has no partition {partition}")
+        return manifest
+    return manifest.model_copy(update={"shards": [ref for ref in manifest.shards if ref.path.startswith(folder)]})
 
 
 def _name(stage: str, partition: int | None) -> str:

@@ -15,16 +15,29 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bonito_tasks.contracts import TABLES, Manifest, RunRef, ShardRef, sha256_hex
+from bonito_tasks.errors import PermanentFailure
 
 
 class StoreError(RuntimeError):
     pass
+
+
+class StoreNotWritable(StoreError, PermanentFailure):
+    """The store cannot be written (a read-only folder, a path that is a file, a bucket that does
+    not exist, access denied): fix the `store` param or the credentials; a retry cannot help."""
+
+
+PROBE_KEY = ".bonito-write-probe"  # written and deleted by probe_writable
+# S3 error codes that mean the store can never be written as configured (others, such as 5xx
+# or throttling, are transient and propagate).
+S3_NOT_WRITABLE = ("NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
+                   "SignatureDoesNotMatch", "InvalidBucketName", "403")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -69,6 +82,28 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """A seekable reader of one object that fetches only the bytes read (Parquet footers and
+        single row groups, for paging through a table without loading it)."""
+
+    def probe_writable(self) -> None:
+        """Write and delete a small marker under the root; raises StoreNotWritable (a
+        PermanentFailure) with the store's URI and the OS or S3 error when that is impossible.
+        Transient S3 errors propagate unchanged (a retry may succeed)."""
+        key = f"{PROBE_KEY}-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            self.write_bytes(key, b"bonito write probe\n")
+            self.delete(key)
+        except OSError as err:
+            raise StoreNotWritable(f"the artifact store {self.root_uri} is not writable: "
+                                   f"{type(err).__name__}: {err}") from None
+        except Exception as err:
+            code = _s3_error_code(err)
+            if code is None or code not in S3_NOT_WRITABLE:
+                raise
+            raise StoreNotWritable(f"the artifact store {self.root_uri} is not writable: {code}: {err}") from None
+
     def read_manifest(self, uri_or_key: str) -> Manifest:
         key = self.key(uri_or_key) if "://" in uri_or_key or uri_or_key.startswith("/") else uri_or_key
         return Manifest.model_validate_json(self.read_bytes(key))
@@ -89,6 +124,19 @@ class ArtifactStore(ABC):
         """All shards of one table of a committed stage."""
         parts = [self.read_shard(manifest, table, i, columns) for i in range(len(manifest.shards_of(table)))]
         return pa.concat_tables(parts) if parts else _schema(table, columns).empty_table()
+
+
+def _s3_error_code(err: BaseException) -> str | None:
+    """The error code of a botocore ClientError ('NoSuchBucket', '403', ...); None for other errors.
+    Credentials that cannot be found at all count as access denied."""
+    if type(err).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        return "AccessDenied"
+    response = getattr(err, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return "403" if status == 403 and code not in S3_NOT_WRITABLE else code
 
 
 def _schema(table: str, columns: list[str] | None) -> pa.Schema:
@@ -137,6 +185,9 @@ class LocalStore(ArtifactStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def open_read(self, key: str) -> BinaryIO:
+        return self._path(key).open("rb")
+
     def delete_prefix(self, prefix: str) -> int:
         base = self._path(prefix)
         if not base.exists():
@@ -180,11 +231,19 @@ class S3Store(ArtifactStore):
             raise
 
     def _iter_keys(self, prefix: str) -> Iterable[str]:
+        """Keys under prefix; none when the bucket does not exist (as a local store lists a missing
+        folder: readers see nothing committed, and writers find out through probe_writable)."""
+        from botocore.exceptions import ClientError
+
         paginator = self.client.get_paginator("list_objects_v2")
         full = self.prefix + prefix.rstrip("/") + "/"
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-            for obj in page.get("Contents", []):
-                yield obj["Key"][len(self.prefix):]
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(self.prefix):]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                raise
 
     def list(self, prefix: str) -> list[str]:
         return sorted(self._iter_keys(prefix))
@@ -192,12 +251,47 @@ class S3Store(ArtifactStore):
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
+    def open_read(self, key: str) -> BinaryIO:
+        size = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)["ContentLength"]
+        return io.BufferedReader(_S3RangeReader(self.client, self.bucket, self.prefix + key, size), 1 << 20)
+
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self.prefix + k} for k in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
+
+
+class _S3RangeReader(io.RawIOBase):
+    """A seekable read-only view of one S3 object: each read is one ranged GET."""
+
+    def __init__(self, client: Any, bucket: str, key: str, size: int):
+        self.client, self.bucket, self.object_key, self.size, self.pos = client, bucket, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        end = min(self.size, self.pos + len(buffer))
+        if end <= self.pos:
+            return 0
+        body = self.client.get_object(Bucket=self.bucket, Key=self.object_key,
+                                      Range=f"bytes={self.pos}-{end - 1}")["Body"].read()
+        buffer[: len(body)] = body
+        self.pos += len(body)
+        return len(body)
 
 
 def open_store(uri: str, **s3_client_kwargs: Any) -> ArtifactStore:
@@ -218,8 +312,13 @@ def run_prefix(run: RunRef) -> str:
     return f"{safe_segment(run.dag_id)}/{safe_segment(run.run_id)}"
 
 
+# Rows per Parquet row group: a reader pages through a table one row group at a time (the Dataset view).
+ROW_GROUP_ROWS = 10_000
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as one zstd-compressed Parquet file in memory (what every writer of the store uses)."""
+    """A table as one zstd-compressed Parquet file in memory (what every writer of the store uses), in
+    row groups of ROW_GROUP_ROWS rows so that a page of it can be read alone."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return sink.getvalue().to_pybytes()

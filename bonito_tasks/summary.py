@@ -1,20 +1,27 @@
 """The run summary: what each stage of one run committed, read back from its manifests.
 
 It reads the store, not XCom, so it also describes a run that failed half-way: a stage without a
-manifest is reported as not committed. Written to `<run>/summary.json` and returned for the UI.
+manifest is reported as not committed. Written to `<run>/summary.json` (when the store cannot be
+written, a warning names the error and the summary is still returned) and returned for the UI.
 """
 
 from __future__ import annotations
 
+import logging
+
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import GenerateMetrics, GenerateSummary, Manifest, RunRef, RunSummary
+from bonito_tasks.failures import failure_cause, format_cause
+from bonito_tasks.figures import record_figures
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import ArtifactStore, run_prefix
 
 SUMMARY_FILE = "summary.json"
 
+log = logging.getLogger(__name__)
 
-def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig) -> RunSummary:
+
+def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: bool = True) -> RunSummary:
     """Counts per stage, rejects, quarantined rows, generated tokens per second and GPU-hours.
 
     Tokens/s and GPU-hours cover the attempts that committed each generate shard (an attempt that
@@ -42,7 +49,18 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig) -> RunSumm
         validated=validate and validate.metrics,
         published=publish and publish.metrics,
     )
-    store.write_bytes(f"{run_prefix(run)}/{SUMMARY_FILE}", summary.model_dump_json(indent=2).encode())
+    if cause := failure_cause(store, run):  # the failed stage names its cause
+        summary.failed_stage, summary.cause = cause.stage, cause
+        summary.stages[cause.stage] = f"failed ({cause.error})"
+    key = f"{run_prefix(run)}/{SUMMARY_FILE}"
+    if not write:  # a reader's view (the Dataset view): the store is left as it is
+        return summary
+    try:
+        store.write_bytes(key, summary.model_dump_json(indent=2).encode())
+        if generate and generate.shards_committed == generate.shards:  # for sizing the next run's shards
+            record_figures(store, run, config, _generate_metrics(store, run, generate.shards))
+    except Exception as err:  # an unwritable store must not hide the summary: it is still logged and returned
+        log.warning("could not write the run summary to %s: %s: %s", store.uri(key), type(err).__name__, err)
     return summary
 
 
@@ -50,11 +68,20 @@ def _state(manifest: Manifest | None) -> str:
     return "committed" if manifest else "not committed"
 
 
+def _generate_manifests(store: ArtifactStore, run: RunRef, shards: int) -> list[Manifest]:
+    return [m for i in range(shards) if (m := StageWriter(store, run, "generate", partition=i).committed())]
+
+
+def _generate_metrics(store: ArtifactStore, run: RunRef, shards: int) -> list[GenerateMetrics]:
+    return [m.metrics for m in _generate_manifests(store, run, shards)]
+
+
 def _generate(store: ArtifactStore, run: RunRef, config: RunConfig, shards: int) -> GenerateSummary:
-    manifests = [m for i in range(shards) if (m := StageWriter(store, run, "generate", partition=i).committed())]
+    manifests = _generate_manifests(store, run, shards)
     metrics: list[GenerateMetrics] = [m.metrics for m in manifests]
     wall_s = sum(m.attempt_wall_s for m in metrics)
-    attempt_tokens = sum((m.attempt_output_tokens_per_s or 0) * m.attempt_wall_s for m in metrics)
+    generate_s = sum(m.generate_s for m in metrics)
+    attempt_tokens = sum((m.output_tokens_per_s or 0) * m.generate_s for m in metrics)
     return GenerateSummary(
         shards=shards,
         shards_committed=len(manifests),
@@ -63,7 +90,9 @@ def _generate(store: ArtifactStore, run: RunRef, config: RunConfig, shards: int)
         dropped_generations=sum(m.rows_of("dropped_generations") for m in manifests),
         generated_tokens=sum(m.generated_tokens for m in metrics),
         wall_s=round(wall_s, 1),
-        output_tokens_per_s=round(attempt_tokens / wall_s, 1) if wall_s else None,
+        engine_start_s=round(sum(m.engine_start_s for m in metrics), 1),
+        generate_s=round(generate_s, 1),
+        output_tokens_per_s=round(attempt_tokens / generate_s, 1) if generate_s else None,
         gpu_hours=round(wall_s * config.tensor_parallel_size / 3600, 4) if config.backend == "vllm" else None,
     )
 
@@ -72,6 +101,8 @@ def format_summary(summary: RunSummary) -> str:
     """The summary as a few aligned lines for the task log."""
     lines = [f"run summary {summary.dag_id} / {summary.run_id}", f"  folder    {summary.run_folder}"]
     lines += [f"  {stage:<9} {state}" for stage, state in summary.stages.items()]
+    if summary.cause:
+        lines += format_cause(summary.cause)
     if e := summary.extracted:
         lines.append(f"  extract: files={e.files}, documents={e.documents}, skipped_known={e.skipped_known}, "
                      f"rejects={e.rejects} {e.rejects_by_reason or ''}".rstrip())
@@ -80,7 +111,8 @@ def format_summary(summary: RunSummary) -> str:
                      f"short_chunks={c.short_chunks}")
     if g := summary.generated:
         lines.append(f"  generate: prompts={g.prompts}, examples={g.examples}, dropped={g.dropped_generations}, "
-                     f"tokens={g.generated_tokens}, output_tokens_per_s={g.output_tokens_per_s}, "
+                     f"tokens={g.generated_tokens}, engine_start_s={g.engine_start_s}, "
+                     f"output_tokens_per_s={g.output_tokens_per_s}, "
                      f"gpu_hours={g.gpu_hours}")
     if v := summary.validated:
         lines.append(f"  validate: examples_in={v.examples_in}, passed={v.passed}, quarantined={v.quarantined}, "

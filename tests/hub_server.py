@@ -6,8 +6,9 @@ and open pull requests (a commit with `create_pr=1`, or `POST .../discussions`, 
 Preupload answers "regular" for every file, so clients send contents inside the commit and never
 use LFS or Xet; the tree lists *.parquet files as the Hub lists LFS files. Repos and commits live
 in memory so tests can inspect them. Faults can be
-injected: fail the next N matching requests with a status, or stall them (then handle them
-normally, as a server whose answer the client gave up on).
+injected: fail the next N matching requests with a status, stall them (then handle them
+normally, as a server whose answer the client gave up on), or lose their answer (handle them, then
+answer an error status).
 
     with HubServer() as hub:
         os.environ["HF_ENDPOINT"] = hub.url   # before huggingface_hub/datasets are imported
@@ -30,7 +31,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 API_ROUTE = re.compile(
     r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
-    r"(?:/(?P<action>preupload|commit|tree|paths-info|revision)/(?P<rev>[^/]+)(?P<rest>/.*)?)?$"
+    r"(?:/(?P<action>preupload|commit|commits|tree|paths-info|revision)/(?P<rev>[^/]+)(?P<rest>/.*)?)?$"
 )
 DISCUSSION_ROUTE = re.compile(
     r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/discussions(?:/(?P<num>\d+))?$"
@@ -95,6 +96,7 @@ class Fault:
     times: int
     status: int | None = None  # answer with this status, or
     stall_s: float = 0.0  # sleep this long, then handle the request
+    applied: bool = False  # with status: handle the request first, then answer status (a lost answer)
 
 
 class HubError(Exception):
@@ -138,6 +140,12 @@ class HubServer:
     def stall(self, method: str, path_pattern: str, seconds: float, times: int = 1) -> None:
         with self._lock:
             self._faults.append(Fault(method, re.compile(path_pattern), times, stall_s=seconds))
+
+    def lose_answer(self, method: str, path_pattern: str, status: int = 502, times: int = 1) -> None:
+        """Handle the next matching requests (a commit is applied), then answer `status` instead of
+        the result, as a proxy that lost the server's answer would."""
+        with self._lock:
+            self._faults.append(Fault(method, re.compile(path_pattern), times, status=status, applied=True))
 
     def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until no request is being handled (a stalled one may still change a repo)."""
@@ -294,6 +302,14 @@ class HubServer:
                 for f in json.loads(body)["files"]
             ]
             return _json({"files": files, "commitOid": head.oid})
+        if action == "commits":  # history from the revision, newest first (one page)
+            commits, oid = [], head.oid
+            while oid:
+                c = repo.commits[oid]
+                commits.append({"id": c.oid, "title": c.title, "message": c.description,
+                                "authors": [{"user": "bonito-bot"}], "date": "2024-01-01T00:00:00.000Z"})
+                oid = c.parent
+            return _json(commits)
         if action == "commit":
             return self._apply_commit(repo, rev, head, body, create_pr=query.get("create_pr", ["0"])[0] == "1")
         if action == "tree":
@@ -443,6 +459,11 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 fault = hub._take_fault(self.command, split.path)
                 if fault and fault.stall_s:
                     time.sleep(fault.stall_s)
+                if fault and fault.status and fault.applied:
+                    try:
+                        hub._handle(self.command, split.path, parse_qs(split.query), self.headers, body)
+                    except HubError:
+                        pass
                 if fault and fault.status:
                     status, headers, payload = _json({"error": f"injected fault {fault.status}"}, fault.status)
                 else:

@@ -6,6 +6,7 @@ Stage-boundary contracts (boundaries.py) and the validate stage's gate both run 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bonito_tasks.errors import PermanentFailure
+
+# Importing Great Expectations logs one INFO line per function it skips registering ("Skipping registering
+# function ... because it is a closure"): about 200 lines of noise in the log of every task that checks data.
+logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
 
 # COMPLETE gives the index of every failing row (the quarantine); the stored result drops those lists.
 RESULT_FORMAT = {"result_format": "COMPLETE", "partial_unexpected_count": 20, "return_unexpected_index_query": False}

@@ -1,5 +1,8 @@
 """Extract stage: source files -> documents (one row per distinct content) and rejects.
 
+Runs as a plan (the listing split into partitions balanced by bytes, plan.py), one task per
+partition (`extract_partition`), and `collect_documents`, which makes them one stage.
+
 A file's doc_id is the sha256 of its bytes; a tabular row's is the sha256 of its text, so
 identical files or rows are one document. Documents already in the ledger are skipped unless
 `full_refresh` is set; a run whose documents are all known commits with 0 documents.
@@ -16,15 +19,27 @@ import pyarrow as pa
 
 from bonito_tasks.checks import check_documents
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import DOCUMENTS, REJECTS, ExtractMetrics, Manifest, RejectSample, RunRef, sha256_hex
+from bonito_tasks.contracts import (
+    DOCUMENTS,
+    DUPLICATE_DOCUMENTS,
+    REJECTS,
+    ExtractMetrics,
+    Manifest,
+    RejectSample,
+    RunRef,
+    sha256_hex,
+)
 from bonito_tasks.errors import PermanentFailure
+from bonito_tasks.extract.plan import partition_files, plan
 from bonito_tasks.extract.readers import READERS, TABLE_READERS, Reject, read_hf_dataset
-from bonito_tasks.extract.sources import HF_DATASET, SourceFile, iter_source
-from bonito_tasks.ledger import load_ledger
-from bonito_tasks.stage import StageWriter, run_stage
+from bonito_tasks.extract.sources import HF_DATASET, SourceFile, source_file
+from bonito_tasks.ledger import NOTHING_KNOWN, Known, load_ledger, reject_key
+from bonito_tasks.stage import StageWriter, combine_partitions, run_stage
 from bonito_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
+
+STAGE = "extract"
 
 SHARD_TEXT_BYTES = 32 * 2**20  # flush a documents shard once it holds this much text
 REJECT_SAMPLES = 100  # rejects listed in the manifest (all are in the rejects table)
@@ -35,9 +50,10 @@ class NothingExtracted(PermanentFailure):
     """No file under the source gave a document."""
 
 
-def read_documents(file: SourceFile, config: RunConfig, known: set[str] = frozenset()) -> tuple[list[dict], int]:
+def read_documents(file: SourceFile, config: RunConfig, known: Known = NOTHING_KNOWN) -> tuple[list[dict], int]:
     """The documents rows of one source file and how many were skipped as already known;
-    raises Reject with the reason the file cannot be used."""
+    raises Reject with the reason the file cannot be used (`content_sha256` set when the reject
+    came after reading the bytes: the ledger remembers it by content)."""
     if file.reject:
         raise Reject(*file.reject)
     if file.suffix not in READERS and file.suffix not in TABLE_READERS and file.suffix != HF_DATASET:
@@ -53,24 +69,30 @@ def read_documents(file: SourceFile, config: RunConfig, known: set[str] = frozen
         raise Reject("unreadable", f"{type(err).__name__}: {err}") from err
     if len(data) > config.max_file_bytes:  # grew since it was listed
         raise Reject("too_large", f"more than max_file_bytes={config.max_file_bytes} bytes")
-    if not data.strip():
-        raise Reject("empty_file", "file is empty" if not data else "file holds only whitespace")
-    if file.suffix in TABLE_READERS:
-        media_type, table_reader = TABLE_READERS[file.suffix]
-        return _rows(file, media_type, table_reader(data, config.text_column), known)
-    doc_id = sha256_hex(data)
-    if doc_id in known:  # skip before parsing: an unchanged corpus costs one read and one hash per file
-        return [], 1
-    media_type, reader = READERS[file.suffix]
-    extracted = reader(data)
-    if not extracted.text.strip():
-        raise Reject("no_text", "no text could be extracted")
+    doc_id = sha256_hex(data)  # the content hash: a document's doc_id, a rejected file's ledger key
+    try:
+        if (reason := known.rejected(doc_id)) is not None:  # an unchanged reject: skip before parsing
+            raise Reject(reason, "rejected by an earlier run and unchanged since")
+        if not data.strip():
+            raise Reject("empty_file", "file is empty" if not data else "file holds only whitespace")
+        if file.suffix in TABLE_READERS:
+            media_type, table_reader = TABLE_READERS[file.suffix]
+            return _rows(file, media_type, table_reader(data, config.text_column), known)
+        if doc_id in known:  # every task type done: skip before parsing (one read and one hash per file)
+            return [], 1
+        media_type, reader = READERS[file.suffix]
+        extracted = reader(data)
+        if not extracted.text.strip():
+            raise Reject("no_text", "no text could be extracted")
+    except Reject as rej:
+        rej.content_sha256 = doc_id  # the ledger remembers the reject by content
+        raise
     return [{"doc_id": doc_id, "source_uri": file.uri, "media_type": media_type, "size_bytes": len(data),
              "text": extracted.text, "page_starts": extracted.page_starts,
-             "furniture_lines": extracted.furniture_lines}], 0
+             "furniture_lines": extracted.furniture_lines, "pending_task_types": known.pending(doc_id)}], 0
 
 
-def _rows(file: SourceFile, media_type: str, texts, known: set[str]) -> tuple[list[dict], int]:
+def _rows(file: SourceFile, media_type: str, texts, known: Known) -> tuple[list[dict], int]:
     rows, skipped = [], 0
     for index, text in enumerate(texts):  # read the whole file first: a bad row rejects all of it
         doc_id = sha256_hex(text)
@@ -78,34 +100,42 @@ def _rows(file: SourceFile, media_type: str, texts, known: set[str]) -> tuple[li
             skipped += 1
             continue
         rows.append({"doc_id": doc_id, "source_uri": f"{file.uri}#row={index}", "media_type": media_type,
-                     "size_bytes": len(text.encode()), "text": text, "page_starts": None})
+                     "size_bytes": len(text.encode()), "text": text, "page_starts": None,
+                     "pending_task_types": known.pending(doc_id)})
     if not rows and not skipped:
         raise Reject("no_text", "no row has text in the text column")
     return rows, skipped
 
 
-def extract(
-    store: ArtifactStore, run: RunRef, config: RunConfig, s3_client_kwargs: dict[str, Any] | None = None
+def extract_partition(
+    store: ArtifactStore, run: RunRef, config: RunConfig, plan_manifest: Manifest, partition: int,
+    s3_client_kwargs: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Every source file into the documents and rejects tables; raises NothingExtracted when no
-    file gave a document (a retry cannot fix that)."""
+    """The files of one partition of the plan into documents and rejects (`extract/shard-NNNNN/`).
+    A partition whose files are all rejected commits with 0 documents: only the whole run fails."""
 
     def work(writer: StageWriter) -> ExtractMetrics:
         started = time.monotonic()
-        known = set() if config.full_refresh else load_ledger(store, run.dag_id)
+        known = load_ledger(store, run.dag_id, config)  # empty with full_refresh; no rejects with retry_rejects
+        client = _s3_client(config, s3_client_kwargs)
         metrics = ExtractMetrics()
         batch: list[dict] = []
         batch_bytes = 0
         rejects: list[dict] = []
         seen: set[str] = set()
-        for file in iter_source(config.source, config.include, config.exclude, **(s3_client_kwargs or {})):
+        for row in partition_files(store, plan_manifest, partition):
+            file = source_file(row, client)
             metrics.files += 1
             try:
                 rows, skipped = read_documents(file, config, known)
             except Reject as rej:
+                ledger_key = reject_key(file, rej)
+                if known.rejected(ledger_key):  # remembered and unchanged: counted, not reported again
+                    metrics.skipped_rejects += 1
+                    continue
                 log.warning("rejected %s: %s (%s)", file.uri, rej.reason, rej.detail)
                 rejects.append({"source_uri": file.uri, "stage": "extract", "reason": rej.reason,
-                                "detail": rej.detail, "size_bytes": file.size})
+                                "detail": rej.detail, "size_bytes": file.size, "ledger_key": ledger_key})
                 continue
             metrics.skipped_known += skipped
             metrics.source_bytes += file.size
@@ -125,23 +155,82 @@ def extract(
             writer.add("documents", pa.Table.from_pylist(batch, DOCUMENTS))
         if rejects:
             writer.add("rejects", pa.Table.from_pylist(rejects, REJECTS))
-        if not seen and not metrics.skipped_known:
-            reasons = "; ".join(f"{r['source_uri']}: {r['reason']} ({r['detail']})" for r in rejects[:20])
-            raise NothingExtracted(
-                f"no document could be extracted from {config.source!r} "
-                f"({len(rejects)} file(s) rejected{': ' + reasons if reasons else ', none found'})"
-            )
         metrics.documents, metrics.rejects = len(seen), len(rejects)
         metrics.rejects_by_reason = dict(sorted(Counter(r["reason"] for r in rejects).items()))
         metrics.reject_samples = [RejectSample(**{k: r[k] for k in ("source_uri", "reason", "detail")})
                                   for r in rejects[:REJECT_SAMPLES]]
         metrics.wall_s = round(time.monotonic() - started, 3)
-        log.info("extract: %d file(s), %d new document(s), %d already in the ledger, %d duplicate(s), "
-                 "%d reject(s) %s in %.1f s", metrics.files, metrics.documents, metrics.skipped_known,
+        log.info("extract partition %d: %d file(s), %d new document(s), %d already in the ledger, %d duplicate(s), "
+                 "%d reject(s) %s in %.1f s", partition, metrics.files, metrics.documents, metrics.skipped_known,
                  metrics.duplicate_files, metrics.rejects, metrics.rejects_by_reason, metrics.wall_s)
         for r in rejects:
             log.info("  reject %-20s %s: %s", r["reason"], r["source_uri"], r["detail"])
         return metrics
 
-    return run_stage(store, run, "extract", config_sha256=config.sha256(), inputs=[], work=work,
-                     check=lambda writer: check_documents(store, writer))
+    return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[plan_manifest], work=work,
+                     check=lambda writer: check_documents(store, writer), partition=partition)
+
+
+def collect_documents(store: ArtifactStore, run: RunRef, config: RunConfig, partitions: list[Manifest]) -> Manifest:
+    """The extract stage as one manifest over its partitions (in order). A document whose content
+    an earlier partition holds is listed in `duplicate_documents` (chunk skips it), so N partitions
+    keep the same documents as one. Raises NothingExtracted when no partition found a document."""
+
+    def work(writer: StageWriter) -> ExtractMetrics:
+        total = _sum_metrics([m.metrics for m in partitions])
+        seen: set[str] = set()  # doc ids: about 100 bytes per document
+        duplicates = []
+        for partition, manifest in enumerate(partitions):
+            for i in range(len(manifest.shards_of("documents"))):
+                part = store.read_shard(manifest, "documents", i, columns=["doc_id", "source_uri"])
+                for doc_id, uri in zip(part["doc_id"].to_pylist(), part["source_uri"].to_pylist()):
+                    if doc_id in seen:
+                        duplicates.append({"doc_id": doc_id, "partition": partition, "source_uri": uri})
+                    seen.add(doc_id)
+        if duplicates:
+            writer.add("duplicate_documents", pa.Table.from_pylist(duplicates, DUPLICATE_DOCUMENTS))
+        total.documents, total.duplicate_files = len(seen), total.duplicate_files + len(duplicates)
+        if not seen and not total.skipped_known and not total.skipped_rejects:
+            reasons = "; ".join(f"{r.source_uri}: {r.reason} ({r.detail})" for r in total.reject_samples[:20])
+            raise NothingExtracted(
+                f"no document could be extracted from {config.source!r} "
+                f"({total.rejects} file(s) rejected{': ' + reasons if reasons else ', none found'})"
+            )
+        log.info("extract: %d partition(s), %d file(s), %d new document(s), %d already in the ledger, "
+                 "%d duplicate(s), %d reject(s) %s", len(partitions), total.files, total.documents,
+                 total.skipped_known, total.duplicate_files, total.rejects, total.rejects_by_reason)
+        return total
+
+    return combine_partitions(store, run, STAGE, partitions, config_sha256=config.sha256(), work=work)
+
+
+def extract(
+    store: ArtifactStore, run: RunRef, config: RunConfig, s3_client_kwargs: dict[str, Any] | None = None
+) -> Manifest:
+    """Plan, every partition in turn, and collect: the whole stage in one process."""
+    planned = plan(store, run, config, s3_client_kwargs)
+    partitions = [extract_partition(store, run, config, planned, p, s3_client_kwargs)
+                  for p in range(planned.metrics.partitions)]
+    return collect_documents(store, run, config, partitions)
+
+
+def _sum_metrics(parts: list[ExtractMetrics]) -> ExtractMetrics:
+    total = ExtractMetrics(partitions=len(parts))
+    for part in parts:
+        for name in ("files", "skipped_known", "skipped_rejects", "duplicate_files", "rejects", "pages",
+                     "furniture_lines", "source_bytes"):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        total.wall_s = max(total.wall_s, part.wall_s)
+        for reason, count in part.rejects_by_reason.items():
+            total.rejects_by_reason[reason] = total.rejects_by_reason.get(reason, 0) + count
+        total.reject_samples += part.reject_samples[:REJECT_SAMPLES - len(total.reject_samples)]
+    total.rejects_by_reason = dict(sorted(total.rejects_by_reason.items()))
+    return total
+
+
+def _s3_client(config: RunConfig, s3_client_kwargs: dict[str, Any] | None) -> Any:
+    if not config.source.startswith("s3://"):
+        return None
+    import boto3
+
+    return boto3.client("s3", **(s3_client_kwargs or {}))

@@ -14,6 +14,7 @@ from bonito_tasks.compat import shutdown_vllm
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import sha256_hex
 from bonito_tasks.errors import PermanentFailure
+from bonito_tasks.model_ref import check_model_reachable
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class VllmEngine:
         self.llm = None
 
     def load(self) -> VllmEngine:
+        check_model_reachable(self.config.model_id)  # before vLLM's import and its repo-id error
         from vllm import LLM
 
         c = self.config

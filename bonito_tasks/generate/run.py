@@ -26,6 +26,7 @@ from bonito_tasks.contracts import (
     RunRef,
     ShardRef,
     canonical_json,
+    generate_shard_parts,
     sha256_hex,
 )
 from bonito_tasks.format import build_prompt
@@ -60,9 +61,9 @@ class ShardState:
 def generate_shard(
     store, run: RunRef, config: RunConfig, chunks: Manifest, shard: int, engine: Engine | None = None
 ) -> Manifest:
-    """Generate examples for one chunk shard. Pass a loaded `engine` (in-process or server) to
-    share it across calls; without one, a vLLM engine is started for this shard and shut down
-    before returning."""
+    """Generate examples for one generate shard of the chunk stage (a run of its parts, read one
+    at a time). Pass a loaded `engine` (in-process or server) to share it across calls; without
+    one, a vLLM engine is started when the shard has work left and shut down before returning."""
     config_sha = config.sha256()
 
     def work(writer: StageWriter) -> GenerateMetrics:
@@ -70,47 +71,64 @@ def generate_shard(
         failures = _engine_failures(writer)  # before _resume, which may clear the folder
         state = _resume(writer, config_sha, chunks)
         resumed = len(state.done)
-        rows = store.read_shard(chunks, "chunks", shard).to_pylist()
-        jobs = [(row, task_type) for row in rows for task_type in config.task_types]
-        pending = {i: build_prompt(row["text"], t) for i, (row, t) in enumerate(jobs) if i not in state.done}
-        log.info("generate shard %d: %d chunks x %d task types = %d prompts (n=%d); %d done in %d checkpoint(s)",
-                 shard, len(rows), len(config.task_types), len(jobs), config.n, len(state.done), state.checkpoints)
+        parts = generate_shard_parts(chunks, shard)
+        refs = chunks.shards_of("chunks")
+        n_chunks = sum(refs[p].rows for p in parts)
+        n_prompts = n_chunks * len(config.task_types)
+        log.info("generate shard %d: %d chunks (%d part(s)) x %d task types = %d prompts (n=%d); %d done in %d "
+                 "checkpoint(s)", shard, n_chunks, len(parts), len(config.task_types), n_prompts, config.n,
+                 len(state.done), state.checkpoints)
 
         started = time.monotonic()
         attempt_tokens = 0
-        if pending:
-            own_engine = None
-            try:
+        engine_start_s = 0.0
+        own_engine = None
+        progress = _Progress(shard, n_prompts, len(state.done))
+        try:
+            offset = 0  # prompt index of the window's first job: prompts are numbered across the shard
+            for part in parts:  # one window of chunks in memory at a time
+                rows = store.read_shard(chunks, "chunks", part).to_pylist()
+                jobs = {offset + i: job for i, job in enumerate((r, t) for r in rows for t in config.task_types)}
+                offset += len(jobs)
+                pending = {i: build_prompt(row["text"], t) for i, (row, t) in jobs.items() if i not in state.done}
+                if not pending:
+                    continue
                 if engine is None:
+                    loading = time.monotonic()
                     engine = own_engine = VllmEngine(config, max_num_seqs=_backed_off_max_num_seqs(config, failures))
                     own_engine.load()
+                    engine_start_s = time.monotonic() - loading
+                    log.info("generate shard %d: engine started in %.1f s", shard, engine_start_s)
+                    progress.restart()
                 recorder = _Recorder(writer, run, config, chunks, jobs, state)
                 too_long = _too_long(engine, config, pending)
                 if too_long:
                     recorder.commit({i: None for i in too_long})
                     for i in too_long:
                         del pending[i]
-                progress = _Progress(shard, len(jobs), len(state.done))
                 for batch in engine.stream(pending, config.sampling_params(), flush_every=config.checkpoint_prompts):
                     attempt_tokens += recorder.commit(dict(batch))
                     progress.update(len(state.done), attempt_tokens)
-            except EngineFailure as failure:
-                store.write_bytes(f"{writer.prefix}/{ENGINE_FAILURES}",
-                                  json.dumps(failures + [{"error": str(failure), "kind": failure.kind}]).encode())
-                raise
-            finally:
-                if own_engine is not None:
-                    own_engine.unload()
+        except EngineFailure as failure:
+            store.write_bytes(f"{writer.prefix}/{ENGINE_FAILURES}",
+                              json.dumps(failures + [{"error": str(failure), "kind": failure.kind}]).encode())
+            raise
+        finally:
+            if own_engine is not None:
+                own_engine.unload()
         wall_s = time.monotonic() - started
+        generate_s = wall_s - engine_start_s
 
         counts = state.counts
         metrics = GenerateMetrics(
-            prompts=len(jobs),
-            generations=len(jobs) * config.n,
+            prompts=n_prompts,
+            generations=n_prompts * config.n,
             resumed_prompts=resumed,
             generated_tokens=counts["generated_tokens"],
             attempt_wall_s=round(wall_s, 3),
-            attempt_output_tokens_per_s=round(attempt_tokens / wall_s, 1) if wall_s > 0 else None,
+            engine_start_s=round(engine_start_s, 3),
+            generate_s=round(generate_s, 3),
+            output_tokens_per_s=round(attempt_tokens / generate_s, 1) if generate_s > 0 and attempt_tokens else None,
             parse_failures={r: counts[r] for r in ("no_pipe", "extra_pipe") if counts[r]},
             duplicates_dropped=counts["duplicate"],
             prompts_too_long=counts["prompt_too_long"] // config.n,
@@ -154,7 +172,8 @@ def _resume(writer: StageWriter, config_sha: str, chunks: Manifest) -> ShardStat
 class _Recorder:
     """Turns finished prompts into rows and commits them as one checkpoint."""
 
-    def __init__(self, writer: StageWriter, run: RunRef, config: RunConfig, chunks: Manifest, jobs, state: ShardState):
+    def __init__(self, writer: StageWriter, run: RunRef, config: RunConfig, chunks: Manifest,
+                 jobs: dict[int, tuple[dict, str]], state: ShardState):
         self.writer, self.run, self.config, self.jobs, self.state = writer, run, config, jobs, state
         self.config_sha, self.input_sha = config.sha256(), chunks.sha256
         self.sampling = canonical_json(config.sampling_params())
@@ -255,6 +274,10 @@ class _Progress:
         self.shard, self.total = shard, total
         self.started = self.last_time = time.monotonic()
         self.last_done = done
+
+    def restart(self) -> None:
+        """Time from now (the engine has just started)."""
+        self.started = self.last_time = time.monotonic()
 
     def update(self, done: int, tokens: int) -> None:
         now = time.monotonic()

@@ -5,7 +5,8 @@ exported to S3 when the run config names a repo or an export prefix.
 Modes (`publish_mode`): "overwrite" makes the dataset this run's snapshot; "append" adds this run's
 rows that the dataset does not hold yet (see layout.py) and the card counts everything; "pr" opens a
 Hub pull request with the snapshot instead of committing to main. The store folder always holds the
-complete dataset as published.
+complete dataset as published. The S3 export writes a complete snapshot, then a pointer to it
+(export.py): readers never see a partial export.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -27,7 +29,9 @@ from bonito_tasks.contracts import (
     sha256_hex,
 )
 from bonito_tasks.publish.card import render_card
-from bonito_tasks.publish.hub import HUB_RETRY, HubCommit, PublishError, upload_dataset
+from bonito_tasks.publish.export import READ_NOTE as EXPORT_READ_NOTE
+from bonito_tasks.publish.export import ExportFiles, export_files, read_export
+from bonito_tasks.publish.hub import HUB_RETRY, HubCommit, PublishError, PublishRejected, upload_dataset
 from bonito_tasks.publish.layout import (
     ASSETS_DIR,
     CARD_FILE,
@@ -38,6 +42,7 @@ from bonito_tasks.publish.layout import (
     ExistingFiles,
     Snapshot,
     append_snapshot,
+    public_sources,
     sources_jsonl,
     task_splits,
 )
@@ -45,7 +50,8 @@ from bonito_tasks.retry import RetryPolicy
 from bonito_tasks.stage import StageWriter, run_stage
 from bonito_tasks.store import ArtifactStore, StoreError, open_store, safe_segment
 
-__all__ = ["DATASET_DIR", "STAGE", "HubCommit", "PublishError", "publish", "upload_dataset"]
+__all__ = ["DATASET_DIR", "STAGE", "HubCommit", "PublishError", "PublishRejected", "publish", "read_export",
+           "upload_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +83,16 @@ def publish(
     A re-run with the same config and inputs returns the committed manifest and does nothing.
     """
     if config.hub_repo_id and not token:
-        raise PublishError(f"a Hugging Face token with write access to {config.hub_repo_id} is needed to upload")
+        raise PublishRejected(f"a Hugging Face token with write access to {config.hub_repo_id} is needed to upload")
     if config.publish_mode == "pr" and not config.hub_repo_id:
-        raise PublishError("publish_mode 'pr' opens a pull request on the Hub: set hub_repo_id")
+        raise PublishRejected("publish_mode 'pr' opens a pull request on the Hub: set hub_repo_id")
     if config.export_s3_uri and not config.export_s3_uri.startswith("s3://"):
-        raise PublishError(f"export_s3_uri must be an s3://bucket/prefix URI, not {config.export_s3_uri!r}")
+        raise PublishRejected(f"export_s3_uri must be an s3://bucket/prefix URI, not {config.export_s3_uri!r}")
 
     def work(writer: StageWriter) -> PublishMetrics:
         rows = store.read_table(examples, "examples")
         if rows.num_rows == 0:
-            raise PublishError("the validated examples table is empty: nothing to publish")
+            raise PublishRejected("the validated examples table is empty: nothing to publish")
         sources = store.read_table(documents, "documents", columns=SOURCE_COLUMNS)
         quality = examples.metrics.quality if isinstance(examples.metrics, ValidateMetrics) else None
         assets = quality_plots(store, quality)
@@ -99,6 +105,8 @@ def publish(
                 snapshot = append_snapshot(existing, rows, sources, safe_segment(run.run_id), rows_per_shard)
             else:
                 snapshot = Snapshot(task_splits(rows, rows_per_shard), rows, sources)
+            # No local filesystem path is published: local sources relative to the source root.
+            snapshot = replace(snapshot, sources=public_sources(snapshot.sources, config.source))
             built.append(snapshot)
             if snapshot.skipped == rows.num_rows and CARD_FILE in existing.paths:
                 # An append that adds no row changes nothing, the card included.
@@ -107,6 +115,7 @@ def publish(
             card = render_card(
                 run=run, config=config, splits=snapshot.splits, examples=snapshot.examples,
                 documents=snapshot.sources, quality=quality, plots=[(label, path) for label, path, _ in assets],
+                export_note=EXPORT_READ_NOTE if export else "",
             )
             files = {path: data for split in snapshot.splits for path, data in split.shards.items()}
             files |= {path: data for _, path, data in assets}
@@ -130,7 +139,7 @@ def publish(
                 retry=retry,
             )
         else:
-            files = build(StoreFiles(export) if export else NoFiles())
+            files = build(ExportFiles(export) if export else NoFiles())
         snapshot = built[-1]
 
         dataset_key = f"{writer.prefix}/{DATASET_DIR}"
@@ -138,11 +147,14 @@ def publish(
             store.write_bytes(f"{dataset_key}/{path}", data)
         logger.info("wrote %d files (%d examples) to %s", len(files), snapshot.examples.num_rows,
                     store.uri(dataset_key))
+        # Rows this publish added: none when the Hub already held the files (a re-publish of this
+        # run, or main already holding the PR's files); a commit whose answer was lost counts as made.
+        added = 0 if commit and not commit.created else rows.num_rows - snapshot.skipped
         metrics = PublishMetrics(
             dataset_uri=store.uri(dataset_key),
             publish_mode=config.publish_mode,
             examples=snapshot.examples.num_rows,
-            examples_added=rows.num_rows - snapshot.skipped,
+            examples_added=added,
             duplicates_skipped=snapshot.skipped,
             documents=snapshot.sources.num_rows,
             examples_per_task_type={split.task_type: split.rows for split in snapshot.splits},
@@ -154,7 +166,7 @@ def publish(
                 commit.repo_url, commit.commit_sha, commit.created)
             metrics.hub_pr_url = commit.pr_url
         if export:
-            export_files(export, files)
+            metrics.export_snapshot_uri = export_files(export, files, run.run_id)
             metrics.export_uri = export.root_uri
         return metrics
 
@@ -168,32 +180,6 @@ class NoFiles:
 
     def read(self, path: str) -> bytes:
         raise KeyError(path)
-
-
-class StoreFiles:
-    """The dataset files under a store root (an S3 export prefix)."""
-
-    def __init__(self, store: ArtifactStore):
-        self.store = store
-        top = [name for name in (SOURCES_FILE, CARD_FILE) if store.exists(name)]
-        self.paths = sorted(top + [key for folder in REPLACED for key in store.list(folder.rstrip("/"))])
-
-    def read(self, path: str) -> bytes:
-        return self.store.read_bytes(path)
-
-
-def export_files(export: ArtifactStore, files: Mapping[str, bytes]) -> None:
-    """Make the export prefix hold `files`: shards first, stale shards and plots removed, the card
-    last (S3 has no multi-object commit; the card is the marker that the export is complete)."""
-    for path in sorted(files):
-        if path != CARD_FILE:
-            export.write_bytes(path, files[path])
-    for folder in REPLACED:
-        for key in export.list(folder.rstrip("/")):
-            if key not in files:
-                export.delete(key)
-    export.write_bytes(CARD_FILE, files[CARD_FILE])
-    logger.info("exported %d files to %s", len(files), export.root_uri)
 
 
 def quality_plots(store: ArtifactStore, quality: QualitySummary | None) -> list[tuple[str, str, bytes]]:

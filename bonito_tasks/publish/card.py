@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from string import Template
 from typing import Any
 
@@ -14,8 +15,13 @@ import yaml
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import EXAMPLES, QualitySummary, RunRef
+from bonito_tasks.model_ref import looks_like_path
 from bonito_tasks.publish.layout import DATA_DIR, SOURCES_FILE, SPLIT, TaskSplit
 from bonito_tasks.task_types import TASK_TYPES
+
+SAMPLE_ROWS = 3  # example rows shown per config
+SAMPLE_CHARS = 160  # a sample's input and output are clipped to this many characters
+UNSPECIFIED_LICENSE = "unspecified"  # license_name of license "other" when the run names none
 
 BONITO_CITATION = """\
 @inproceedings{bonito:aclfindings24,
@@ -68,6 +74,11 @@ from datasets import load_dataset
 
 dataset = load_dataset("${load_path}", "${first_config}", split="${split}")
 ```
+${export_note}
+## Samples
+
+A few rows of each config (first by `example_id`; text clipped to ${sample_chars} characters):
+${samples}
 
 ## How it was made
 
@@ -113,13 +124,22 @@ def render_card(
     documents: pa.Table,
     quality: QualitySummary | None = None,
     plots: list[tuple[str, str]] = (),
+    export_note: str = "",
 ) -> str:
     """The card; `quality` is validate's quality summary of this run, `plots` (label, path in the
-    dataset) its images."""
+    dataset) its images, `export_note` a paragraph on reading an S3 export (publish/export.py).
+
+    No local filesystem path goes into the card: a model loaded from a folder is shown by the
+    folder's name and its content hash (the sources' paths are relative in `sources.jsonl`)."""
     n_examples = sum(s.rows for s in splits)
     title = config.hub_repo_id.split("/")[-1] if config.hub_repo_id else f"Bonito data of {run.dag_id} {run.run_id}"
-    metadata = {
-        "license": config.license,
+    metadata: dict[str, Any] = {"language": list(config.dataset_language)} if config.dataset_language else {}
+    metadata |= {"license": config.license}
+    if config.license == "other":  # the Hub asks for a name and a link of a license it does not list
+        metadata["license_name"] = config.license_name or UNSPECIFIED_LICENSE
+        if config.license_link:
+            metadata["license_link"] = config.license_link
+    metadata |= {
         "pretty_name": title,
         "task_categories": ["text-generation"],
         "tags": ["bonito", "synthetic", "instruction-tuning"],
@@ -149,7 +169,10 @@ def render_card(
         load_path=config.hub_repo_id or "path/to/this/folder",
         first_config=splits[0].task_type,
         split=SPLIT,
-        models=", ".join(f"`{model}` at revision `{revision}`" for model, revision in models),
+        export_note=export_note,
+        sample_chars=SAMPLE_CHARS,
+        samples="".join(_samples(examples, s.task_type) for s in splits).rstrip("\n"),
+        models=", ".join(_model(model, revision) for model, revision in models),
         sampling=", ".join(f"`{params}`" for params in sampling),
         task_types=", ".join(f"{TASK_TYPES.get(t, t)} (`{t}`)" for t in config.task_types),
         chunk_max_tokens=config.chunk_max_tokens,
@@ -159,7 +182,7 @@ def render_card(
         media_types=", ".join(f"{media_type} ({count})" for media_type, count in sorted(media_types.items())),
         sources_file=SOURCES_FILE,
         field_rows="\n".join(f"| `{f.name}` | {f.type} | {FIELD_DESCRIPTIONS.get(f.name, '')} |" for f in EXAMPLES),
-        license=f"`{config.license}`",
+        license=_license(config),
         citation=BONITO_CITATION,
     )
 
@@ -174,14 +197,17 @@ def dataset_configs(splits: list[TaskSplit]) -> list[dict]:
 
 
 def dataset_info(splits: list[TaskSplit]) -> list[dict]:
-    """Features and row counts per config, as `datasets` writes them (it checks the counts on load)."""
+    """Features, sizes and row counts per config, as `datasets` writes them (it checks the counts on
+    load, and ignores a split without `num_bytes`)."""
 
     def info(name: str, parts: list[TaskSplit]) -> dict:
+        num_bytes = sum(s.num_bytes for s in parts)
         return {
             "config_name": name,
             "features": [{"name": f.name, "dtype": str(f.type)} for f in EXAMPLES],  # fresh: no YAML aliases
-            "splits": [{"name": SPLIT, "num_examples": sum(s.rows for s in parts)}],
+            "splits": [{"name": SPLIT, "num_bytes": num_bytes, "num_examples": sum(s.rows for s in parts)}],
             "download_size": sum(s.download_size for s in parts),
+            "dataset_size": num_bytes,
         }
 
     return [info("default", splits)] + [info(s.task_type, [s]) for s in splits]
@@ -218,10 +244,41 @@ def _quality_section(quality: QualitySummary | None, plots: list[tuple[str, str]
     return f"\n## Quality\n\nValidation of run `{run_id}` (Great Expectations):\n\n{body}\n"
 
 
+def _model(model_id: str, revision: str) -> str:
+    """A model as the card names it: a Hub id with its revision, or a local folder by its name and
+    content hash (never its path on the machine that ran the pipeline)."""
+    if looks_like_path(model_id):
+        return f"`{PurePosixPath(model_id.rstrip('/')).name}` (a local model) with content hash `{revision}`"
+    return f"`{model_id}` at revision `{revision}`"
+
+
+def _license(config: RunConfig) -> str:
+    if config.license != "other":
+        return f"`{config.license}`"
+    name = f"`{config.license_name}`" if config.license_name else "not named (`license_name` was not set)"
+    link = f" ({config.license_link})" if config.license_link else ""
+    return f"Other: {name}{link}."
+
+
+def _samples(examples: pa.Table, task_type: str) -> str:
+    """The first SAMPLE_ROWS rows of one config as a Markdown table, text clipped."""
+    rows = examples.filter(pc.equal(examples["task_type"], task_type)).sort_by("example_id").slice(0, SAMPLE_ROWS)
+    lines = [f"| {_cell(_clip(i))} | {_cell(_clip(o))} |"
+             for i, o in zip(rows.column("input").to_pylist(), rows.column("output").to_pylist())]
+    return f"\n`{task_type}`:\n\n| input | output |\n|---|---|\n" + "\n".join(lines) + "\n"
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1].rstrip() + "…"
+
+
 def _count_table(name: str, counts: Mapping[str, int], header: str) -> str:
     rows = "\n".join(f"| {_cell(key)} | {count} |" for key, count in counts.items())
     return f"\n{name}:\n\n| {header} | Rows |\n|---|---|\n{rows}\n"
 
 
 def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """A Markdown table cell: pipes escaped, one line, no raw HTML."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("\n", " ")

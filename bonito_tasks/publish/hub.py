@@ -2,13 +2,17 @@
 
 Every attempt compares the repo's current files with ours and commits only the difference, on
 top of the head it looked at (`parent_commit`): a retry after a lost answer, or a re-run of the
-same publish, finds nothing to change and makes no commit. In "pr" mode the pull request is
+same publish, finds nothing to change and makes no commit. After a lost answer the retry also
+checks whether the head is the commit that got no answer (this upload's title, on the parent it
+was sent with): then the upload reports that commit as its own (`HubCommit.created`). In "pr" mode the pull request is
 opened first (titled with the commit message, which names the run) and the files are committed
 to its ref `refs/pr/N` on top of its head: a retry finds the PR by title and a commit whose answer
 was lost is not repeated (a lost answer to the PR creation itself can leave one empty draft PR).
 Transient failures (408, 429, 5xx, timeouts, dropped connections, a head that moved under the commit)
 are retried with full-jitter exponential backoff (bonito_tasks.retry); 401/403 and other errors are
-not. The token never appears in logs or errors.
+not. 401/403 raise `PublishRejected`, a `PermanentFailure` (Airflow does not retry the task either);
+transient errors that outlive the retries raise a plain `PublishError` (Airflow retries the task).
+The token never appears in logs or errors.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from bonito_tasks.compat import hf_request_timeout
+from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.retry import RetryPolicy, network_errors, retry_after_s, transient_status
 
 if TYPE_CHECKING:
@@ -34,14 +39,21 @@ T = TypeVar("T")
 
 
 class PublishError(RuntimeError):
-    pass
+    """Publishing failed; Airflow retries the task (transient errors that outlived the retries)."""
+
+
+class PublishRejected(PublishError, PermanentFailure):
+    """Publishing cannot succeed as configured: a missing or read-only token, a config that names
+    no target, a bad export URI. Fix the connection or the params; a retry would fail the same way."""
 
 
 @dataclass(frozen=True)
 class HubCommit:
     repo_url: str
     commit_sha: str  # the commit that holds the files (the PR's head in "pr" mode)
-    created: bool  # False when the repo (or an open PR) already held identical files
+    # True when this upload's commit holds the files, also when its answer was lost and a retry found
+    # it on the branch; False when the repo (or an open PR) already held identical files.
+    created: bool
     pr_url: str | None = None
 
 
@@ -84,10 +96,11 @@ def upload_dataset(
     from huggingface_hub import HfApi
 
     if not token:
-        raise PublishError(f"a Hugging Face token with write access to {repo_id} is needed to upload")
+        raise PublishRejected(f"a Hugging Face token with write access to {repo_id} is needed to upload")
     api = HfApi(endpoint=endpoint, token=token, library_name="bonito-etl")
 
     repo_url = f"{api.endpoint}/datasets/{repo_id}"
+    unanswered: list[tuple[str, str]] = []  # (revision, parent) of each commit sent whose answer was lost
 
     def attempt(cache_dir: str) -> tuple[HubCommit, dict[str, bytes]]:
         head = _head_creating_repo(api, repo_id, private, retry.timeout_s)
@@ -95,8 +108,10 @@ def upload_dataset(
         files = dict(build(HubFiles(api, repo_id, head, remote, cache_dir)))
         operations = _operations(files, remote, replace_folders)
         if not operations:
-            logger.info("dataset repo %s already holds these files at %s; no commit", repo_id, head)
-            return HubCommit(repo_url, head, created=False), files
+            ours = _is_unanswered_commit(api, repo_id, "main", head, commit_message, unanswered)
+            logger.info("dataset repo %s already holds these files at %s; %s", repo_id, head,
+                        "it is this upload's commit, whose answer was lost" if ours else "no commit")
+            return HubCommit(repo_url, head, created=ours), files
         pr_url, revision = None, "main"
         if create_pr:
             pr = _pull_request(api, repo_id, commit_message, commit_description)
@@ -104,17 +119,23 @@ def upload_dataset(
             head = api.repo_info(repo_id, repo_type="dataset", revision=revision, timeout=retry.timeout_s).sha
             operations = _operations(files, _remote_files(api, repo_id, revision), replace_folders)
             if not operations:
-                logger.info("pull request %s already holds these files", pr_url)
-                return HubCommit(repo_url, head, created=False, pr_url=pr_url), files
-        info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message,
-            commit_description=commit_description,
-            repo_type="dataset",
-            revision=revision,
-            parent_commit=head,
-        )
+                ours = _is_unanswered_commit(api, repo_id, revision, head, commit_message, unanswered)
+                logger.info("pull request %s already holds these files%s", pr_url,
+                            " (this upload's commit, whose answer was lost)" if ours else "")
+                return HubCommit(repo_url, head, created=ours, pr_url=pr_url), files
+        try:
+            info = api.create_commit(
+                repo_id,
+                operations,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                repo_type="dataset",
+                revision=revision,
+                parent_commit=head,
+            )
+        except Exception:
+            unanswered.append((revision, head))  # it may have been applied all the same
+            raise
         logger.info("committed %d change(s) to dataset repo %s at %s: %s", len(operations), repo_id, revision, info.oid)
         return HubCommit(repo_url, info.oid, created=True, pr_url=pr_url), files
 
@@ -131,6 +152,20 @@ def _head_creating_repo(api: HfApi, repo_id: str, private: bool, timeout_s: floa
     except RepositoryNotFoundError:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         return api.repo_info(repo_id, repo_type="dataset", revision="main", timeout=timeout_s).sha
+
+
+def _is_unanswered_commit(
+    api: HfApi, repo_id: str, revision: str, head: str, title: str, unanswered: list[tuple[str, str]]
+) -> bool:
+    """Whether `head` is a commit this upload sent but got no answer for: it carries this upload's
+    title (which names the run) and sits right on a parent such a commit was sent with. Asks the
+    Hub only after a lost answer."""
+    parents = {parent for rev, parent in unanswered if rev == revision}
+    if not parents:
+        return False
+    commits = api.list_repo_commits(repo_id, repo_type="dataset", revision=head)
+    return (len(commits) > 1 and commits[0].commit_id == head and commits[0].title == title
+            and commits[1].commit_id in parents)
 
 
 def _pull_request(api: HfApi, repo_id: str, title: str, description: str) -> Discussion:
@@ -179,10 +214,12 @@ def _with_retries(call: Callable[[], T], policy: RetryPolicy, repo_id: str, toke
 
     try:
         return policy.call(call, retryable=_transient, retry_after=_retry_after, on_retry=log_retry)
+    except PermanentFailure:
+        raise
     except Exception as err:
         status = _status(err)
         if status in (401, 403):
-            raise PublishError(
+            raise PublishRejected(
                 f"the Hugging Face token is missing or lacks write access to dataset repo {repo_id} (HTTP {status})"
             ) from None
         tries = f"after {policy.attempts} attempts" if _transient(err) else "and cannot be retried"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Protocol
 
 import pyarrow as pa
@@ -41,6 +43,7 @@ class TaskSplit:
     task_type: str
     rows: int
     shards: dict[str, bytes]  # path in the dataset -> Parquet bytes
+    num_bytes: int = 0  # size of the rows in memory (Arrow), as `datasets` records a split's num_bytes
 
     @property
     def folder(self) -> str:
@@ -86,8 +89,14 @@ def task_splits(
             )
             for i in range(n_shards)
         }
-        splits.append(TaskSplit(task_type, rows.num_rows, shards))
+        splits.append(TaskSplit(task_type, rows.num_rows, shards, arrow_bytes(rows)))
     return splits
+
+
+def arrow_bytes(table: pa.Table) -> int:
+    """Bytes the rows take in memory as Arrow (what `datasets` reports as a split's num_bytes;
+    `nbytes` counts only the buffer ranges the rows use, so slices are not over-counted)."""
+    return table.nbytes
 
 
 def append_snapshot(
@@ -114,7 +123,8 @@ def append_snapshot(
         paths = sorted(p for p in old_shards if p.split("/")[1] == task_type)
         new = new_splits.get(task_type, TaskSplit(task_type, 0, {}))
         rows = sum(old_tables[p].num_rows for p in paths) + new.rows
-        splits.append(TaskSplit(task_type, rows, {p: old_shards[p] for p in paths} | new.shards))
+        num_bytes = sum(arrow_bytes(old_tables[p]) for p in paths) + new.num_bytes
+        splits.append(TaskSplit(task_type, rows, {p: old_shards[p] for p in paths} | new.shards, num_bytes))
     old_sources = _read_sources(existing)
     all_sources = pa.concat_tables([old_sources, sources.select(SOURCE_COLUMNS).cast(old_sources.schema)])
     return Snapshot(
@@ -161,6 +171,30 @@ def _read_sources(existing: ExistingFiles) -> pa.Table:
 
 def _unique_sources(sources: pa.Table) -> pa.Table:
     return sources.group_by(SOURCE_COLUMNS).aggregate([]).select(SOURCE_COLUMNS)
+
+
+def public_source_uri(uri: str, source: str) -> str:
+    """A document's `source_uri` as the dataset shows it: a local file relative to the source root
+    (`source`; a file outside it, or a single-file source, by its name), so that no local filesystem
+    path is published; s3:// and other URIs unchanged. A `#row=N` suffix is kept."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    path, hash_sign, fragment = uri.removeprefix("file://").partition("#")
+    if not path.startswith("/"):  # already relative (an earlier publish)
+        return uri
+    file, root = PurePosixPath(path), PurePosixPath(os.path.abspath(source.removeprefix("file://")))
+    relative = file.relative_to(root).as_posix() if root in file.parents else file.name
+    return relative + hash_sign + fragment
+
+
+def public_sources(sources: pa.Table, source: str) -> pa.Table:
+    """The sources table with public source URIs (see public_source_uri), one row per distinct row."""
+    if sources.num_rows == 0:
+        return sources
+    uris = [public_source_uri(uri, source) for uri in sources.column("source_uri").to_pylist()]
+    column = sources.schema.get_field_index("source_uri")
+    public = sources.set_column(column, sources.schema.field(column), pa.array(uris, sources.schema.field(column).type))
+    return _unique_sources(public)
 
 
 def sources_jsonl(documents: pa.Table) -> bytes:

@@ -1,13 +1,14 @@
 """The quality report of a validate run: a JSON summary, three SVG plots and an HTML page holding them.
 
-The plots are inline SVG written here (matplotlib is not a dependency): output-length histograms
-per task type, the label distribution per classification task type, and the reasons generations
-were dropped or rows quarantined.
+The plots are drawn with matplotlib (SVG, text kept as text): output-length histograms per task type,
+the label distribution per classification task type, and the reasons generations were dropped or
+rows quarantined. The Dataset view and the dataset card show the same files.
 """
 
 from __future__ import annotations
 
 import html
+import io
 from collections import Counter
 
 import numpy as np
@@ -18,7 +19,6 @@ from bonito_tasks.contracts import LengthStats, Manifest, QualitySummary
 
 TOP_LABELS = 10
 HIST_BINS = 12
-_BAR_H, _GAP, _LABEL_W, _PLOT_W = 16, 4, 200, 360
 
 
 def quality_report(
@@ -76,27 +76,35 @@ def quality_report(
 
 
 def _panels(title: str, panels: dict[str, list[tuple[str, int]]]) -> str:
-    """Horizontal bar charts stacked under one title, as one SVG document."""
-    body, y = [f'<text x="4" y="18" font-weight="bold">{html.escape(title)}</text>'], 32
-    for name, bars in panels.items():
-        body.append(f'<text x="4" y="{y + 12}" font-style="italic">{html.escape(name)}</text>')
-        y += 20
-        if not bars:
-            body.append(f'<text x="{_LABEL_W}" y="{y + 12}" fill="#777">none</text>')
-            y += _BAR_H + _GAP
-        top = max((v for _, v in bars), default=0) or 1
-        for label, value in bars:
-            width = _PLOT_W * value / top
-            body.append(
-                f'<text x="{_LABEL_W - 6}" y="{y + 12}" text-anchor="end">{html.escape(str(label))[:40]}</text>'
-                f'<rect x="{_LABEL_W}" y="{y}" width="{width:.1f}" height="{_BAR_H}" fill="#4c78a8"/>'
-                f'<text x="{_LABEL_W + width + 4:.1f}" y="{y + 12}">{value}</text>'
-            )
-            y += _BAR_H + _GAP
-        y += 10
-    width = _LABEL_W + _PLOT_W + 80
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" font-family="sans-serif" '
-            f'font-size="12">{"".join(body)}</svg>')
+    """Horizontal bar charts, one per panel, stacked under one title, as one SVG document (matplotlib;
+    text stays text, and the output is byte-for-byte the same for the same numbers)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    heights = [max(1, len(bars)) * 0.28 + 0.6 for bars in panels.values()] or [1.0]
+    with matplotlib.rc_context({"svg.hashsalt": "bonito", "svg.fonttype": "none", "font.size": 9}):
+        fig = Figure(figsize=(7.5, sum(heights) + 0.6), layout="constrained")
+        fig.suptitle(title, fontweight="bold", fontsize=10)
+        axes = fig.subplots(max(1, len(panels)), 1, squeeze=False, height_ratios=heights)[:, 0]
+        for ax, (name, bars) in zip(axes, panels.items()):
+            ax.set_title(name, loc="left", fontstyle="italic", fontsize=9)
+            if not bars:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", color="#777", transform=ax.transAxes)
+                ax.set_axis_off()
+                continue
+            labels = [str(label)[:40] for label, _ in bars]
+            values = [value for _, value in bars]
+            positions = range(len(bars))
+            ax.barh(positions, values, color="#4c78a8")
+            ax.set_yticks(positions, labels)
+            ax.invert_yaxis()  # first bar on top, in the given order
+            ax.bar_label(ax.containers[0], padding=3, fontsize=8)
+            ax.margins(x=0.12)
+            ax.spines[["top", "right"]].set_visible(False)
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg"):]  # inline-able: no XML declaration or doctype
 
 
 def _page(summary: QualitySummary, plots: dict[str, str]) -> str:

@@ -27,10 +27,13 @@ from bonito_airflow.compat import under_task_supervisor
 from bonito_airflow.hooks import HuggingFaceHook, VllmServerHook
 from bonito_airflow.links import HuggingFaceDatasetLink
 from bonito_airflow.runtime import TaskRuntime, stage_output, task_runtime
+from bonito_airflow.schedule import resolve_run_values
+from bonito_airflow.view.links import DataDocsLink, QualityReportLink
+from bonito_tasks.config import check_config
 from bonito_tasks.contracts import Manifest, PublishMetrics
 from bonito_tasks.errors import PermanentFailure
 
-STAGE_OUTPUT_KEY = "stage_output"  # XCom key of the chunk stage's own output (its return value lists the shards)
+STAGE_OUTPUT_KEY = "stage_output"  # XCom key of a stage's own output when its return value lists what to map over
 
 
 class BonitoOperator(BaseOperator):
@@ -42,8 +45,9 @@ class BonitoOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context) -> Any:
-        rt = task_runtime(context, self.aws_conn_id)
         try:
+            rt = task_runtime(context, self.aws_conn_id)  # a config RunConfig rejects is permanent too
+            self.log.info("run folder: %s", rt.folder)
             return self.run(rt, context)
         except PermanentFailure as failure:  # the same inputs fail the same way: retrying is pointless
             raise AirflowFailException(str(failure)) from failure
@@ -69,29 +73,91 @@ class BonitoStageOperator(BonitoOperator):
         return stage_output(context, manifest)
 
 
-class BonitoExtractOperator(BonitoStageOperator):
-    """Extracts the documents under the run's `source` that the ledger does not know yet. Fails
-    without retries when nothing at all could be extracted."""
+class BonitoPlanOperator(BonitoStageOperator):
+    """Lists the run's `source` once and splits it into partitions balanced by bytes. Returns one
+    entry per partition (map extract and chunk over it); its own output goes to XCom key
+    `stage_output`."""
 
     ui_color = "#d5e8d4"
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
-        from bonito_tasks.extract import extract
+        from bonito_tasks.extract.plan import plan
 
-        return extract(rt.store, rt.run, rt.config, rt.s3_client_kwargs)
+        return plan(rt.store, rt.run, rt.config, rt.s3_client_kwargs)
+
+    def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> list[dict[str, Any]]:
+        context["ti"].xcom_push(key=STAGE_OUTPUT_KEY, value=super().to_xcom(context, rt, manifest))
+        return [{"manifest": manifest.uri, "partition": i} for i in range(manifest.metrics.partitions)]
+
+
+class BonitoExtractOperator(BonitoStageOperator):
+    """Extracts the documents of one `partition` of the plan (map it over the plan task's output)
+    that the ledger does not know yet. A partition whose files are all rejected succeeds."""
+
+    template_fields = ("partition",)
+    ui_color = "#d5e8d4"
+
+    def __init__(self, *, partition: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.partition = partition
+
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        from bonito_tasks.extract import extract_partition
+
+        plan = rt.store.read_manifest(self.partition["manifest"])
+        return extract_partition(rt.store, rt.run, rt.config, plan, self.partition["partition"], rt.s3_client_kwargs)
+
+
+class BonitoCollectDocumentsOperator(BonitoStageOperator):
+    """Makes the extract `partitions` (the mapped extract tasks' outputs) one documents stage.
+    Fails without retries when no partition found a document."""
+
+    template_fields = ("partitions",)
+    ui_color = "#d5e8d4"
+
+    def __init__(self, *, partitions: list[dict[str, Any]], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.partitions = partitions
+
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        from bonito_tasks.extract import collect_documents
+
+        manifests = [rt.store.read_manifest(ref["manifest"]) for ref in self.partitions]
+        return collect_documents(rt.store, rt.run, rt.config, manifests)
 
 
 class BonitoChunkOperator(BonitoStageOperator):
-    """Chunks the extracted `documents` (the extract task's output). Skips when there is no new
-    document. Returns one entry per chunk shard (map generate over it: `.expand(chunk_shard=op.output)`);
-    the stage's own output (manifest URI and counts) goes to XCom key `stage_output` (`op.stage_ref`)."""
+    """Chunks the `documents` (the collect_documents output) of one `partition` (map it over the
+    plan task's output). Skips when there is no new document."""
 
-    template_fields = ("documents",)
+    template_fields = ("documents", "partition")
     ui_color = "#dae8fc"
 
-    def __init__(self, *, documents: dict[str, Any], **kwargs: Any):
+    def __init__(self, *, documents: dict[str, Any], partition: dict[str, Any], **kwargs: Any):
         super().__init__(**kwargs)
-        self.documents = documents
+        self.documents, self.partition = documents, partition
+
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        from bonito_tasks.chunk import chunk_partition
+
+        if not self.documents["counts"].get("documents"):  # every document already in the ledger
+            raise AirflowSkipException(f"no new documents ({self.documents['counts'].get('skipped_known', 0)} known)")
+        documents = rt.store.read_manifest(self.documents["manifest"])
+        return chunk_partition(rt.store, rt.run, rt.config, documents, self.partition["partition"])
+
+
+class BonitoPlanShardsOperator(BonitoStageOperator):
+    """Makes the chunk `partitions` (the mapped chunk tasks' outputs) one chunk stage: exact
+    duplicates kept once, chunks grouped into generate shards. Returns one entry per generate
+    shard (map generate over it: `.expand(chunk_shard=op.output)`); the stage's own output goes to
+    XCom key `stage_output` (`op.stage_ref`)."""
+
+    template_fields = ("partitions",)
+    ui_color = "#dae8fc"
+
+    def __init__(self, *, partitions: list[dict[str, Any]], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.partitions = partitions
 
     @property
     def stage_ref(self):
@@ -99,16 +165,18 @@ class BonitoChunkOperator(BonitoStageOperator):
         return self.output[STAGE_OUTPUT_KEY]
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
-        from bonito_tasks.chunk import chunk
+        from bonito_tasks.chunk import plan_shards
 
-        if not self.documents["counts"].get("documents"):  # every document already in the ledger
-            raise AirflowSkipException(f"no new documents ({self.documents['counts'].get('skipped_known', 0)} known)")
-        return chunk(rt.store, rt.run, rt.config, rt.store.read_manifest(self.documents["manifest"]))
+        manifests = [rt.store.read_manifest(ref["manifest"]) for ref in self.partitions]
+        return plan_shards(rt.store, rt.run, rt.config, manifests)
 
     def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> list[dict[str, Any]]:
+        from bonito_tasks.contracts import generate_shard_parts
+
         context["ti"].xcom_push(key=STAGE_OUTPUT_KEY, value=super().to_xcom(context, rt, manifest))
-        return [{"manifest": manifest.uri, "shard": i, "chunks": ref.rows}
-                for i, ref in enumerate(manifest.shards_of("chunks"))]
+        refs = manifest.shards_of("chunks")
+        return [{"manifest": manifest.uri, "shard": i, "chunks": sum(refs[p].rows for p in generate_shard_parts(
+            manifest, i))} for i in range(manifest.metrics.shards)]
 
 
 class BonitoGenerateOperator(BonitoStageOperator):
@@ -165,6 +233,7 @@ class BonitoValidateOperator(BonitoStageOperator):
     from (the chunk stage's output). A breached dataset threshold fails the task without retries."""
 
     template_fields = ("generated", "chunks")
+    operator_extra_links = (QualityReportLink(), DataDocsLink())  # the Dataset view, also after a failure
     ui_color = "#e1d5e7"
 
     def __init__(self, *, generated: list[dict[str, Any]], chunks: dict[str, Any], **kwargs: Any):
@@ -231,18 +300,23 @@ class BonitoPublishOperator(BonitoStageOperator):
 
 
 class BonitoLedgerOperator(BonitoOperator):
-    """Records the run's `documents` (the extract task's output) in the ledger; run it after publish."""
+    """Records the run's `documents` (the extract task's output) in the ledger, for the run's task
+    types and processing target, with its remembered rejects; then compacts the ledger past
+    COMPACT_AFTER_PARTS parts. Run it after publish. Its trigger rule defaults to `none_failed`: it
+    runs when publish succeeded or was skipped (nothing new to publish, so it records only the
+    rejects), never when publish failed (the documents are then tried again next run)."""
 
     template_fields = ("documents",)
 
     def __init__(self, *, documents: dict[str, Any], **kwargs: Any):
+        kwargs.setdefault("trigger_rule", "none_failed")
         super().__init__(**kwargs)
         self.documents = documents
 
     def run(self, rt: TaskRuntime, context) -> dict[str, Any]:
         from bonito_tasks.ledger import update_ledger
 
-        return update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]))
+        return update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]), rt.config)
 
 
 class BonitoSummaryOperator(BonitoOperator):
@@ -260,3 +334,35 @@ class BonitoSummaryOperator(BonitoOperator):
         failed = ti.get_ti_count(dag_id=ti.dag_id, run_ids=[ti.run_id], states=["failed", "upstream_failed"])
         if failed:
             raise AirflowFailException(f"{failed} task(s) of this run failed or could not run; see the summary above")
+
+
+class BonitoCheckParamsOperator(BaseOperator):
+    """The run's first task, quick and reading no data: resolves the run's values (a scheduled run's
+    settings over its params; see schedule.py) and checks them as one RunConfig: every field's
+    bounds and the rules between fields (chunk + prompt + max_tokens within max_model_len, overlap
+    under half a chunk). A rejection names each param at fault, with its value, and fails the task
+    without retries, so nothing downstream runs.
+
+    Returns `{"run_type", "settings" (what was laid over the params), "config_sha256"}`; the later
+    tasks of a scheduled run read `settings` from it."""
+
+    ui_color = "#f5f5f5"
+
+    def __init__(self, *, schedule_settings: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.schedule_settings = dict(schedule_settings or {})
+
+    def execute(self, context) -> dict[str, Any]:
+        dag_run = context["dag_run"]
+        run_type = getattr(dag_run, "run_type", "manual")
+        run_type = getattr(run_type, "value", run_type)  # DagRunType is a str enum
+        try:
+            values, settings = resolve_run_values(context, self.schedule_settings)
+            origin = "scheduled run (params + scheduled settings)" if settings else "params"
+            config = check_config(values, origin)
+        except PermanentFailure as failure:
+            raise AirflowFailException(str(failure)) from failure
+        if settings:
+            self.log.info("scheduled run: settings applied over the form's defaults: %s", settings)
+        self.log.info("run %s (%s): params accepted, config sha256 %s", dag_run.run_id, run_type, config.sha256())
+        return {"run_type": run_type, "settings": settings, "config_sha256": config.sha256()}

@@ -1,28 +1,50 @@
-"""The DAG's trigger-form params, derived from RunConfig so the two never drift apart."""
+"""The DAG's trigger-form params, derived from RunConfig so the two never drift apart.
+
+Every JSON-schema keyword pydantic writes for a field (type, bounds, lengths, pattern, enum, item
+types) goes into its Param, so the form refuses what RunConfig's field validation refuses. Rules
+between fields (chunk + prompt + max_tokens within max_model_len, overlap under half a chunk) cannot
+be written in a Param's schema: the DAG's first task, check_params, checks them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param
 
-from bonito_tasks.config import RunConfig
+from bonito_tasks.config import DEFAULT_MODEL, RunConfig
 from bonito_tasks.task_types import TASK_TYPES
 
 # The form offers every task type by its short name, then by its full name (as Bonito was trained on it).
 TASK_TYPE_NAMES = [*TASK_TYPES, *TASK_TYPES.values()]
-_SCHEMA_KEYS = ("enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "minItems")
+# Keywords that describe a field rather than constrain it; everything else is carried into the Param.
+_NOT_CONSTRAINTS = ("title", "default", "description", "anyOf", "type")
+# The environment variables that set a param's default when the DAG is parsed.
+ENV_DEFAULTS = {"source": "BONITO_SOURCE", "store": "BONITO_STORE", "model_id": "BONITO_MODEL"}
 
 
-def _json_type(schema: dict) -> tuple[Any, dict]:
-    """(type, extra keywords) of a pydantic property schema, flattening Optional's anyOf."""
-    if "anyOf" in schema:
-        types, extra = [], {}
-        for option in schema["anyOf"]:
-            types.append(option["type"])
-            extra.update({k: option[k] for k in _SCHEMA_KEYS if k in option})
-        return types, extra
-    return schema["type"], {k: schema[k] for k in _SCHEMA_KEYS if k in schema}
+def env_defaults(environ: Mapping[str, str], airflow_home: Path | str) -> dict[str, str]:
+    """The defaults the environment sets: `source` ($BONITO_SOURCE, else empty: the form asks for
+    it), `store` ($BONITO_STORE, else $AIRFLOW_HOME/bonito-store), `model_id` ($BONITO_MODEL)."""
+    return {
+        "source": environ.get(ENV_DEFAULTS["source"], ""),
+        "store": environ.get(ENV_DEFAULTS["store"]) or f"{airflow_home}/bonito-store",
+        "model_id": environ.get(ENV_DEFAULTS["model_id"]) or DEFAULT_MODEL,
+    }
+
+
+def param_schema(schema: dict) -> dict[str, Any]:
+    """The JSON schema of a Param from a pydantic property schema, flattening Optional's anyOf
+    (`{"type": ["integer", "null"], "minimum": 1}`: JSON schema applies bounds to numbers only)."""
+    options = schema.get("anyOf", [schema])
+    types = [option["type"] for option in options]
+    out: dict[str, Any] = {"type": types if len(types) > 1 else types[0]}
+    for option in options:
+        out.update({k: v for k, v in option.items() if k not in _NOT_CONSTRAINTS})
+    out.update({k: v for k, v in schema.items() if k not in _NOT_CONSTRAINTS})
+    return out
 
 
 def run_params(**defaults: Any) -> dict[str, Param]:
@@ -30,11 +52,10 @@ def run_params(**defaults: Any) -> dict[str, Param]:
     properties = RunConfig.model_json_schema()["properties"]
     params = {}
     for name, field in RunConfig.model_fields.items():
-        schema = properties[name]
-        json_type, extra = _json_type(schema)
-        default = defaults.get(name, field.default)
+        schema = param_schema(properties[name])
         if name == "task_types":  # short or full names, as RunConfig accepts them
-            extra = {"items": {"type": "string", "enum": TASK_TYPE_NAMES}, "uniqueItems": True, "minItems": 1}
-        params[name] = Param(default, type=json_type, title=name.replace("_", " "),
-                             description=field.description or "", **extra)
+            schema["items"] = {"type": "string", "enum": TASK_TYPE_NAMES}
+            schema["uniqueItems"] = True
+        default = defaults.get(name, field.default)
+        params[name] = Param(default, title=name.replace("_", " "), description=field.description or "", **schema)
     return params

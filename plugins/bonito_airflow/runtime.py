@@ -8,9 +8,10 @@ from typing import Any
 from airflow.sdk import Asset, conf
 
 from bonito_airflow.hooks import S3ConnectionHook
-from bonito_tasks.config import RunConfig
+from bonito_airflow.schedule import run_values
+from bonito_tasks.config import RunConfig, check_config
 from bonito_tasks.contracts import Manifest, RunRef
-from bonito_tasks.store import ArtifactStore, open_store
+from bonito_tasks.store import ArtifactStore, open_store, run_prefix
 
 
 @dataclass
@@ -20,9 +21,17 @@ class TaskRuntime:
     store: ArtifactStore
     s3_client_kwargs: dict[str, Any]
 
+    @property
+    def folder(self) -> str:
+        """The run's folder in the store: <store>/<dag_id>/<run_id>, each sanitised to one path
+        segment (every character but letters, digits, '.', '_' and '-' becomes '_')."""
+        return self.store.uri(run_prefix(self.run))
+
 
 def task_runtime(context: dict, aws_conn_id: str = "aws_default") -> TaskRuntime:
-    config = RunConfig(**context["params"])
+    """The task's runtime. Its config is the run's params (with a scheduled run's settings, see
+    schedule.py); a config RunConfig rejects raises ConfigRejected, which is not retried."""
+    config = check_config(run_values(context))
     dag_run = context["dag_run"]
     base_url = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
     run = RunRef(dag_id=dag_run.dag_id, run_id=dag_run.run_id,

@@ -5,8 +5,8 @@ backend; CeleryExecutor with a Redis database as broker; `airflow api-server`, `
 `dag-processor`, `triggerer` and `celery worker --queues default,gpu` as separate processes;
 SimpleAuthManager with auth on (user admin, a random password). The DAG is this repo's
 dags/bonito_dataset.py with the tiny model, a local store, and a nightly-sweep source of one
-document scheduled every minute. The Hub is tests/hub_server.py on loopback, the alert
-webhook tests/webhook_server.py.
+document scheduled every minute, whose runs append to the Hub dataset (BONITO_SCHEDULE_CONFIG).
+The Hub is tests/hub_server.py on loopback, the alert webhook tests/webhook_server.py.
 """
 
 from __future__ import annotations
@@ -23,13 +23,27 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE_DOCS, TINY_MODEL
-from deployment.stack import MARKER, AirflowApi, Services, free_port, postgres_database, redis_database, wait_until
+from deployment.stack import (
+    MARKER,
+    AirflowApi,
+    Services,
+    free_port,
+    postgres_database,
+    redis_database,
+    services_down,
+    wait_until,
+)
 from hub_server import HubServer
 from webhook_server import WebhookReceiver
 
 DAG_ID = "bonito_dataset"
 USERNAME = "admin"
 SWEEP_DOC = "apache-2.0.txt"  # the one document in BONITO_SOURCE, the scheduled sweep's prefix
+HUB_REPO = "bonito-test/deploy"
+# The scheduled runs' own settings: append their new rows to the manual runs' Hub dataset. The tiny
+# model knows nothing: gate the plumbing, not its answers' quality.
+SCHEDULE_SETTINGS = {"hub_repo_id": HUB_REPO, "publish_mode": "append", "task_types": ["exqa"], "dtype": "float32",
+                     "min_pass_rate": 0.0, "max_duplicate_rate": 1.0, "max_label_share": 1.0}
 ARTIFACTS = Path(os.environ.get("BONITO_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 
 
@@ -42,6 +56,7 @@ class Deployment:
     hub: HubServer
     alerts: WebhookReceiver
     services: Services
+    source: Path  # BONITO_SOURCE, the folder the scheduled runs sweep
 
     def details(self) -> str:
         """The processes' log tails, for failure messages."""
@@ -74,6 +89,7 @@ def _airflow_env(home: Path, db: str, redis_db: int, port: int, passwords: Path,
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "BONITO_SOURCE": str(source),
         "BONITO_SCHEDULE": "* * * * *",
+        "BONITO_SCHEDULE_CONFIG": json.dumps(SCHEDULE_SETTINGS),
         "BONITO_STORE": str(store),
         "BONITO_MODEL": str(TINY_MODEL),
         "HF_ENDPOINT": hub.url,
@@ -87,7 +103,16 @@ def _airflow_env(home: Path, db: str, redis_db: int, port: int, passwords: Path,
 @pytest.fixture(scope="package")
 def deployment(tmp_path_factory):
     """The running deployment, stopped (every process killed, database dropped, Redis database
-    flushed) after the last test of this package, so it never competes with the rest of the suite."""
+    flushed) after the last test of this package, so it never competes with the rest of the suite.
+
+    Without PostgreSQL and Redis on this machine the package's tests skip, saying how to run them;
+    with BONITO_REQUIRE_SERVICES=1 (set by .ci/run) they fail instead."""
+    if down := services_down():
+        message = (f"deployment tests need {' and '.join(down)}: run `CI=true bash .ci/run` (starts them), or "
+                   "start them yourself (PostgreSQL with trust auth for user postgres), then `make test-deployment`")
+        if os.environ.get("BONITO_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     root = tmp_path_factory.mktemp("deployment")
     source = root / "source"
     source.mkdir()
@@ -119,7 +144,7 @@ def deployment(tmp_path_factory):
         services.start("celery-worker", "celery", "worker", "--queues", "default,gpu", "--concurrency", "2")
 
         api = AirflowApi(f"http://127.0.0.1:{port}", USERNAME, password)
-        stack = Deployment(api.url, USERNAME, password, api, hub, alerts, services)
+        stack = Deployment(api.url, USERNAME, password, api, hub, alerts, services, source)
 
         def up(check):
             services.assert_running()

@@ -52,6 +52,24 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+def services_down() -> list[str]:
+    """Which of the local services the deployment needs do not answer: PostgreSQL on
+    127.0.0.1:5432 (as user postgres, trust auth) and Redis on 127.0.0.1:6379."""
+    import psycopg
+    import redis
+
+    down = []
+    try:
+        psycopg.connect(POSTGRES_ADMIN, connect_timeout=3).close()
+    except psycopg.Error:
+        down.append("PostgreSQL on 127.0.0.1:5432 (user postgres)")
+    try:
+        redis.Redis(REDIS_HOST, REDIS_PORT, socket_connect_timeout=3).ping()
+    except redis.RedisError:
+        down.append(f"Redis on {REDIS_HOST}:{REDIS_PORT}")
+    return down
+
+
 @contextmanager
 def postgres_database(name: str) -> Iterator[str]:
     """A new database on the local PostgreSQL server, dropped on exit; yields its libpq URL part."""

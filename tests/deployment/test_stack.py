@@ -7,19 +7,24 @@ an operator would, with a token of the SimpleAuthManager.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+
 import pytest
 
+from bonito_tasks.store import safe_segment
 from conftest import SAMPLE_DOCS, TINY_MODEL
-from deployment.conftest import DAG_ID
+from deployment.conftest import DAG_ID, HUB_REPO, SCHEDULE_SETTINGS
 from deployment.stack import wait_until
 
-pytestmark = [pytest.mark.deployment, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.deployment, pytest.mark.timeout(1800)]
 
-HUB_REPO = "bonito-test/deploy"
+NEW_DOC = "mpl-2.0.md"  # left out of the manual run; put in BONITO_SOURCE later, for a scheduled run to find
 CONF = {"source": str(SAMPLE_DOCS), "model_id": str(TINY_MODEL), "dtype": "float32", "task_types": ["exqa"],
         # The tiny model knows nothing: gate the plumbing, not its answers' quality.
         "min_pass_rate": 0.0, "max_duplicate_rate": 1.0, "max_label_share": 1.0,
-        "full_refresh": True, "hub_repo_id": HUB_REPO}
+        "full_refresh": True, "hub_repo_id": HUB_REPO, "exclude": [NEW_DOC]}
 
 
 def test_every_component_reports_healthy(deployment):
@@ -27,6 +32,9 @@ def test_every_component_reports_healthy(deployment):
     assert {part: health[part]["status"] for part in health} == {
         part: "healthy" for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")}
     assert deployment.api.dag(DAG_ID)["timetable_summary"] == "* * * * *"
+    # The DAG's docs show the scheduled runs' settings (BONITO_SCHEDULE_CONFIG, checked at parse time).
+    doc = deployment.api.call("GET", f"/dags/{DAG_ID}/details")["doc_md"]
+    assert json.dumps(SCHEDULE_SETTINGS, sort_keys=True) in doc
 
 
 def test_manual_and_scheduled_runs_succeed_and_publish(deployment):
@@ -54,16 +62,73 @@ def test_manual_and_scheduled_runs_succeed_and_publish(deployment):
         assert summary["published"]["examples"] == published["counts"]["examples"]
         assert summary["generated"]["output_tokens_per_s"] > 0
 
-        # The every-minute sweep of BONITO_SOURCE (max_active_runs=1: it waited for the manual
-        # run). The ledger knows its document, so chunk and everything after it skip.
-        scheduled = wait_until(lambda: api.runs(DAG_ID, run_type="scheduled", state="success"), 300,
-                               "a scheduled run to succeed", interval=5,
-                               details=lambda: f"{api.runs(DAG_ID)}\n{deployment.details()}")[0]
-        states = {ti["task_id"]: ti["state"] for ti in api.task_instances(DAG_ID, scheduled["dag_run_id"])}
-        assert states["extract"] == "success" and states["chunk"] == "skipped", states
+        _scheduled_runs_append_only_their_new_rows(deployment, head)
     finally:
         api.set_paused(DAG_ID, True)
     assert not api.runs(DAG_ID, state="failed")
+
+
+def _scheduled_runs_append_only_their_new_rows(deployment, manual_head) -> None:
+    """The every-minute sweep of BONITO_SOURCE, with the settings of BONITO_SCHEDULE_CONFIG (append
+    to HUB_REPO). The ledger knows the manual run's documents; a document added to the source is
+    processed by the next scheduled run, which appends only its rows; the run after it finds
+    nothing new and publishes nothing."""
+    import pyarrow.parquet as pq
+
+    api, hub = deployment.api, deployment.hub
+    data = (SAMPLE_DOCS / NEW_DOC).read_bytes()
+    staged = deployment.source.parent / f".{NEW_DOC}.part"  # moved in whole: a sweep never reads half a file
+    staged.write_bytes(data)
+    staged.rename(deployment.source / NEW_DOC)
+    new_doc_id = hashlib.sha256(data).hexdigest()
+
+    def scheduled_runs(state: str = "success") -> list[dict]:
+        return sorted(api.runs(DAG_ID, run_type="scheduled", state=state), key=lambda r: r["run_after"])
+
+    def publish_state(run: dict) -> str | None:
+        states = {ti["task_id"]: ti["state"] for ti in api.task_instances(DAG_ID, run["dag_run_id"])}
+        return states.get("publish")
+
+    def none_failed() -> None:
+        for run in scheduled_runs("failed"):
+            raise AssertionError(f"scheduled run {run['dag_run_id']} failed\n"
+                                 f"{api.failure_report(DAG_ID, run['dag_run_id'])}\n{deployment.details()}")
+
+    def appending_run():
+        none_failed()
+        return next((r for r in scheduled_runs() if publish_state(r) == "success"), None)
+
+    details = deployment.details
+    appended = wait_until(appending_run, 600, "a scheduled run to publish the new document", interval=5,
+                          details=details)
+    run_id = appended["dag_run_id"]
+    assert appended["conf"] in ({}, None)  # nothing from a form: the settings are the schedule's own
+    resolved = api.xcom(DAG_ID, run_id, "check_params")
+    assert resolved["run_type"] == "scheduled" and resolved["settings"] == SCHEDULE_SETTINGS
+
+    published = api.xcom(DAG_ID, run_id, "publish")
+    head = hub.repo(HUB_REPO).resolve("main")
+    assert published["hub_commit_sha"] == head.oid and manual_head.oid in {c.oid for c in hub.repo(HUB_REPO).history()}
+    added = published["counts"]["examples_added"]
+    assert added > 0
+    # Append: the manual run's files are untouched; the new shards hold this run's rows, all of them
+    # from the new document, as many as it says it added.
+    assert all(head.files.get(path) == blob for path, blob in manual_head.files.items() if path.startswith("data/"))
+    new_shards = [path for path in head.files if path.startswith("data/exqa/") and path not in manual_head.files]
+    assert new_shards and all(f"/train-{safe_segment(run_id)}-" in path for path in new_shards), new_shards
+    rows = [row for path in new_shards for row in pq.read_table(io.BytesIO(head.files[path])).to_pylist()]
+    assert len(rows) == added
+    assert {row["doc_id"] for row in rows} == {new_doc_id} and {row["run_id"] for row in rows} == {run_id}
+
+    # A later scheduled run: no new document, so nothing is generated or published; the Hub keeps its head.
+    later = wait_until(lambda: none_failed() or [r for r in scheduled_runs() if r["run_after"] > appended["run_after"]],
+                       300, "a second scheduled run to succeed", interval=5, details=details)[0]
+    if (state := publish_state(later)) == "success":
+        assert api.xcom(DAG_ID, later["dag_run_id"], "publish")["counts"]["examples_added"] == 0
+    else:
+        assert state == "skipped", api.failure_report(DAG_ID, later["dag_run_id"])
+    assert hub.repo(HUB_REPO).resolve("main").oid == head.oid
+    (deployment.source / NEW_DOC).unlink()  # the UI test's runs sweep the first document only
 
 
 def test_a_failed_task_alerts_the_webhook(deployment):

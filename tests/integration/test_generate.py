@@ -32,7 +32,7 @@ def test_all_task_types_parse_with_lineage(tmp_path, vllm_engine):
     assert parse_failures == sum(r in ("no_pipe", "extra_pipe") for r in dropped["reason"].to_pylist())
     assert parse_failures <= 0.05 * m.generations, m.parse_failures
     assert set(examples["task_type"].to_pylist()) == set(TASK_TYPES)
-    assert m.generated_tokens > 0 and m.attempt_output_tokens_per_s > 0
+    assert m.generated_tokens > 0 and m.output_tokens_per_s > 0
 
     by_chunk = {r["chunk_id"]: r for r in rows}
     for ex in examples.to_pylist():

@@ -14,7 +14,8 @@ import traceback
 
 import pytest
 
-from bonito_tasks.publish import PublishError, publish
+from bonito_tasks.errors import PermanentFailure
+from bonito_tasks.publish import PublishError, PublishRejected, publish
 from bonito_tasks.retry import RetryPolicy
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore
@@ -62,6 +63,7 @@ def test_upload_creates_private_repo_with_one_commit_of_all_files(hub, setup):
     assert manifest.metrics.hub_url == f"{hub.url}/datasets/{REPO}"
     assert manifest.metrics.hub_commit_sha == commit.oid and manifest.metrics.hub_new_commit is True
     assert RUN.run_url in commit.description
+    assert not any(hub.token.encode() in data for data in commit.files.values())  # no secret in any file
 
 
 def test_endpoint_comes_from_hf_endpoint(hub, setup, monkeypatch):
@@ -135,8 +137,9 @@ def test_timed_out_commit_is_retried_without_a_duplicate(hub, setup):
 def test_persistent_failure_leaves_repo_and_store_without_the_run(hub, setup):
     store, config, inputs = setup
     hub.fail("POST", r"/commit/", status=500, times=100)
-    with pytest.raises(PublishError, match="failed"):
+    with pytest.raises(PublishError, match="failed") as raised:
         run_publish(hub, store, config, inputs)
+    assert not isinstance(raised.value, PermanentFailure)  # transient: Airflow may retry the task later
     assert hub.count("POST", r"/commit/") == FAST.attempts
     assert publish_commits(hub) == []
     assert list(hub.repo(REPO).resolve("main").files) == [".gitattributes"]
@@ -152,8 +155,9 @@ def test_token_without_write_access_fails_at_once_without_leaking(hub, setup, ca
     token = "hf_SECRETsecret123" if kind == "invalid" else hub.read_token
     requests_before = len(hub.requests)
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(PublishError, match=f"lacks write access to dataset repo {REPO}") as raised:
+    with pytest.raises(PublishRejected, match=f"lacks write access to dataset repo {REPO}") as raised:
         run_publish(hub, store, config, inputs, token=token)
+    assert isinstance(raised.value, PermanentFailure)  # Airflow fails the task without retries
     sent = hub.requests[requests_before:]
     assert len(sent) == len(set(sent))  # nothing retried
     shown = "".join(traceback.format_exception(raised.value)) + caplog.text
@@ -291,3 +295,74 @@ def test_timed_out_pr_commit_opens_a_single_pull_request(hub, setup):
     assert hub.count("POST", r"/commit/") == 2
     [pr] = hub.repo(REPO).open_pull_requests()  # the retry found the PR by its title
     assert len(hub.repo(REPO).history(f"refs/pr/{pr.num}")) == 2  # main's initial commit + one: the stalled one lost
+
+
+# Honest metrics: what this publish did, also when an answer was lost.
+
+
+def test_lost_answer_to_the_commit_is_reported_as_this_runs_commit(hub, setup):
+    """The Hub applies the commit but the client sees a 502: the retry finds the files on main and
+    reports that commit as this run's (it is), not as 'no new commit'."""
+    store, config, inputs = setup
+    hub.lose_answer("POST", r"/commit/")
+    manifest = run_publish(hub, store, config, inputs)
+    [commit] = publish_commits(hub)
+    assert hub.count("POST", r"/commit/") == 1  # the retry made no second commit
+    assert manifest.metrics.hub_commit_sha == commit.oid
+    assert manifest.metrics.hub_new_commit is True
+    assert manifest.metrics.examples_added == manifest.metrics.examples == 6
+
+
+def test_lost_answer_to_an_append_commit_counts_the_rows_it_added(hub, tmp_path):
+    nightly(hub, tmp_path, "night1", rows=range(0, 3))
+    hub.lose_answer("POST", r"/commit/")
+    rows, manifest, _ = nightly(hub, tmp_path, "night2", rows=range(3, 5))
+    assert len(publish_commits(hub)) == 2 and manifest.metrics.hub_commit_sha == hub.repo(REPO).refs["main"]
+    assert manifest.metrics.hub_new_commit is True
+    assert manifest.metrics.examples_added == rows == 4 and manifest.metrics.duplicates_skipped == 0
+    assert manifest.metrics.examples == 10
+
+
+def test_lost_answer_to_a_pr_commit_is_reported_as_this_runs_commit(hub, setup):
+    store, config, inputs = setup
+    hub.lose_answer("POST", r"/commit/")
+    manifest = run_publish(hub, store, config.model_copy(update={"publish_mode": "pr"}), inputs)
+    [pr] = hub.repo(REPO).open_pull_requests()
+    assert manifest.metrics.hub_commit_sha == hub.repo(REPO).refs[f"refs/pr/{pr.num}"]
+    assert manifest.metrics.hub_new_commit is True and manifest.metrics.examples_added == 6
+
+
+def test_identical_files_committed_by_someone_else_are_not_claimed(hub, setup, monkeypatch):
+    """This run's commit fails (not applied); before the retry looks, someone else commits the very
+    same files under another title. The retry makes no commit and does not claim theirs."""
+    from bonito_tasks.publish import hub as hub_module
+
+    store, config, inputs = setup
+    first = run_publish(hub, store, config, inputs)
+    repo = hub.repo(REPO)
+    files = dict(repo.resolve("main").files)
+    hub._commit(repo, "revert", "", {".gitattributes": files[".gitattributes"]}, repo.refs["main"])
+    store.delete_prefix(store.key(first.uri).rsplit("/", 1)[0])
+
+    hub.fail("POST", r"/commit/", status=502)
+    real_head, calls = hub_module._head_creating_repo, []
+
+    def head(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # the retry: someone else's upload of the same files got there first
+            hub._commit(repo, "manual upload", "", dict(files), repo.refs["main"])
+        return real_head(*args, **kwargs)
+
+    monkeypatch.setattr(hub_module, "_head_creating_repo", head)
+    manifest = run_publish(hub, store, config, inputs)
+    assert repo.history()[0].title == "manual upload" and manifest.metrics.hub_commit_sha == repo.refs["main"]
+    assert manifest.metrics.hub_new_commit is False and manifest.metrics.examples_added == 0
+
+
+def test_republish_of_files_the_repo_holds_adds_nothing(hub, setup):
+    store, config, inputs = setup
+    first = run_publish(hub, store, config, inputs)
+    store.delete_prefix(store.key(first.uri).rsplit("/", 1)[0])  # lost manifest: the stage is redone
+    again = run_publish(hub, store, config, inputs)
+    assert again.metrics.hub_new_commit is False and again.metrics.examples_added == 0
+    assert again.metrics.examples == 6

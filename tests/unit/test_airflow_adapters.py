@@ -61,3 +61,80 @@ def test_form_accepts_short_and_full_task_type_names():
     for wrong in (["no such task"], []):
         with pytest.raises(ParamValidationError):
             Param(wrong, **schema).resolve()
+
+
+def _constraints(schema: dict) -> dict:
+    """The validation keywords of a pydantic property schema (Optional's anyOf flattened)."""
+    out = {}
+    for part in [*schema.get("anyOf", []), schema]:
+        out.update({k: v for k, v in part.items() if k not in ("title", "default", "description", "anyOf", "type")})
+    return out
+
+
+@pytest.mark.parametrize("name", list(RunConfig.model_fields))
+def test_the_form_carries_every_bound_of_the_field(name):
+    """Every keyword RunConfig's JSON schema constrains a field with is in that field's Param."""
+    from bonito_airflow.params import run_params
+
+    param = run_params(source="/docs", store="/store")[name]
+    constraints = _constraints(RunConfig.model_json_schema()["properties"][name])
+    if name == "task_types":  # the form lists the names RunConfig's validator accepts
+        assert constraints.pop("items") == {"type": "string"} and param.schema["items"]["type"] == "string"
+    assert {k: param.schema.get(k) for k in constraints} == constraints
+
+
+def _outside(schema: dict):
+    """Values just past each bound of a Param schema (None when it has none)."""
+    if "minimum" in schema:
+        yield schema["minimum"] - 1
+    if "exclusiveMinimum" in schema:
+        yield schema["exclusiveMinimum"]
+    if "maximum" in schema:
+        yield schema["maximum"] + 1
+    if "exclusiveMaximum" in schema:
+        yield schema["exclusiveMaximum"]
+    if "enum" in schema:
+        yield "not-an-option"
+    if schema.get("minLength"):
+        yield ""
+    if schema.get("minItems"):
+        yield []
+
+
+def test_what_the_form_refuses_runconfig_refuses_and_the_other_way_round():
+    """For every bound of every field: a value just outside it fails the form's validation (as on
+    trigger) and RunConfig; the issue's own examples included."""
+    from airflow.sdk.exceptions import ParamValidationError
+    from pydantic import ValidationError
+
+    from bonito_airflow.params import run_params
+
+    params = run_params(source="/docs", store="/store")
+    base = {name: param.value for name, param in params.items()}
+    probed = 0
+    for name, param in params.items():
+        for value in _outside(param.schema):
+            with pytest.raises(ParamValidationError):
+                param.resolve(value)
+            with pytest.raises(ValidationError):
+                RunConfig(**(base | {name: value}))
+            probed += 1
+    assert probed >= 40
+    for blank in ("", "   "):  # an empty or blank source: refused by the form, not only inside a task
+        with pytest.raises(ParamValidationError):
+            params["source"].resolve(blank)
+    # Rules between params are not a Param's to check: the form takes these, check_params refuses them.
+    for conflict in ({"max_tokens": 1000}, {"chunk_overlap_tokens": 600}, {"chunk_max_tokens": 2000}):
+        [(name, value)] = conflict.items()
+        assert params[name].resolve(value) == value
+        with pytest.raises(ValidationError, match="params_conflict|exceeds|under half|no room"):
+            RunConfig(**(base | conflict))
+
+
+def test_env_defaults_of_the_form():
+    from bonito_airflow.params import env_defaults
+
+    assert env_defaults({}, "/home/af") == {"source": "", "store": "/home/af/bonito-store",
+                                            "model_id": "BatsResearch/bonito-v1"}
+    assert env_defaults({"BONITO_SOURCE": "s3://d/", "BONITO_STORE": "s3://s", "BONITO_MODEL": "m"}, "/x") == {
+        "source": "s3://d/", "store": "s3://s", "model_id": "m"}

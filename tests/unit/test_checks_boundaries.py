@@ -73,7 +73,7 @@ def test_a_broken_document_fails_the_extract_contract(store, row, failed):
     (chunk(0, 25, text="First page"), "span_matches_text"),
     (chunk(0, 3, text="   "), "text_not_empty"),
     (chunk(0, 25, doc_id="unknown"), "known_document"),
-    (chunk(0, 25, text="First page of the\x07policy"), "text_clean"),
+    (chunk(0, 25, text="First page of the\x07policy."), "text_clean"),
 ])
 def test_a_broken_chunk_fails_the_chunk_contract(store, documents, row, failed):
     writer = written(store, "chunk", "chunks", [chunk(26, len(TEXT)), row], CHUNKS)

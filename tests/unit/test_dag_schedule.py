@@ -8,7 +8,7 @@ pytestmark = pytest.mark.airflow
 
 
 def _dag(monkeypatch, **env):
-    for name in ("BONITO_SOURCE", "BONITO_SCHEDULE"):
+    for name in ("BONITO_SOURCE", "BONITO_SCHEDULE", "BONITO_SCHEDULE_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -38,8 +38,9 @@ def test_manual_runs_only_without_a_source(monkeypatch):
 
 
 def test_wiring_runbooks_and_xcom_references(monkeypatch):
-    """The DAG file is wiring: each task's runbook is its dags/runbooks/<task_id>.md, generate is
-    mapped over the chunk shards, and validate gets the chunk stage's own output."""
+    """The DAG file is wiring: each task's runbook is its dags/runbooks/<task_id>.md, extract and
+    chunk are mapped over the plan's partitions, generate over the planned shards, and validate
+    gets the chunk stage's own output."""
     from pathlib import Path
 
     from airflow.sdk.definitions.xcom_arg import PlainXComArg
@@ -51,9 +52,63 @@ def test_wiring_runbooks_and_xcom_references(monkeypatch):
     for t in dag.tasks:
         assert t.doc_md == (runbooks / f"{t.task_id}.md").read_text(encoding="utf-8"), t.task_id
         assert t.doc_md.splitlines()[1].startswith("**Safe to clear:** "), t.task_id
-    chunk, validate = dag.get_task("chunk"), dag.get_task("validate")
+    plan, plan_shards, validate = dag.get_task("plan"), dag.get_task("plan_shards"), dag.get_task("validate")
+    for mapped in ("extract", "chunk"):
+        [(_, partitions)] = dag.get_task(mapped).expand_input.value.items()
+        assert isinstance(partitions, PlainXComArg) and (partitions.operator, partitions.key) == (plan, "return_value")
     [(_, shards)] = dag.get_task("generate").expand_input.value.items()
-    assert isinstance(shards, PlainXComArg) and (shards.operator, shards.key) == (chunk, "return_value")
-    assert (validate.chunks.operator, validate.chunks.key) == (chunk, STAGE_OUTPUT_KEY)
+    assert isinstance(shards, PlainXComArg) and (shards.operator, shards.key) == (plan_shards, "return_value")
+    assert (validate.chunks.operator, validate.chunks.key) == (plan_shards, STAGE_OUTPUT_KEY)
+    assert dag.get_task("collect_documents").partitions.operator is dag.get_task("extract")
+    assert plan_shards.partitions.operator is dag.get_task("chunk")
     assert validate.generated.operator is dag.get_task("generate")
     assert dag.get_task("summarize").trigger_rule == "all_done"
+    assert dag.get_task("check_params").downstream_task_ids == {"plan"}
+    assert not dag.get_task("check_params").upstream_task_ids
+
+
+# ---- Scheduled runs' own settings: BONITO_SCHEDULE_CONFIG, checked when the DAG is parsed
+
+NIGHTLY = {"hub_repo_id": "org/nightly", "publish_mode": "append", "task_types": ["exqa", "Yes-No Question Answering"],
+           "min_pass_rate": 0.8}
+
+
+def test_scheduled_settings_are_parsed_shown_in_the_docs_and_given_to_check_params(monkeypatch):
+    import json
+
+    dag = _dag(monkeypatch, BONITO_SOURCE="s3://documents/", BONITO_SCHEDULE_CONFIG=json.dumps(NIGHTLY))
+    assert dag.get_task("check_params").schedule_settings == NIGHTLY
+    assert json.dumps(NIGHTLY, sort_keys=True) in dag.doc_md and "BONITO_SCHEDULE_CONFIG" in dag.doc_md
+    assert "bonito_schedule_config" in dag.doc_md  # the Variable laid over them at run time
+    # The form (manual runs) keeps its defaults.
+    assert dag.params["publish_mode"] == "overwrite" and dag.params["hub_repo_id"] is None
+
+
+def test_without_settings_the_docs_say_scheduled_runs_use_the_defaults(monkeypatch):
+    dag = _dag(monkeypatch, BONITO_SOURCE="s3://documents/")
+    assert dag.get_task("check_params").schedule_settings == {}
+    assert "none (the form's defaults)" in dag.doc_md
+    assert "**Scheduled runs:** none" in _dag(monkeypatch).doc_md
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ("{'publish_mode': 'append'}", "BONITO_SCHEDULE_CONFIG is not valid JSON"),
+    ('"append"', "BONITO_SCHEDULE_CONFIG must be a JSON object"),
+    ('{"publish_mod": "append"}', "unknown field 'publish_mod' (did you mean 'publish_mode'?)"),
+    ('{"publish_mode": "appendix"}', "publish_mode='appendix': Input should be 'overwrite', 'append' or 'pr'"),
+    ('{"min_pass_rate": 1.5}', "min_pass_rate=1.5: Input should be less than or equal to 1"),
+    ('{"max_tokens": 1000}', "params in conflict: max_tokens=1000, max_model_len=2048"),
+    ('{"task_types": ["poetry"]}', "task_types="),
+])
+def test_invalid_scheduled_settings_are_an_import_error_naming_the_field(monkeypatch, settings, named):
+    """As the dag-processor sees it: the DagBag records an import error for the DAG file."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from bonito_dev.local import REPO
+
+    monkeypatch.setenv("BONITO_SOURCE", "s3://documents/")
+    monkeypatch.setenv("BONITO_SCHEDULE_CONFIG", settings)
+    bag = DagBag(dag_folder=str(REPO / "dags" / "bonito_dataset.py"))
+    assert "bonito_dataset" not in bag.dag_ids
+    [error] = bag.import_errors.values()
+    assert "ConfigRejected" in error and named in error, error

@@ -7,7 +7,15 @@ from unittest import mock
 
 import pytest
 
-from bonito_tasks.contracts import ChunkMetrics, ExtractMetrics, GenerateMetrics, Manifest, RunRef, ShardRef
+from bonito_tasks.contracts import (
+    ChunkMetrics,
+    ExtractMetrics,
+    GenerateMetrics,
+    Manifest,
+    PlanMetrics,
+    RunRef,
+    ShardRef,
+)
 from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.store import LocalStore
 from conftest import TINY_MODEL
@@ -67,7 +75,9 @@ def test_stage_operator_returns_manifest_uri_and_counts_and_feeds_asset_events(s
     context = _context(store, op, n=2)
     result = op.execute(context)
 
-    assert result == {"manifest": documents.uri, "counts": {"documents": 3, "rejects": 1}}
+    # Rows per table, then the stage's integer metrics (which win where both name a count).
+    assert result == {"manifest": documents.uri, "counts": {"documents": 3, "rejects": 1} | documents.metrics.counts()}
+    assert result["counts"]["documents"] == 3 and result["counts"]["files"] == 0
     assert context["outlet_events"][asset].extra == {"run_id": RUN.run_id, **result}
     assert seen["config"].n == 2 and seen["store"].root_uri == store.root_uri
     assert (seen["run"].dag_id, seen["run"].run_id) == (RUN.dag_id, RUN.run_id)
@@ -110,35 +120,77 @@ def test_the_library_marks_its_unretryable_failures():
 # ---- One operator per task
 
 
-def test_extract_delegates_with_the_s3_credentials(store, monkeypatch):
+def _xcom(manifest: Manifest) -> dict:
+    return {"manifest": manifest.uri, "counts": manifest.counts | manifest.metrics.counts()}
+
+
+def test_plan_returns_one_entry_per_partition_and_pushes_its_own_output(store):
+    from bonito_airflow.operators import STAGE_OUTPUT_KEY, BonitoPlanOperator
+
+    planned = _manifest(store, "plan", PlanMetrics(files=9, partitions=3))
+    op = BonitoPlanOperator(task_id="plan")
+    context = _context(store, op)
+    with mock.patch("bonito_tasks.extract.plan.plan", return_value=planned) as plan:
+        result = op.execute(context)
+    store_arg, run, config, s3_kwargs = plan.call_args.args
+    assert run.run_id == RUN.run_id and config.source == "/docs" and s3_kwargs == {}
+    assert result == [{"manifest": planned.uri, "partition": p} for p in range(3)]
+    context["ti"].xcom_push.assert_called_once_with(key=STAGE_OUTPUT_KEY, value=_xcom(planned))
+
+
+def test_extract_delegates_one_partition(store):
     from bonito_airflow.operators import BonitoExtractOperator
 
-    committed = _manifest(store, "extract", ExtractMetrics(documents=2), counts={"documents": 2})
-    op = BonitoExtractOperator(task_id="extract")
-    with mock.patch("bonito_tasks.extract.extract", return_value=committed) as extract:
-        assert op.execute(_context(store, op)) == {"manifest": committed.uri, "counts": {"documents": 2}}
-    store_arg, run, config, s3_kwargs = extract.call_args.args
-    assert run.run_id == RUN.run_id and config.source == "/docs" and s3_kwargs == {}
+    planned = _manifest(store, "plan", PlanMetrics(partitions=2))
+    committed = _manifest(store, "extract", ExtractMetrics(documents=2), counts={"documents": 2},
+                          partition="/shard-00001")
+    op = BonitoExtractOperator(task_id="extract", partition={"manifest": planned.uri, "partition": 1})
+    with mock.patch("bonito_tasks.extract.extract_partition", return_value=committed) as extract:
+        assert op.execute(_context(store, op)) == _xcom(committed)
+    store_arg, run, config, plan_arg, partition, s3_kwargs = extract.call_args.args
+    assert (plan_arg, partition, s3_kwargs) == (planned, 1, {}) and op.template_fields == ("partition",)
 
 
-def test_chunk_returns_one_entry_per_shard_and_pushes_its_own_output(store):
-    from bonito_airflow.operators import STAGE_OUTPUT_KEY, BonitoChunkOperator
+def test_collect_documents_reads_every_partition(store):
+    from bonito_airflow.operators import BonitoCollectDocumentsOperator
 
-    documents = _manifest(store, "extract", ExtractMetrics(documents=2), counts={"documents": 2})
-    shards = [ShardRef(table="chunks", path=f"chunks/part-{i}.parquet", rows=rows, sha256="0" * 64)
-              for i, rows in enumerate((500, 12))]
-    chunks = _manifest(store, "chunk", ChunkMetrics(chunks=512, shards=2), shards=shards, counts={"chunks": 512})
-    op = BonitoChunkOperator(task_id="chunk", documents={"manifest": documents.uri, "counts": {"documents": 2}})
+    parts = [_manifest(store, "extract", ExtractMetrics(documents=i), partition=f"/shard-{i:05d}") for i in (0, 1)]
+    combined = _manifest(store, "extract", ExtractMetrics(documents=1, partitions=2))
+    op = BonitoCollectDocumentsOperator(task_id="collect_documents", partitions=[_xcom(m) for m in parts])
+    with mock.patch("bonito_tasks.extract.collect_documents", return_value=combined) as collect:
+        assert op.execute(_context(store, op)) == _xcom(combined)
+    assert collect.call_args.args[3] == parts
+
+
+def test_chunk_delegates_one_partition(store):
+    from bonito_airflow.operators import BonitoChunkOperator
+
+    documents = _manifest(store, "extract", ExtractMetrics(documents=2, partitions=2), counts={"documents": 2})
+    committed = _manifest(store, "chunk", ChunkMetrics(chunks=5), partition="/shard-00001")
+    op = BonitoChunkOperator(task_id="chunk", documents=_xcom(documents), partition={"manifest": "p", "partition": 1})
+    with mock.patch("bonito_tasks.chunk.chunk_partition", return_value=committed) as chunk:
+        assert op.execute(_context(store, op)) == _xcom(committed)
+    assert chunk.call_args.args[3:] == (documents, 1)
+    assert op.template_fields == ("documents", "partition")
+
+
+def test_plan_shards_returns_one_entry_per_generate_shard_and_pushes_its_own_output(store):
+    from bonito_airflow.operators import STAGE_OUTPUT_KEY, BonitoPlanShardsOperator
+
+    partitions = [_manifest(store, "chunk", ChunkMetrics(chunks=9), partition=f"/shard-{i:05d}") for i in (0, 1)]
+    shards = [ShardRef(table="chunks", path=f"part-{i}.chunks.parquet", rows=rows, sha256="0" * 64)
+              for i, rows in enumerate((2048, 2048, 100))]
+    chunks = _manifest(store, "chunk", ChunkMetrics(chunks=4196, shards=2, shard_parts=[0, 2]), shards=shards,
+                       counts={"chunks": 4196})
+    op = BonitoPlanShardsOperator(task_id="plan_shards", partitions=[_xcom(m) for m in partitions])
     context = _context(store, op)
-    with mock.patch("bonito_tasks.chunk.chunk", return_value=chunks) as chunk:
+    with mock.patch("bonito_tasks.chunk.plan_shards", return_value=chunks) as plan_shards:
         result = op.execute(context)
 
-    assert chunk.call_args.args[3] == documents
-    assert result == [{"manifest": chunks.uri, "shard": 0, "chunks": 500},
-                      {"manifest": chunks.uri, "shard": 1, "chunks": 12}]
-    context["ti"].xcom_push.assert_called_once_with(
-        key=STAGE_OUTPUT_KEY, value={"manifest": chunks.uri, "counts": {"chunks": 512}})
-    assert op.template_fields == ("documents",)
+    assert plan_shards.call_args.args[3] == partitions
+    assert result == [{"manifest": chunks.uri, "shard": 0, "chunks": 4096},
+                      {"manifest": chunks.uri, "shard": 1, "chunks": 100}]
+    context["ti"].xcom_push.assert_called_once_with(key=STAGE_OUTPUT_KEY, value=_xcom(chunks))
     assert op.stage_ref.key == STAGE_OUTPUT_KEY and op.stage_ref.operator is op
 
 
@@ -147,9 +199,10 @@ def test_chunk_skips_when_there_is_no_new_document(store):
 
     from bonito_airflow.operators import BonitoChunkOperator
 
-    op = BonitoChunkOperator(task_id="chunk",
+    op = BonitoChunkOperator(task_id="chunk", partition={"manifest": "unused", "partition": 0},
                              documents={"manifest": "unused", "counts": {"documents": 0, "skipped_known": 7}})
-    with mock.patch("bonito_tasks.chunk.chunk") as chunk, pytest.raises(AirflowSkipException, match="7 known"):
+    with mock.patch("bonito_tasks.chunk.chunk_partition") as chunk, pytest.raises(AirflowSkipException,
+                                                                                  match="7 known"):
         op.execute(_context(store, op))
     chunk.assert_not_called()
 
@@ -166,7 +219,7 @@ def test_generate_delegates_one_shard(store):
     store_arg, run, config, chunks_arg, shard = generate_shard.call_args.args
     assert (run.dag_id, run.run_id, shard) == ("bonito_dataset", "run-1", 3)
     assert config.n == 2 and chunks_arg == chunks and store_arg.root_uri == store.root_uri
-    assert result == {"manifest": committed.uri, "counts": {"examples": 7}}
+    assert result == _xcom(committed) and result["counts"]["examples"] == 7
     assert op.template_fields == ("chunk_shard",)
 
 
@@ -213,7 +266,7 @@ def test_validate_reads_every_generated_shard_and_the_chunks(store):
                                 chunks={"manifest": chunks.uri, "counts": {}})
     committed = _manifest(store, "extract", ExtractMetrics(), counts={"passed": 5})  # any manifest will do
     with mock.patch("bonito_tasks.validate.validate", return_value=committed) as validate:
-        assert op.execute(_context(store, op))["counts"] == {"passed": 5}
+        assert op.execute(_context(store, op))["counts"]["passed"] == 5
     assert validate.call_args.args[3] == generated and validate.call_args.kwargs == {"chunks": chunks}
     assert op.template_fields == ("generated", "chunks")
 

@@ -144,7 +144,7 @@ def test_code_version_follows_the_source(tmp_path):
     package = tmp_path / "bonito_tasks"
     shutil.copytree(REPO / "bonito_tasks", package, ignore=shutil.ignore_patterns("__pycache__"))
     assert code_version(package) == code_version()
-    (package / "chunk.py").write_text((package / "chunk.py").read_text() + "\n# a fix\n")
+    (package / "config.py").write_text((package / "config.py").read_text() + "\n# a fix\n")
     assert code_version.__wrapped__(package) != code_version()
     assert code_version().startswith(__import__("bonito_tasks").__version__ + "+")
 

@@ -35,8 +35,8 @@ def _commit(store, stage, metrics, shard=None, tables=None):
 
 def _shard(store, i, examples, dropped, tokens, wall_s):
     _commit(store, "generate", GenerateMetrics(prompts=examples + dropped, generated_tokens=tokens,
-                                               attempt_wall_s=wall_s,
-                                               attempt_output_tokens_per_s=round(tokens / wall_s, 1)),
+                                               attempt_wall_s=wall_s + 2, engine_start_s=2, generate_s=wall_s,
+                                               output_tokens_per_s=round(tokens / wall_s, 1)),
             shard=i, tables={"examples": examples, "dropped_generations": dropped})
 
 
@@ -70,13 +70,14 @@ def test_complete_run(store, tmp_path):
     generate = summary.generated
     assert (generate.examples, generate.dropped_generations, generate.generated_tokens) == (27, 3, 4000)
     assert generate.output_tokens_per_s == 100.0  # 4000 tokens over 40 s, not the mean of 300 and 33
-    assert generate.gpu_hours == round(40 * 2 / 3600, 4)  # two GPUs per engine
+    assert generate.gpu_hours == round(44 * 2 / 3600, 4)  # two GPUs per engine, engine starts included
+    assert generate.engine_start_s == 4 and generate.generate_s == 40
     assert summary.validated.quarantined == 2 and summary.validated.passed == 25
     assert summary.published.hub_url == "http://hub/x"
     written = json.loads(store.read_bytes("bonito_dataset/manual__2026-11-25T00_00_00_00_00/summary.json"))
     assert written == summary.model_dump(mode="json")
     text = format_summary(summary)
-    assert "generate  2/2 shards committed" in text and "gpu_hours=0.0222" in text
+    assert "generate  2/2 shards committed" in text and "gpu_hours=0.0244" in text
     assert "rejects=2 {'corrupt_pdf': 2}" in text and "pass_rate=0.925926" in text
 
 

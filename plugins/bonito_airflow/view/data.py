@@ -1,0 +1,120 @@
+"""What the Dataset view needs from Airflow, on the api-server: the DAG run (its state and conf), the
+params it ran with (the DAG's defaults merged with the run's conf), the store they name (S3
+credentials from the `aws_default` connection, never shown), and a task's runbook.
+
+Each failure a person can meet is a `ViewProblem` with a status code and a readable message: no such
+run, not a bonito run, the store cannot be reached. Nothing here holds a secret in what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from bonito_tasks.contracts import RunRef
+from bonito_tasks.store import ArtifactStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+class ViewProblem(Exception):
+    """Something a person can act on, shown as a page with `status` (never a stack trace)."""
+
+    def __init__(self, status: int, title: str, detail: str):
+        super().__init__(f"{title}: {detail}")
+        self.status, self.title, self.detail = status, title, detail
+
+
+@dataclass
+class RunInfo:
+    run: RunRef
+    state: str  # the DagRun's state: queued, running, success, failed
+    params: dict[str, Any]
+    start_date: str | None
+    end_date: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("success", "failed")
+
+    @property
+    def store_uri(self) -> str:
+        return str(self.params.get("store") or "")
+
+
+def load_run(dag_id: str, run_id: str) -> RunInfo:
+    """The DAG run and the params it ran with; ViewProblem 404 when there is no such run or it is
+    not a run of a DAG with a `store` param."""
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if dag_run is None:
+            raise ViewProblem(404, "No such run", f"DAG {dag_id!r} has no run {run_id!r}.")
+        params: dict[str, Any] = {}
+        try:
+            dag = DBDagBag().get_dag_for_run(dag_run, session)
+        except Exception as err:  # a DAG version that cannot be deserialized: the run's conf still counts
+            log.warning("could not load the DAG of %s/%s: %s", dag_id, run_id, err)
+            dag = None
+        if dag is not None:
+            params = dict(dag.params.deep_merge(dag_run.conf or {}).dump())
+        else:
+            params = dict(dag_run.conf or {})
+        info = RunInfo(
+            run=RunRef(dag_id=dag_id, run_id=run_id),
+            state=str(dag_run.state or "unknown"),
+            params=params,
+            start_date=dag_run.start_date.isoformat(timespec="seconds") if dag_run.start_date else None,
+            end_date=dag_run.end_date.isoformat(timespec="seconds") if dag_run.end_date else None,
+        )
+    if not info.store_uri:
+        raise ViewProblem(404, "Not a bonito run",
+                          f"Run {run_id!r} of DAG {dag_id!r} has no `store` param: the Dataset view shows runs of "
+                          "bonito DAGs (bonito_dataset), whose params name the artifact store.")
+    return info
+
+
+def open_run_store(info: RunInfo, aws_conn_id: str = "aws_default") -> ArtifactStore:
+    """The run's store; ViewProblem 502 when it cannot be reached (the message names the store and
+    the error type, never a credential)."""
+    from bonito_airflow.hooks import S3ConnectionHook
+
+    uri = info.store_uri
+    try:
+        kwargs = S3ConnectionHook(aws_conn_id).client_kwargs() if uri.startswith("s3://") else {}
+        store = open_store(uri, **kwargs)
+        store.exists("_bonito_view_probe")  # one cheap request: unreachable stores fail here, readably
+    except Exception as err:
+        raise unreachable(uri, err) from err
+    return store
+
+
+def unreachable(uri: str, err: BaseException) -> ViewProblem:
+    from bonito_airflow.compat import redact
+
+    message = str(redact(str(err)))[:300]
+    return ViewProblem(502, "Store unreachable",
+                       f"The run's store {uri} could not be read ({type(err).__name__}: {message}). Check that it "
+                       "exists and that connection aws_default (for s3://) works from the api-server.")
+
+
+def task_runbook(dag_id: str, task_id: str) -> str:
+    """The task's doc_md (its runbook) in the DAG's latest version; ViewProblem 404 without one."""
+    from airflow.models.dagbag import DBDagBag
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dag = DBDagBag().get_latest_version_of_dag(dag_id, session=session)
+    if dag is None:
+        raise ViewProblem(404, "No such DAG", f"There is no DAG {dag_id!r}.")
+    if task_id not in dag.task_dict:
+        raise ViewProblem(404, "No such task", f"DAG {dag_id!r} has no task {task_id!r}.")
+    doc = getattr(dag.task_dict[task_id], "doc_md", None)
+    if not doc:
+        raise ViewProblem(404, "No runbook", f"Task {task_id!r} of DAG {dag_id!r} has no doc_md.")
+    return doc
