@@ -82,6 +82,46 @@ class RunConfig(BaseModel):
     )
     chunk_min_chars: int = Field(32, ge=0, description="Chunks shorter than this (boilerplate fragments) are dropped.")
 
+    # Chunk quality filters, before generation (bonito_tasks/chunk/quality.py): a chunk failing one is
+    # dropped and counted by reason in the chunk manifest, the run summary and the dataset card.
+    quality_filters: bool = Field(True, description="Drop chunks that fail the quality filters below before "
+                                                    "generation (counted by reason).")
+    quality_min_words: int = Field(10, ge=0, description="Quality: chunks with fewer words (runs of letters) "
+                                                         "are dropped (too_few_words).")
+    quality_max_digit_ratio: float = Field(
+        0.25, ge=0, le=1, description="Quality: most digits per non-space character (digit_ratio).")
+    quality_max_symbol_ratio: float = Field(
+        0.1, ge=0, le=1, description="Quality: most symbols (# | * { } < > = ~ dot leaders, bullets, box drawing...) "
+                                     "per non-space character (symbol_ratio).")
+    quality_min_mean_word_length: float = Field(
+        3.0, ge=0, description="Quality: shortest mean word length in characters (mean_word_length).")
+    quality_max_mean_word_length: float = Field(
+        12.0, gt=0, description="Quality: longest mean word length in characters (mean_word_length).")
+    quality_max_boilerplate_lines: float = Field(
+        0.4, ge=0, le=1, description="Quality: largest share of characters on boilerplate lines (cookie and privacy "
+                                     "notices, navigation, sign-up prompts, 'all rights reserved') (boilerplate).")
+    quality_max_unpunctuated_lines: float = Field(
+        0.85, ge=0, le=1, description="Quality: largest share of lines ending without punctuation, wrapped lines "
+                                      "not counted, in chunks of 3+ lines (unpunctuated_lines: contents, tables).")
+    quality_max_repeated_lines: float = Field(
+        0.3, ge=0, le=1, description="Quality: largest share of characters on lines that repeat an earlier line "
+                                     "(repeated_lines).")
+    quality_max_repeated_ngrams: float = Field(
+        0.3, ge=0, le=1, description="Quality: largest share of word 5-grams that repeat an earlier one "
+                                     "(repeated_ngrams).")
+    quality_languages: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]] = Field(
+        default=[], description="Quality: keep only chunks in these languages (ISO 639-1 codes as py3langid "
+                                "names them, e.g. en, de); empty: any language.")
+    near_dup_threshold: float | None = Field(
+        0.8, ge=0.5, le=1, description="Near-duplicate chunks (MinHash of word 5-grams, estimated Jaccard at or "
+        "over this) are kept once, the others' places in also_in, like exact duplicates; empty: exact ones only.")
+    near_dup_across_runs: bool = Field(
+        True, description="Also drop chunks that nearly repeat a chunk an earlier run of this DAG generated from "
+                          "for the same model and publish target (signatures kept next to the ledger).")
+    example_near_dup_threshold: float | None = Field(
+        0.9, ge=0.5, le=1, description="Append mode: a new example whose instruction and output nearly repeat "
+        "a published one (MinHash, the shared passage left out) is skipped and counted; empty: off.")
+
     # Model and engine (vLLM in-process, or an OpenAI-compatible server such as `vllm serve`).
     backend: Literal["vllm", "server"] = Field(
         "vllm", description="vllm: engine in the task (GPU worker); server: OpenAI-compatible completions endpoint "
@@ -158,6 +198,11 @@ class RunConfig(BaseModel):
     export_s3_uri: str | None = Field(
         None, description="Also export the dataset (Parquet + card) to this s3://bucket/prefix; empty: no export."
     )
+    require_approval: bool = Field(
+        False, description="Wait for a person to approve the validated examples (in the UI) before publishing; "
+        "a rejection or a timeout fails the run.")
+    approval_timeout_minutes: float = Field(
+        1440, gt=0, description="How long the approval waits for a decision before the run fails.")
 
     @field_validator("task_types")
     @classmethod

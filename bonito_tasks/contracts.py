@@ -174,6 +174,7 @@ class ShardRef(BaseModel):
     path: str
     rows: int
     sha256: str
+    bytes: int | None = None  # the file's size (None in manifests written before it was recorded)
 
 
 # ---- Typed metrics: one model per stage, one for the run summary. Manifests serialize them;
@@ -354,6 +355,17 @@ class PublishedFile(BaseModel):
     sha256: str
 
 
+class Approval(BaseModel):
+    """A person's decision on publishing a run (the approval gate before publish, when required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approved", "not_required"]  # a rejection or a timeout fails the run: nothing is published
+    reviewer: str | None = None
+    note: str | None = None
+    decided_at: str | None = None
+
+
 class PublishMetrics(_Metrics):
     stage: Literal["publish"] = "publish"
     dataset_uri: str
@@ -372,6 +384,7 @@ class PublishMetrics(_Metrics):
     hub_new_commit: bool | None = None
     hub_pr_url: str | None = None
     export_uri: str | None = None
+    approval: Approval | None = None  # who approved publishing (require_approval), or "not_required"
     export_snapshot_uri: str | None = None  # the complete snapshot the export's _latest.json names
 
 

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import Manifest, RunRef, canonical_json, sha256_hex
+from bonito_tasks.contracts import TABLES, Manifest, RunRef, canonical_json, sha256_hex
 from bonito_tasks.stage import PACKAGE_DIR, code_version
 from bonito_tasks.store import ArtifactStore, StoreError, safe_segment
 
@@ -219,7 +219,7 @@ def load_ledger(store: ArtifactStore, dag_id: str, config: RunConfig) -> Known:
                     known.rejects[_digest(key)] = reason
         return known
 
-    known = _scanned(store, dag_id, scan)
+    known = _scanned(store, dag_id, scan, columns=["kind", "key", "scope", "task_type", "reason"])
     log.info("ledger: %d document(s) with work done for target %s, %d remembered reject(s)%s",
              len(known.done), target[:12], len(known.rejects), "" if remember_rejects else " (retry_rejects: ignored)")
     return known
@@ -251,18 +251,23 @@ def _read(store: ArtifactStore, key: str) -> bytes:
         raise
 
 
-def _table(data: bytes) -> tuple[pa.Table, list[str], dict[str, Any]]:
-    """A part's rows in the current schema, the part names it replaces and its targets."""
-    table = pq.read_table(io.BytesIO(data))
-    metadata = table.schema.metadata or {}
+def _table(data: bytes, columns: list[str] | None = None) -> tuple[pa.Table, list[str], dict[str, Any]]:
+    """A part's rows in the current schema (only `columns`, when given), the part names it
+    replaces and its targets."""
+    schema = pq.read_schema(io.BytesIO(data))
+    metadata = schema.metadata or {}
     replaces = json.loads(metadata.get(REPLACES_KEY, b"[]"))
     targets = json.loads(metadata.get(TARGETS_KEY, b"{}"))
-    if "kind" not in table.column_names:  # the first format: doc_ids a run published, for any target
-        n = table.num_rows
-        table = pa.table({"kind": [DONE] * n, "key": table["doc_id"], "scope": [ANY] * n, "task_type": [ANY] * n,
-                          "reason": pa.nulls(n, pa.string()), "source_uri": table["source_uri"],
-                          "run_id": table["run_id"], "recorded_at": table["recorded_at"]})
-    return table.select(LEDGER.names).cast(LEDGER), replaces, targets
+    names = columns or LEDGER.names
+    if "kind" in schema.names:
+        table = pq.read_table(io.BytesIO(data), columns=names)
+    else:  # the first format: doc_ids a run published, for any target
+        kept = [c for c in LEGACY if c == "doc_id" or c in names]  # doc_id, source_uri, run_id, recorded_at
+        legacy = pq.read_table(io.BytesIO(data), columns=kept)
+        n = legacy.num_rows
+        table = pa.table({"kind": [DONE] * n, "key": legacy["doc_id"], "scope": [ANY] * n, "task_type": [ANY] * n,
+                          "reason": pa.nulls(n, pa.string()), **{c: legacy[c] for c in kept if c != "doc_id"}})
+    return table.select(names).cast(pa.schema([LEDGER.field(c) for c in names])), replaces, targets
 
 
 @dataclass
@@ -294,9 +299,9 @@ T = TypeVar("T")
 
 
 def _scanned(store: ArtifactStore, dag_id: str, scan: Callable[[list[tuple[str, Callable[[], pa.Table]]]], T],
-             on_snapshot: Callable[[_Snapshot], None] | None = None) -> T:
-    """scan(parts) over the live parts, each read lazily (one in memory at a time); restarted from
-    a new listing when a part vanished under it."""
+             on_snapshot: Callable[[_Snapshot], None] | None = None, columns: list[str] | None = None) -> T:
+    """scan(parts) over the live parts, each read lazily (one in memory at a time, only `columns`);
+    restarted from a new listing when a part vanished under it."""
     for _ in range(SCAN_ATTEMPTS):
         try:
             snap = _snapshot(store, dag_id)
@@ -304,7 +309,7 @@ def _scanned(store: ArtifactStore, dag_id: str, scan: Callable[[list[tuple[str, 
                 on_snapshot(snap)
 
             def reader(key: str) -> Callable[[], pa.Table]:
-                return lambda: _table(_read(store, key))[0]
+                return lambda: _table(_read(store, key), columns)[0]
 
             return scan([(key, reader(key)) for key in snap.live])
         except _Vanished as gone:
@@ -364,12 +369,24 @@ def write_part(store: ArtifactStore, run: RunRef, table: pa.Table, targets: dict
     return store.write_bytes(key, _part_bytes(table, targets or {}))
 
 
+def _read_shard(store: ArtifactStore, manifest: Manifest, table: str, shard: int, columns: list[str],
+                newer: str) -> pa.Table:
+    """columns + [newer] of a shard; `newer` all null in a shard written before that column existed
+    (an extract committed by the code before an upgrade that happened during the run)."""
+    try:
+        return store.read_shard(manifest, table, shard, columns=[*columns, newer])
+    except pa.ArrowInvalid:
+        part = store.read_shard(manifest, table, shard, columns=columns)
+        return part.append_column(newer, pa.nulls(part.num_rows, TABLES[table].field(newer).type))
+
+
 def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest, config: RunConfig, *,
-                  compact_after: int = COMPACT_AFTER_PARTS) -> dict:
+                  published: bool = True, compact_after: int = COMPACT_AFTER_PARTS) -> dict:
     """Record a run's extract output: each document as done for the task types it was processed
     for (its `pending_task_types`, null: all of the run's) into the run's processing target, and
-    each remembered reject. Call only after publish succeeded (or had nothing to publish). Then
-    compact the ledger when it has more than `compact_after` live parts."""
+    each remembered reject. Call only after publish succeeded; with `published=False` (publish
+    had nothing to do, or did not commit) only the rejects are recorded. Then compact the ledger
+    when it has more than `compact_after` live parts."""
     recorded_at = datetime.now(UTC).isoformat()
     target, scope = target_key(config), reject_scope(config)
     columns: dict[str, list] = {name: [] for name in LEDGER.names}
@@ -379,14 +396,14 @@ def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest, config
             columns[name].append(value)
 
     documents_recorded = rejects_recorded = 0
-    for shard in range(len(documents.shards_of("documents"))):
-        table = store.read_shard(documents, "documents", shard, columns=["doc_id", "source_uri", "pending_task_types"])
+    for shard in range(len(documents.shards_of("documents")) if published else 0):
+        table = _read_shard(store, documents, "documents", shard, ["doc_id", "source_uri"], "pending_task_types")
         for doc_id, uri, pending in zip(*(table[c].to_pylist() for c in table.column_names)):
             documents_recorded += 1
             for task_type in pending or config.task_types:
                 add(DONE, doc_id, target, task_type, None, uri)
     for shard in range(len(documents.shards_of("rejects"))):
-        table = store.read_shard(documents, "rejects", shard, columns=["source_uri", "stage", "reason", "ledger_key"])
+        table = _read_shard(store, documents, "rejects", shard, ["source_uri", "stage", "reason"], "ledger_key")
         for uri, stage, reason, key in zip(*(table[c].to_pylist() for c in table.column_names)):
             if stage == "extract" and key:
                 rejects_recorded += 1

@@ -128,7 +128,7 @@ class StageWriter:
         index = sum(1 for s in self.shards if s.table == table_name)
         path = f"part-{index:05d}.{table_name}.parquet"
         self.store.write_bytes(f"{self.prefix}/{path}", data)
-        ref = ShardRef(table=table_name, path=path, rows=table.num_rows, sha256=sha256_hex(data))
+        ref = ShardRef(table=table_name, path=path, rows=table.num_rows, sha256=sha256_hex(data), bytes=len(data))
         self.shards.append(ref)
         return ref
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from airflow.sdk import Asset, AssetAlias, dag
 
 from bonito_airflow.alerts import on_task_failure
+from bonito_airflow.approval import BonitoApprovalOperator
 from bonito_airflow.operators import (
     BonitoCheckParamsOperator,
     BonitoChunkOperator,
@@ -98,8 +99,10 @@ def bonito_dataset():
     ).expand(chunk_shard=shards.output)  # one task per generate shard
     validate = BonitoValidateOperator(task_id="validate", generated=generate.output, chunks=shards.stage_ref,
                                       inlets=[GENERATIONS], outlets=[EXAMPLES], doc_md=runbook("validate"))
+    approve = BonitoApprovalOperator(task_id="approve", examples=validate.output, doc_md=runbook("approve"))
     publish = BonitoPublishOperator(task_id="publish", examples=validate.output, documents=documents.output,
-                                    inlets=[EXAMPLES], outlets=[DATASET, PUBLISHED], doc_md=runbook("publish"))
+                                    approval=approve.output, inlets=[EXAMPLES], outlets=[DATASET, PUBLISHED],
+                                    doc_md=runbook("publish"))
     update_ledger = BonitoLedgerOperator(task_id="update_ledger", documents=documents.output,
                                          doc_md=runbook("update_ledger"))
     summarize = BonitoSummaryOperator(task_id="summarize", trigger_rule="all_done", on_failure_callback=None,

@@ -57,8 +57,9 @@ def chunk_partition(
                                chunk_overlap_tokens=config.chunk_overlap_tokens, chunk_min_chars=config.chunk_min_chars)
         rows: list[dict] = []
         for shard in range(len(extracted.shards_of("documents"))):
-            docs = store.read_shard(extracted, "documents", shard, columns=["doc_id", "text", "page_starts"])
-            for doc_id, text, page_starts in zip(*(docs[c].to_pylist() for c in docs.column_names)):
+            docs = store.read_shard(extracted, "documents", shard,
+                                    columns=["doc_id", "text", "page_starts", "pending_task_types"])
+            for doc_id, text, page_starts, pending in zip(*(docs[c].to_pylist() for c in docs.column_names)):
                 if doc_id in skip:
                     continue
                 metrics.documents += 1
@@ -68,7 +69,8 @@ def chunk_partition(
                 for index, (start, end, tokens) in enumerate(kept):
                     rows.append({"chunk_id": sha256_hex(f"{doc_id}:{start}:{end}"), "doc_id": doc_id,
                                  "chunk_index": index, "char_start": start, "char_end": end, "n_tokens": tokens,
-                                 "text": text[start:end], "page": _page(page_starts, start), "also_in": []})
+                                 "text": text[start:end], "page": _page(page_starts, start),
+                                 "pending_task_types": pending, "also_in": []})
                     if len(rows) >= PART_ROWS:
                         writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
                         metrics.chunks, rows = metrics.chunks + len(rows), []

@@ -74,7 +74,10 @@ def generate_shard(
         parts = generate_shard_parts(chunks, shard)
         refs = chunks.shards_of("chunks")
         n_chunks = sum(refs[p].rows for p in parts)
-        n_prompts = n_chunks * len(config.task_types)
+        # A chunk carries the task types its document still needs (null: all of the run's; the
+        # ledger has the rest), so the prompts are counted from that column alone.
+        n_prompts = sum(len(types or config.task_types) for p in parts for types in store.read_shard(
+            chunks, "chunks", p, columns=["pending_task_types"])["pending_task_types"].to_pylist())
         log.info("generate shard %d: %d chunks (%d part(s)) x %d task types = %d prompts (n=%d); %d done in %d "
                  "checkpoint(s)", shard, n_chunks, len(parts), len(config.task_types), n_prompts, config.n,
                  len(state.done), state.checkpoints)
@@ -88,7 +91,8 @@ def generate_shard(
             offset = 0  # prompt index of the window's first job: prompts are numbered across the shard
             for part in parts:  # one window of chunks in memory at a time
                 rows = store.read_shard(chunks, "chunks", part).to_pylist()
-                jobs = {offset + i: job for i, job in enumerate((r, t) for r in rows for t in config.task_types)}
+                jobs = {offset + i: job for i, job in enumerate(
+                    (r, t) for r in rows for t in r["pending_task_types"] or config.task_types)}
                 offset += len(jobs)
                 pending = {i: build_prompt(row["text"], t) for i, (row, t) in jobs.items() if i not in state.done}
                 if not pending:

@@ -20,6 +20,7 @@ from typing import Any
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import (
+    Approval,
     Manifest,
     PublishedFile,
     PublishMetrics,
@@ -73,11 +74,13 @@ def publish(
     retry: RetryPolicy = HUB_RETRY,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     s3_client_kwargs: Mapping[str, Any] | None = None,
+    approval: Approval | None = None,
 ) -> Manifest:
     """Write the dataset folder `<stage>/dataset/`; when `config.hub_repo_id` is set make the Hub
     repo hold the same files (one commit, none when it already does); when `config.export_s3_uri`
     is set copy them there too (with `s3_client_kwargs`). Returns the manifest.
 
+    `approval` (the approval gate's decision) goes into the manifest and the card.
     `examples` is the validate stage's manifest (table "examples"; its quality summary goes into
     the card), `documents` the extract stage's. `endpoint` defaults to HF_ENDPOINT.
     A re-run with the same config and inputs returns the committed manifest and does nothing.
@@ -115,7 +118,7 @@ def publish(
             card = render_card(
                 run=run, config=config, splits=snapshot.splits, examples=snapshot.examples,
                 documents=snapshot.sources, quality=quality, plots=[(label, path) for label, path, _ in assets],
-                export_note=EXPORT_READ_NOTE if export else "",
+                export_note=EXPORT_READ_NOTE if export else "", review=review_line(approval),
             )
             files = {path: data for split in snapshot.splits for path, data in split.shards.items()}
             files |= {path: data for _, path, data in assets}
@@ -161,6 +164,7 @@ def publish(
             files={path: PublishedFile(bytes=len(data), sha256=sha256_hex(data))
                    for path, data in sorted(files.items())},
         )
+        metrics.approval = approval
         if commit:
             metrics.hub_url, metrics.hub_commit_sha, metrics.hub_new_commit = (
                 commit.repo_url, commit.commit_sha, commit.created)
@@ -171,6 +175,15 @@ def publish(
         return metrics
 
     return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[examples, documents], work=work)
+
+
+def review_line(approval: Approval | None) -> str:
+    """The card's line on the approval: who approved, when, with their note."""
+    if approval is None or approval.decision != "approved":
+        return ""
+    line = f"\n- Reviewed before publishing: approved by {approval.reviewer or 'a reviewer'}"
+    line += f" on {approval.decided_at[:10]}" if approval.decided_at else ""
+    return line + (f" (note: {' '.join(approval.note.split())})" if approval.note else "")
 
 
 class NoFiles:

@@ -125,9 +125,11 @@ def render_card(
     quality: QualitySummary | None = None,
     plots: list[tuple[str, str]] = (),
     export_note: str = "",
+    review: str = "",
 ) -> str:
     """The card; `quality` is validate's quality summary of this run, `plots` (label, path in the
-    dataset) its images, `export_note` a paragraph on reading an S3 export (publish/export.py).
+    dataset) its images, `export_note` a paragraph on reading an S3 export (publish/export.py), `review`
+    a line on who approved the publication.
 
     No local filesystem path goes into the card: a model loaded from a folder is shown by the
     folder's name and its content hash (the sources' paths are relative in `sources.jsonl`)."""
@@ -177,7 +179,7 @@ def render_card(
         task_types=", ".join(f"{TASK_TYPES.get(t, t)} (`{t}`)" for t in config.task_types),
         chunk_max_tokens=config.chunk_max_tokens,
         run_link=f"[{run_name}]({run.run_url})" if run.run_url else run_name,
-        runs_note=f" (latest of {n_runs} runs whose rows the dataset holds)" if n_runs > 1 else "",
+        runs_note=(f" (latest of {n_runs} runs whose rows the dataset holds)" if n_runs > 1 else "") + review,
         quality=_quality_section(quality, plots, run.run_id),
         media_types=", ".join(f"{media_type} ({count})" for media_type, count in sorted(media_types.items())),
         sources_file=SOURCES_FILE,

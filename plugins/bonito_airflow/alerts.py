@@ -33,14 +33,26 @@ def emit_alert(kind: str, context: dict, message: str, **details: Any) -> dict[s
         "try_number": ti.try_number,
         "message": message[:MESSAGE_CHARS],
         "log_url": ti.log_url,
-        "runbook": runbook[0].lstrip("# ") if runbook else None,
+        "runbook": runbook[0].lstrip("# ") if runbook else None,  # its title; runbook_url opens it
+        **_links(ti.dag_id, ti.run_id, ti.task_id),
         **details,
     })
     shard = f"[{ti.map_index}]" if ti.map_index is not None and ti.map_index >= 0 else ""
-    payload["text"] = f":rotating_light: {kind}: {ti.dag_id}.{ti.task_id}{shard} run {ti.run_id}: {payload['message']}"
+    payload["text"] = (f":rotating_light: {kind}: {ti.dag_id}.{ti.task_id}{shard} run {ti.run_id}: {payload['message']}"
+                       f"\n<{payload['runbook_url']}|Runbook> · <{payload['dataset_view']}|Dataset view>")
     log.error("BONITO_ALERT %s", json.dumps(payload, default=str, sort_keys=True))
     _post(payload)
     return payload
+
+
+def _links(dag_id: str, run_id: str, task_id: str) -> dict[str, str]:
+    """Where the on-call goes next: the task's runbook and the run's Dataset view (the view's section of
+    the task), both served by the plugin on the api-server."""
+    from bonito_airflow.view.links import api_base_url
+    from bonito_airflow.view.urls import run_url, runbook_url
+
+    base = api_base_url()
+    return {"runbook_url": runbook_url(base, dag_id, task_id), "dataset_view": run_url(base, dag_id, run_id, "cause")}
 
 
 def _post(payload: dict[str, Any]) -> None:

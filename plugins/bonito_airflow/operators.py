@@ -30,7 +30,7 @@ from bonito_airflow.runtime import TaskRuntime, stage_output, task_runtime
 from bonito_airflow.schedule import resolve_run_values
 from bonito_airflow.view.links import DataDocsLink, QualityReportLink
 from bonito_tasks.config import check_config
-from bonito_tasks.contracts import Manifest, PublishMetrics
+from bonito_tasks.contracts import Approval, Manifest, PublishMetrics
 from bonito_tasks.errors import PermanentFailure
 
 STAGE_OUTPUT_KEY = "stage_output"  # XCom key of a stage's own output when its return value lists what to map over
@@ -47,6 +47,7 @@ class BonitoOperator(BaseOperator):
     def execute(self, context) -> Any:
         try:
             rt = task_runtime(context, self.aws_conn_id)  # a config RunConfig rejects is permanent too
+            self.runtime = rt  # for the OpenLineage facets (lineage.py), read after the task ran
             self.log.info("run folder: %s", rt.folder)
             return self.run(rt, context)
         except PermanentFailure as failure:  # the same inputs fail the same way: retrying is pointless
@@ -62,7 +63,20 @@ class BonitoStageOperator(BonitoOperator):
     returns its URI and counts (never data)."""
 
     def run(self, rt: TaskRuntime, context) -> Any:
-        return self.to_xcom(context, rt, self.run_stage(rt, context))
+        manifest = self.run_stage(rt, context)
+        self.lineage_run = (rt, manifest)
+        return self.to_xcom(context, rt, manifest)
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        """Inputs, outputs (schema, statistics) and GX assertions, for the OpenLineage provider."""
+        from bonito_airflow.lineage import stage_lineage
+
+        return stage_lineage(self, task_instance)
+
+    def get_openlineage_facets_on_failure(self, task_instance):
+        from bonito_airflow.lineage import failed_stage_lineage
+
+        return failed_stage_lineage(self, task_instance)
 
     @abstractmethod
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
@@ -260,15 +274,16 @@ class BonitoPublishOperator(BonitoStageOperator):
     dataset, `hf://datasets/<repo_id>` (and the export's `s3://` URI), with the commit in its extra.
     """
 
-    template_fields = ("examples", "documents")
+    template_fields = ("examples", "documents", "approval")
     operator_extra_links = (HuggingFaceDatasetLink(),)
     ui_color = "#ffd21e"
 
     def __init__(self, *, examples: dict[str, Any], documents: dict[str, Any], hf_conn_id: str = "huggingface_default",
-                 **kwargs: Any):
+                 approval: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.examples, self.documents = examples, documents
         self.hf_conn_id = hf_conn_id
+        self.approval = approval  # the approval gate's decision (bonito_airflow.approval), for manifest and card
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.publish import publish
@@ -277,6 +292,7 @@ class BonitoPublishOperator(BonitoStageOperator):
         return publish(
             rt.store, rt.run, rt.config, rt.store.read_manifest(self.examples["manifest"]),
             rt.store.read_manifest(self.documents["manifest"]), token, s3_client_kwargs=rt.s3_client_kwargs,
+            approval=Approval(**self.approval) if self.approval else None,
         )
 
     def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> dict[str, Any]:
@@ -303,8 +319,9 @@ class BonitoLedgerOperator(BonitoOperator):
     """Records the run's `documents` (the extract task's output) in the ledger, for the run's task
     types and processing target, with its remembered rejects; then compacts the ledger past
     COMPACT_AFTER_PARTS parts. Run it after publish. Its trigger rule defaults to `none_failed`: it
-    runs when publish succeeded or was skipped (nothing new to publish, so it records only the
-    rejects), never when publish failed (the documents are then tried again next run)."""
+    runs when publish succeeded or was skipped, never when publish failed (the documents are then
+    tried again next run). Documents are recorded only when this run's publish stage committed;
+    otherwise (nothing new, nothing to publish) only the rejects are."""
 
     template_fields = ("documents",)
 
@@ -315,8 +332,11 @@ class BonitoLedgerOperator(BonitoOperator):
 
     def run(self, rt: TaskRuntime, context) -> dict[str, Any]:
         from bonito_tasks.ledger import update_ledger
+        from bonito_tasks.stage import StageWriter
 
-        return update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]), rt.config)
+        published = rt.store.exists(StageWriter(rt.store, rt.run, "publish").manifest_key)
+        return update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]), rt.config,
+                             published=published)
 
 
 class BonitoSummaryOperator(BonitoOperator):

@@ -66,10 +66,16 @@ def is_scheduled(context) -> bool:
     return getattr(context["dag_run"], "run_type", None) == "scheduled"
 
 
+def _run_params(context) -> dict[str, Any]:
+    """The task's params that are RunConfig fields (a task's own form fields, such as the approval's
+    note, are not run values)."""
+    return {k: v for k, v in dict(context["params"]).items() if k in RunConfig.model_fields}
+
+
 def resolve_run_values(context, env_settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """check_params: (the run's values, the settings applied over its params). Manual runs: the
     params as they are. Scheduled runs: the params, then `env_settings`, then the Variable's."""
-    params = dict(context["params"])
+    params = _run_params(context)
     if not is_scheduled(context):
         return params, {}
     from airflow.sdk import Variable
@@ -81,7 +87,7 @@ def resolve_run_values(context, env_settings: dict[str, Any]) -> tuple[dict[str,
 def run_values(context) -> dict[str, Any]:
     """Every other task: the run's params, plus, for a scheduled run, the settings its check_params
     applied (read from that task's XCom)."""
-    params = dict(context["params"])
+    params = _run_params(context)
     if not is_scheduled(context):
         return params
     resolved = context["ti"].xcom_pull(task_ids=CHECK_TASK_ID)

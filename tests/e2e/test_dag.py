@@ -25,7 +25,7 @@ def test_dagbag_has_no_import_errors(dag):
     # load_dag raises on any import error in the dags folder.
     assert [t.task_id for t in dag.topological_sort()] == [
         "check_params", "plan", "extract", "collect_documents", "chunk", "plan_shards", "generate", "validate",
-        "publish", "update_ledger", "summarize"]
+        "approve", "publish", "update_ledger", "summarize"]
     runbooks = Path(dag.fileloc).parent / "runbooks"
     assert sorted(p.stem for p in runbooks.glob("*.md")) == sorted(dag.task_ids)
     for t in dag.tasks:
@@ -128,7 +128,8 @@ def test_run_failing_at_extract_alerts_once_and_is_summarised(dag, tmp_path, ale
 
     store = open_store(str(tmp_path / "store"))
     summary = json.loads(store.read_bytes(f"bonito_dataset/{safe_segment(dag_run.run_id)}/summary.json"))
-    assert summary["stages"]["extract"] == "not committed" and summary["stages"]["generate"] == "not started"
+    assert summary["stages"]["extract"] == "failed (NothingExtracted)" and summary["stages"]["generate"] == "not started"
+    assert summary["failed_stage"] == "extract" and "broken.pdf" in json.dumps(summary["cause"])
 
 
 def test_generate_is_mapped_in_gpu_pool(dag):

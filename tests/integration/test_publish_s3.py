@@ -82,6 +82,7 @@ def test_export_that_dies_half_way_leaves_the_previous_export_whole(tmp_path, s3
     the protocol sees the first export, whole, never a mix; the retry completes the second."""
     store_a, first = export_run(tmp_path, s3_bucket, "a")
     before = exported(*s3_bucket)
+    assert sorted(before) == sorted(first.metrics.files)
     real_write, writes = S3Store.write_bytes, []
 
     def dying_write(self, key, data):

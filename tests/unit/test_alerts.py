@@ -36,6 +36,11 @@ def test_failure_alert_is_logged_and_posted(alert_webhook, caplog):
         "bonito_dataset", "generate", 4, 3)
     assert posted["message"] == "RuntimeError: engine died: CUDA error"
     assert posted["runbook"] == "generate (one task per chunk shard)"
+    # Links to the runbook (the task's doc_md, served by the plugin) and to the run's Dataset view.
+    assert posted["runbook_url"].endswith("/bonito/dags/bonito_dataset/tasks/generate/runbook")
+    assert posted["dataset_view"].endswith("/bonito/dags/bonito_dataset/runs/scheduled__2026-11-25T02%3A00%3A00"
+                                           "%2B00%3A00#cause")
+    assert posted["runbook_url"] in posted["text"] and posted["dataset_view"] in posted["text"]
     assert posted["log_url"].endswith("/tasks/generate")
     assert posted["text"].startswith(":rotating_light: task_failed: bonito_dataset.generate[4] run scheduled__")
     assert _logged_alerts(caplog) == [posted]

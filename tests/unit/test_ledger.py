@@ -177,6 +177,16 @@ def test_retry_does_not_append_twice_and_concurrent_runs_keep_both(tmp_path):
     assert read_ledger(store, DAG).num_rows == first["recorded"] + 1
 
 
+def test_a_run_that_published_nothing_records_only_its_rejects(tmp_path):
+    write_good_corpus(tmp_path / "src")
+    (tmp_path / "src" / "broken.pdf").write_bytes(b"junk")
+    store = LocalStore(tmp_path / "store")
+    run, config = RunRef(dag_id=DAG, run_id="r"), make_config(tmp_path, source=str(tmp_path / "src"))
+    result = update_ledger(store, run, extract(store, run, config), config, published=False)
+    assert result["recorded"] == 0 and result["rejects_recorded"] == 1
+    assert set(read_ledger(store, DAG)["kind"].to_pylist()) == {"reject"}
+
+
 def test_parts_of_the_first_format_count_as_done_for_every_target(tmp_path):
     """Ledgers written before targets existed keep their meaning: those documents are not redone
     (a full_refresh redoes them); compaction carries them over."""
@@ -273,6 +283,40 @@ def test_identical_bytes_elsewhere_are_a_known_reject(tmp_path):
     (src / "broken.pdf").touch()  # a new mtime, the same bytes
     again = nightly(store, tmp_path, 2)
     assert again.metrics.skipped_rejects == 2 and again.metrics.rejects == 0
+
+
+def test_a_source_of_known_rejects_only_is_nothing_new_not_a_failure(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.txt").write_text("A readable document that is later removed from the source.")
+    (src / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    store = LocalStore(tmp_path / "store")
+    nightly(store, tmp_path, 1)
+    (src / "ok.txt").unlink()
+    again = nightly(store, tmp_path, 2)
+    assert again.metrics.documents == 0 and again.metrics.skipped_rejects == 1 and again.metrics.rejects == 0
+
+
+def test_an_extract_committed_before_the_upgrade_is_recorded_for_every_task_type(tmp_path, monkeypatch):
+    """A run whose extract was committed by the code before this ledger (no pending_task_types, no
+    ledger_key) and whose update_ledger runs after the upgrade."""
+    files = write_good_corpus(tmp_path / "src")
+    (tmp_path / "src" / "broken.pdf").write_bytes(b"junk")
+    store = LocalStore(tmp_path / "store")
+    run = RunRef(dag_id=DAG, run_id="across-the-upgrade")
+    config = make_config(tmp_path, source=str(tmp_path / "src"), task_types=["exqa", "ynqa"])
+    manifest = extract(store, run, config)
+    read_shard = store.read_shard
+
+    def before_the_upgrade(manifest, table, index, columns=None):
+        if columns and {"pending_task_types", "ledger_key"} & set(columns):
+            raise pa.ArrowInvalid("No match for FieldRef.Name(pending_task_types)")
+        return read_shard(manifest, table, index, columns)
+
+    monkeypatch.setattr(store, "read_shard", before_the_upgrade)
+    result = update_ledger(store, run, manifest, config)
+    assert result["recorded"] == len(files) and result["rejects_recorded"] == 0
+    assert read_ledger(store, DAG).num_rows == 2 * len(files)
 
 
 def test_reject_scope_follows_the_settings_that_decide_rejects(tmp_path):
@@ -421,3 +465,39 @@ def test_ledger_in_s3_store(tmp_path, s3_bucket):
     compact_ledger(store, DAG, max_parts=2)
     assert len(store.list(ledger_prefix(DAG))) == 1 and read_ledger(store, DAG).equals(before)
     assert nightly(store, tmp_path, 3).metrics.documents == 0
+
+
+def test_generate_prompts_only_the_pending_task_types(tmp_path):
+    """Through chunk and generate (an engine that answers in Bonito's format; no vLLM): a known
+    document gets the new task type only, a new document every task type of the run."""
+    from bonito_tasks.chunk import chunk
+    from bonito_tasks.generate.engine import Completion
+    from bonito_tasks.generate.run import generate_shard
+
+    class Answering:
+        def prompt_tokens(self, prompts):
+            return [len(p) // 8 for p in prompts]
+
+        def stream(self, prompts, sampling_params, flush_every):
+            yield [(i, [Completion("What does it say?<|pipe|>It says so.", 8)]) for i in prompts]
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "old.txt").write_text("The tenant pays the rent on the first day of every month. " * 3)
+    store = LocalStore(tmp_path / "store")
+    nightly(store, tmp_path, 1, task_types=["exqa"])
+    (tmp_path / "src" / "new.txt").write_text("The landlord repairs the heating within three days of notice. " * 3)
+    run = RunRef(dag_id=DAG, run_id="scheduled__2")
+    config = make_config(tmp_path, source=str(tmp_path / "src"), task_types=["exqa", "ynqa"])
+    documents = extract(store, run, config)
+    chunks = chunk(store, run, config, documents)
+    generated = generate_shard(store, run, config, chunks, 0, engine=Answering())
+
+    docs = store.read_table(documents, "documents").to_pylist()
+    name = {d["doc_id"]: d["source_uri"].rsplit("/", 1)[-1] for d in docs}
+    doc_of = {c["chunk_id"]: c["doc_id"] for c in store.read_table(chunks, "chunks").to_pylist()}
+    prompted: dict[str, set[str]] = {}
+    for table in ("examples", "dropped_generations"):  # every prompt ends in one of them
+        for row in store.read_table(generated, table).to_pylist():
+            prompted.setdefault(name[doc_of[row["chunk_id"]]], set()).add(row["task_type"])
+    assert prompted == {"old.txt": {"ynqa"}, "new.txt": {"exqa", "ynqa"}}
+    assert generated.metrics.prompts == 3  # one chunk each: 1 + 2 task types

@@ -35,12 +35,32 @@ def test_run_with_no_new_documents_skips_downstream_and_remembers_its_rejects(tm
     dag_run = load_dag("bonito_dataset").test(run_conf=conf)
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
     assert dag_run.state == "success"
-    assert {t: states.pop(t) for t in SKIPPED} == dict.fromkeys(SKIPPED, "skipped"), states
-    assert set(states.values()) == {"success"}, states  # extract, update_ledger, summarize (and any check)
-    assert "update_ledger" in states
+    assert {t: states[t] for t in SKIPPED} == dict.fromkeys(SKIPPED, "skipped"), states
+    assert states["update_ledger"] == states["summarize"] == "success", states
+    assert set(states.values()) == {"success", "skipped"}, states
     summary = json.loads(store.read_bytes(f"bonito_dataset/{safe_segment(dag_run.run_id)}/summary.json"))
     assert summary["extracted"]["documents"] == 0 and summary["extracted"]["skipped_known"] > 0
     assert summary["extracted"]["rejects"] == 1
     ledger = read_ledger(store, "bonito_dataset")
     rejects = ledger.filter(pc.equal(ledger["kind"], "reject"))
     assert rejects["source_uri"].to_pylist() == [str(tmp_path / "src" / "broken.pdf")]
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_the_operator_records_documents_only_when_publish_committed(tmp_path, published):
+    from bonito_airflow.operators import BonitoLedgerOperator
+    from bonito_airflow.runtime import TaskRuntime
+    from bonito_tasks.stage import StageWriter
+
+    write_good_corpus(tmp_path / "src")
+    (tmp_path / "src" / "broken.pdf").write_bytes(b"junk")
+    store = LocalStore(tmp_path / "store")
+    run, config = RunRef(dag_id="bonito_dataset", run_id="r"), make_config(tmp_path, source=str(tmp_path / "src"))
+    documents = extract(store, run, config)
+    if published:
+        store.write_bytes(StageWriter(store, run, "publish").manifest_key, b"{}")  # only its presence counts
+    op = BonitoLedgerOperator(task_id="update_ledger", documents={"manifest": documents.uri})
+    assert op.trigger_rule == "none_failed"
+    result = op.run(TaskRuntime(config=config, run=run, store=store, s3_client_kwargs={}), {})
+    assert result["recorded"] == (documents.metrics.documents if published else 0)
+    assert result["rejects_recorded"] == 1

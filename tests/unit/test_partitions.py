@@ -195,3 +195,54 @@ def test_a_partition_killed_mid_way_then_retried_keeps_everything_exactly_once(t
     committed = StageWriter(store, RUN, stage, 0).committed()
     listed = {f"{folder}/{s.path}" for s in committed.shards} | {f"{folder}/_manifest.json"}
     assert set(store.list(folder)) == listed
+
+
+# ---- Generate shards sized to amortize the engine
+
+
+def test_explicit_shard_size_wins(tmp_path):
+    from bonito_tasks.chunk import generate_shard_size
+    from bonito_tasks.contracts import GenerateFigures
+
+    figures = GenerateFigures(run_id="r0", model_id="m", backend="vllm", tensor_parallel_size=1, engine_start_s=60,
+                              seconds_per_generation=0.01)
+    assert generate_shard_size(10_000, make_config(tmp_path, chunk_shard_size=500), figures) == 500
+
+
+def test_auto_sizing_fills_the_slots_and_keeps_engine_start_under_a_tenth(tmp_path):
+    from bonito_tasks.chunk import generate_shard_size
+    from bonito_tasks.contracts import GenerateFigures
+
+    def figures(start_s, s_per_generation):
+        return GenerateFigures(run_id="r0", model_id="m", backend="vllm", tensor_parallel_size=1,
+                               engine_start_s=start_s, seconds_per_generation=s_per_generation)
+
+    config = make_config(tmp_path, gpu_slots=8, target_shard_minutes=60, task_types=["exqa", "ynqa", "nli"])
+    # Without figures: one shard per slot.
+    assert generate_shard_size(8000, config, None) == 1000
+    # 5M chunks x 3 task types at 10 ms per generation = 41.7 GPU-hours: 42 shards of about an hour.
+    size = generate_shard_size(5_000_000, config, figures(60, 0.01))
+    assert -(-5_000_000 // size) == 42
+    # Little work: fewer shards than slots rather than shards where the engine start dominates.
+    size = generate_shard_size(3000, config, figures(60, 0.01))  # 90 s of work in all, 60 s engine start
+    shards = -(-3000 // size)
+    assert shards == 1 and 60 / (60 + 3000 * 3 * 0.01 / shards) > 0.1  # nothing smaller is better
+    size = generate_shard_size(200_000, config, figures(60, 0.01))  # 6000 s of work: 8 slots, 750 s each
+    shards = -(-200_000 // size)
+    assert shards == 8 and 60 / (60 + 200_000 * 3 * 0.01 / shards) <= 0.1
+
+
+def test_figures_of_the_last_run_on_the_same_model_are_used(tmp_path):
+    from bonito_tasks.contracts import GenerateMetrics
+    from bonito_tasks.figures import read_figures, record_figures
+
+    store = LocalStore(tmp_path / "store")
+    config = make_config(tmp_path)
+    assert read_figures(store, "d", config) is None
+    shards = [GenerateMetrics(prompts=100, generations=100, engine_start_s=9.0, generate_s=20.0),
+              GenerateMetrics(prompts=100, generations=100, engine_start_s=11.0, generate_s=30.0)]
+    record_figures(store, RUN, config, shards)
+    figures = read_figures(store, "d", config)
+    assert (figures.engine_start_s, figures.seconds_per_generation) == (10.0, 0.25)
+    assert read_figures(store, "d", make_config(tmp_path, model_id="other/model")) is None
+    assert read_figures(store, "d", make_config(tmp_path, backend="server")) is None

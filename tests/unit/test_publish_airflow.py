@@ -62,7 +62,7 @@ def test_execute_publishes_returns_commit_and_emits_asset_event(hub, tmp_path, m
     assert event.extra == {"run_id": RUN.run_id, "examples": 6, "examples_added": 6, "publish_mode": "append",
                            "repo_id": REPO, "revision": head, "pr_url": None}
     assert context["outlet_events"][dataset].extra == {"run_id": RUN.run_id, **result}
-    assert op.template_fields == ("examples", "documents")
+    assert op.template_fields == ("examples", "documents", "approval")
 
 
 def test_execute_without_token_fails_before_uploading(hub, tmp_path, monkeypatch):

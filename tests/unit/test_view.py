@@ -27,7 +27,8 @@ CONTEXT = "The lease runs for twelve months. The tenant pays rent of 900 euros o
 
 def _row(i: int, good: bool) -> dict:
     return {"example_id": f"ex-{i:04d}", "task_type": "exqa" if i % 2 else "ynqa",
-            "input": f"{CONTEXT}\nQuestion {i}: how long does the lease run?" if i % 2 else f"{CONTEXT}\nIs rent due?",
+            "input": f"{CONTEXT}\nQuestion {i}: how long does the lease run?" if i % 2
+            else f"{CONTEXT}\nIs rent due in month {i}?",
             "output": ("twelve months" if good else "forty years") if i % 2 else ("Yes." if good else "Perhaps."),
             "doc_id": "doc-0", "chunk_id": "chunk-0", "char_start": 0, "char_end": len(CONTEXT), "sample_index": 0,
             "model_id": "m", "model_revision": "r", "sampling_params": "{}", "run_id": "r"}
@@ -165,16 +166,18 @@ def test_failed_validate_page_shows_cause_quarantine_and_report(api, failed_run)
     # The cause first: the failed expectation with its observed value against its threshold.
     cause = html.split('id="cause"', 1)[1].split('id="summary"', 1)[0]
     assert "validate failed: ValidationFailed" in cause and "min_pass_rate" in cause
-    open("/tmp/view-page.html", "w").write(html)
     assert "0.8333" in cause and "min_value=0.99" in cause
-    assert "exqa_answer_in_context" in cause and "forty years" in cause  # quarantine count and an example row
+    assert "exqa_answer_in_context</a> 5" in cause and "ynqa_label</a> 5" in cause  # quarantine counts
+    assert "An example quarantined row" in cause and "Perhaps." in cause
     assert "/runbook" in cause
     # The quality report's plots (matplotlib SVG), links to Data Docs and the report.
     assert "validate/report/output_tokens.svg" in html and "Data Docs" in html and "Quality report" in html
     # Samples per task type, with the exqa answer span marked in the input.
     samples = html.split('id="samples"', 1)[1].split('id="quarantine"', 1)[0]
     assert "Generated examples (not validated)" in samples
-    assert '<mark title="answer span">twelve months</mark>' in samples and "ynqa" in samples
+    assert "<h3>exqa" in samples and "<h3>ynqa" in samples and "forty years" in samples
+    good = view(api, run, "/rows/examples", params={"value": "exqa", "offset": 5, "limit": 1}).text
+    assert '<mark title="answer span">twelve months</mark>' in good  # the answer, marked in the passage
     dropped = html.split('id="dropped"', 1)[1].split('id="rejects"', 1)[0]
     assert "no_pipe" in dropped and "garbled 0" in dropped
     # Nothing secret or absolute beyond the store URI the params name.
@@ -231,7 +234,8 @@ def test_readable_pages_for_bad_input(api, tmp_path, s3_bucket, monkeypatch):
 
     running = add_run({"store": str(tmp_path / "store"), "source": str(tmp_path)}, state="running")
     page = view(api, running)
-    assert page.status_code == 200 and "still running" in page.text and "Nothing committed yet" in page.text
+    assert page.status_code == 200 and "still running" in page.text and 'http-equiv="refresh"' in page.text
+    assert "not committed" in page.text and "No examples yet" in page.text
 
     bucket, kwargs = s3_bucket
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({

@@ -102,7 +102,7 @@ def create_app() -> FastAPI:
     @app.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", dependencies=reader)
     def task_page(dag_id: str, run_id: str, task_id: str) -> Response:
         section = TASK_SECTIONS.get(task_id, "summary")
-        return RedirectResponse(f"{_mount_path()}{run_path(dag_id, run_id)}#{section}", status_code=307)
+        return RedirectResponse(f"{_root()}{run_path(dag_id, run_id)}#{section}", status_code=307)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/rows/{table}", dependencies=reader, response_class=HTMLResponse)
     def rows_page(dag_id: str, run_id: str, table: str, offset: int = 0, limit: int = 20,
@@ -155,13 +155,13 @@ def create_app() -> FastAPI:
     return app
 
 
-def _mount_path() -> str:
-    """Where the app is mounted, with the api-server's base path (the UI may live under a sub-path)."""
+def _root() -> str:
+    """The api-server's base path ("" at the root): the UI, and so this app, may live under a sub-path."""
     from airflow.configuration import conf
 
     from bonito_airflow.view.urls import base_path
 
-    return base_path(conf.get("api", "base_url", fallback="")) + URL_PREFIX
+    return base_path(conf.get("api", "base_url", fallback=""))
 
 
 def safe_relative_path(path: str) -> str:
@@ -271,7 +271,7 @@ def run_context(store, info: RunInfo) -> dict[str, Any]:
         "dropped_rows": [_display("dropped_generations", r) for r in dropped.rows],
         "rejects": rejects,
         "rejects_rows": [_display("rejects", r) for r in rejects.rows],
-        "runbook_base": f"{_mount_path()}/dags/{quote(info.run.dag_id, safe='')}/tasks",
+        "runbook_base": f"{_root()}{URL_PREFIX}/dags/{quote(info.run.dag_id, safe='')}/tasks",
     }
 
 
@@ -288,7 +288,7 @@ def _display(table: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _base(info: RunInfo) -> str:
-    return _mount_path() + run_path(info.run.dag_id, info.run.run_id)
+    return _root() + run_path(info.run.dag_id, info.run.run_id)
 
 
 def _markdown(text: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bonito_tasks.contracts import RunRef
-from bonito_tasks.store import ArtifactStore, open_store
+from bonito_tasks.store import ArtifactStore, S3Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,14 @@ def open_run_store(info: RunInfo, aws_conn_id: str = "aws_default") -> ArtifactS
     uri = info.store_uri
     try:
         kwargs = S3ConnectionHook(aws_conn_id).client_kwargs() if uri.startswith("s3://") else {}
+        if kwargs or uri.startswith("s3://"):
+            from botocore.config import Config
+
+            # A person is waiting: a dead endpoint answers within seconds, not after a minute of retries.
+            kwargs["config"] = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2})
         store = open_store(uri, **kwargs)
-        store.exists("_bonito_view_probe")  # one cheap request: unreachable stores fail here, readably
+        if isinstance(store, S3Store):  # one cheap request: a missing bucket or a dead endpoint fails here
+            store.client.head_bucket(Bucket=store.bucket)
     except Exception as err:
         raise unreachable(uri, err) from err
     return store

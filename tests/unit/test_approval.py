@@ -1,0 +1,85 @@
+"""The approval gate before publish (Airflow's HITL ApprovalOperator): off, it passes at once; on, it
+asks with the pass rate, counts and a link to the Dataset view and waits; approve returns the
+reviewer and note, reject and timeout fail without retries. Publish writes the decision into its
+manifest and the card. The wait itself (the UI's Required Actions) runs in tests/deployment."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from test_publish import RUN, make_config, make_inputs
+
+from bonito_tasks.contracts import Approval
+from bonito_tasks.publish import publish
+from bonito_tasks.store import LocalStore
+
+pytestmark = pytest.mark.airflow
+
+VALIDATED = {"manifest": "/store/validate/_manifest.json", "counts": {"examples_in": 200, "passed": 180,
+                                                                       "quarantined": 20, "examples": 180}}
+
+
+def _operator():
+    from bonito_airflow.approval import BonitoApprovalOperator
+
+    return BonitoApprovalOperator(task_id="approve", examples=VALIDATED)
+
+
+def _context(tmp_path, **params):
+    values = {"source": str(tmp_path), "store": str(tmp_path / "store"), "note": None} | params
+    return {"params": values, "dag_run": SimpleNamespace(dag_id="bonito_dataset", run_id="manual__r1"),
+            "task_instance": SimpleNamespace(id="ti-1"), "ti": SimpleNamespace(id="ti-1")}
+
+
+def test_off_passes_at_once(tmp_path):
+    assert _operator().execute(_context(tmp_path)) == {"decision": "not_required", "reviewer": None, "note": None,
+                                                       "decided_at": None}
+
+
+def test_on_asks_with_pass_rate_counts_and_the_view_then_waits(tmp_path, monkeypatch):
+    import airflow.providers.standard.operators.hitl as hitl
+    from airflow.sdk.exceptions import TaskAwaitingInput
+
+    asked = {}
+    monkeypatch.setattr(hitl, "upsert_hitl_detail", lambda **kw: asked.update(kw))
+    op = _operator()
+    with pytest.raises(TaskAwaitingInput):
+        op.execute(_context(tmp_path, require_approval=True, approval_timeout_minutes=90))
+    assert asked["options"] == ["Approve", "Reject"] and asked["subject"] == "Publish 180 examples of run manual__r1?"
+    assert "**180** of **200**" in asked["body"] and "pass rate **90.0%**" in asked["body"]
+    assert "**20** were quarantined" in asked["body"]
+    assert "/bonito/dags/bonito_dataset/runs/manual__r1#samples" in asked["body"]
+    assert "note" in asked["params"] and op.response_timeout == timedelta(minutes=90)
+
+
+def _event(option: str, note: str | None):
+    return {"chosen_options": [option], "params_input": {"note": note},
+            "responded_at": datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
+            "responded_by_user": {"id": "1", "name": "reviewer"}}
+
+
+def test_approve_returns_the_reviewer_and_note(tmp_path):
+    approval = _operator().execute_complete(_context(tmp_path), _event("Approve", " looks right "))
+    assert approval == {"decision": "approved", "reviewer": "reviewer", "note": "looks right",
+                        "decided_at": "2026-11-28T12:00:00+00:00"}
+
+
+def test_reject_and_timeout_fail_without_retries(tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="publishing rejected by reviewer: answers are made up"):
+        _operator().execute_complete(_context(tmp_path), _event("Reject", "answers are made up"))
+    with pytest.raises(AirflowFailException, match="no decision on publishing within 1440 min"):
+        _operator().execute_complete(_context(tmp_path), {"error": "timed out", "error_type": "timeout"})
+
+
+def test_publish_records_the_approval_in_manifest_and_card(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    approval = Approval(decision="approved", reviewer="reviewer", note="spot-checked 20 rows",
+                        decided_at="2026-11-28T12:00:00+00:00")
+    manifest = publish(store, RUN, make_config(tmp_path), *make_inputs(store), token=None, approval=approval)
+    assert manifest.metrics.approval == approval
+    card = (tmp_path / "store" / store.key(manifest.metrics.dataset_uri) / "README.md").read_text()
+    assert "Reviewed before publishing: approved by reviewer on 2026-11-28 (note: spot-checked 20 rows)" in card
