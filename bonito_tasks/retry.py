@@ -2,8 +2,9 @@
 
 `RetryPolicy.call` runs a call with tenacity: up to `attempts` tries while the error is one the
 caller calls transient, with full-jitter exponential backoff between them (before retry k, a wait
-drawn uniformly from [0, min(max_delay_s, base_delay_s * 2**(k-1))]; a server's Retry-After
-raises it to at least that many seconds, still capped at max_delay_s). Any other error, and the
+drawn uniformly from [0, min(max_delay_s, base_delay_s * 2**(k-1))]). A server's Retry-After is
+honoured as a minimum wait up to its own, larger bound `max_retry_after_s`: a rate limit that asks
+for two minutes gets them instead of five quick tries that all fail. Any other error, and the
 last one when the tries run out, is raised unchanged, so each caller words its own failure.
 
 The helpers below say what is transient over HTTP, the same for every caller: 408, 429 and any
@@ -27,14 +28,16 @@ TRANSIENT_STATUSES = frozenset({408, 429})  # and every 5xx
 class RetryPolicy:
     attempts: int = 5  # tries per call, the first included
     base_delay_s: float = 1.0  # the backoff window before the first retry; it doubles each retry
-    max_delay_s: float = 30.0  # no wait is longer, whatever Retry-After says
+    max_delay_s: float = 30.0  # the backoff's cap
+    max_retry_after_s: float = 600.0  # the longest Retry-After honoured (longer: this wait, then retry)
     timeout_s: float = 120.0  # per request: longest wait to connect, or for the next bytes of a read or write
     connect_timeout_s: float = 10.0  # for clients that bound the connect apart (the completions server)
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {self.attempts}")
-        if min(self.base_delay_s, self.max_delay_s, self.timeout_s, self.connect_timeout_s) < 0:
+        if min(self.base_delay_s, self.max_delay_s, self.max_retry_after_s, self.timeout_s,
+               self.connect_timeout_s) < 0:
             raise ValueError(f"delays and timeouts must not be negative: {self}")
 
     def call(
@@ -57,7 +60,7 @@ class RetryPolicy:
 
         def wait(state: tenacity.RetryCallState) -> float:
             hint = retry_after(state.outcome.exception())
-            return min(self.max_delay_s, max(backoff(state), hint or 0.0))
+            return max(backoff(state), min(hint or 0.0, self.max_retry_after_s))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             on_retry(state.attempt_number, state.outcome.exception(), state.next_action.sleep)

@@ -82,10 +82,11 @@ BOILERPLATE = re.compile(
     r"|back to top|javascript|your browser|powered by|contact us|about us|sitemap|lorem ipsum"
     r"|^page \d+(?: of \d+)?$|accept all|manage preferences|advertisement|loading\.\.\.")
 # A chunk holds a boilerplate line only if it holds one of these (`in` is far faster than the regex).
-BOILERPLATE_HINTS = ("cookie", "privacy", "terms of", "rights reserved", "©", "(c)", "copyright", "click",
-                     "more", "subscribe", "newsletter", "sign ", "log", "account", "follow", "share", "like us",
-                     "skip", "top", "javascript", "browser", "powered", "contact", "about us", "sitemap", "lorem",
-                     "page ", "accept", "preferences", "advertis", "loading", "|", "•", "·", "›", "»", " / ")
+BOILERPLATE_HINTS = ("cookie", "privacy", "terms of", "rights reserved", "©", "(c)", "copyright", "click here",
+                     " more", "subscribe", "newsletter", "sign ", "log", "account", "follow us", "share ", "like us",
+                     "skip to", "to top", "javascript", "browser", "powered by", "contact us", "about us", "sitemap",
+                     "lorem", "page ", "accept all", "preferences", "advertis", "loading", "|", "•", "·", "›", "»",
+                     " / ")
 NAVIGATION_SEPARATORS = re.compile(r"\s[|•·›»/]\s")  # "Home | About | Contact", breadcrumbs
 
 
@@ -193,10 +194,12 @@ def _lines(text: str) -> tuple[float, int, float, float]:
     total = sum(map(len, lines)) or 1
     lowered = text.lower()
     boilerplate = sum(len(line) for line in lines if line.isdigit())  # page numbers
-    if any(hint in lowered for hint in BOILERPLATE_HINTS):
+    hints = [hint for hint in BOILERPLATE_HINTS if hint in lowered]
+    if hints:
         for line in lines:
             low = line.lower()
-            if BOILERPLATE.search(low) or len(NAVIGATION_SEPARATORS.findall(f" {low} ")) >= 2 and len(low) < 200:
+            if any(hint in low for hint in hints) and (
+                    BOILERPLATE.search(low) or len(low) < 200 and len(NAVIGATION_SEPARATORS.findall(f" {low} ")) >= 2):
                 boilerplate += len(line)
     unpunctuated = 0
     for line, following in zip(lines, lines[1:] + [""]):

@@ -78,12 +78,14 @@ def test_delays_are_bounded_and_fully_jittered():
     assert sum(lasts) / len(lasts) > 3 * sum(firsts) / len(firsts)
 
 
-def test_retry_after_is_a_floor_within_the_cap():
-    policy = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=8.0)
+def test_retry_after_is_honoured_beyond_the_backoff_cap_up_to_its_own_bound():
+    policy = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=8.0, max_retry_after_s=300.0)
     fn = failing(100, error=lambda: Flaky(retry_after=5.0))[0]
     assert run(policy, fn, retry_after=lambda err: err.retry_after)[1] == [5.0]
-    fn = failing(100, error=lambda: Flaky(retry_after=60.0))[0]
-    assert run(policy, fn, retry_after=lambda err: err.retry_after)[1] == [8.0]
+    fn = failing(100, error=lambda: Flaky(retry_after=120.0))[0]  # a rate limit asking for 2 minutes gets them
+    assert run(policy, fn, retry_after=lambda err: err.retry_after)[1] == [120.0]
+    fn = failing(100, error=lambda: Flaky(retry_after=3600.0))[0]  # but never more than max_retry_after_s
+    assert run(policy, fn, retry_after=lambda err: err.retry_after)[1] == [300.0]
 
 
 def test_sleep_may_abandon_the_call():
