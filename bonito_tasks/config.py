@@ -86,7 +86,7 @@ class RunConfig(BaseModel):
     # dropped and counted by reason in the chunk manifest, the run summary and the dataset card.
     quality_filters: bool = Field(True, description="Drop chunks that fail the quality filters below before "
                                                     "generation (counted by reason).")
-    quality_min_words: int = Field(10, ge=0, description="Quality: chunks with fewer words (runs of letters) "
+    quality_min_words: int = Field(5, ge=0, description="Quality: chunks with fewer words (runs of letters) "
                                                          "are dropped (too_few_words).")
     quality_max_digit_ratio: float = Field(
         0.25, ge=0, le=1, description="Quality: most digits per non-space character (digit_ratio).")

@@ -56,9 +56,22 @@ CHUNKS = pa.schema(
         pa.field("text", pa.large_string(), nullable=False),
         pa.field("page", pa.int32()),  # 1-based PDF page where the chunk starts, else null
         pa.field("pending_task_types", pa.list_(pa.string())),  # its document's; null: all of the run's
-        # Other places with exactly the same text (exact duplicates are kept once).
+        # Other places with the same text (exact duplicates) or nearly the same (near-duplicates: MinHash
+        # similarity at or over near_dup_threshold): each is kept once, in its first place.
         pa.field("also_in", pa.list_(pa.struct([("doc_id", pa.string()), ("char_start", pa.int64()),
                                                  ("char_end", pa.int64())])), nullable=False),
+    ]
+)
+
+# The MinHash signature of each chunk (bonito_tasks/minhash.py: 128 uint32, little-endian), with the
+# task types it is generated for (null: all of the run's). A chunk partition writes one part per chunks
+# part, row for row; the chunk stage lists those of the chunks it kept, which the ledger task records
+# for later runs (near-duplicates of earlier runs) once publish succeeded.
+CHUNK_SIGNATURES = pa.schema(
+    [
+        pa.field("chunk_id", pa.string(), nullable=False),
+        pa.field("signature", pa.binary(512), nullable=False),
+        pa.field("task_types", pa.list_(pa.string())),
     ]
 )
 
@@ -122,6 +135,7 @@ TABLES: dict[str, pa.Schema] = {
     "documents": DOCUMENTS,
     "rejects": REJECTS,
     "chunks": CHUNKS,
+    "chunk_signatures": CHUNK_SIGNATURES,
     "examples": EXAMPLES,
     "dropped_generations": DROPPED_GENERATIONS,
     "quarantine": QUARANTINE,
@@ -231,8 +245,12 @@ class ChunkMetrics(_Metrics):
     shards: int = 0  # generate shards
     shard_size: int = 0  # chunks per generate shard
     shard_parts: list[int] = Field(default_factory=list)  # the first chunks part of each generate shard
-    duplicate_chunks: int = 0
+    duplicate_chunks: int = 0  # exact and near-duplicates kept once (their places are in also_in)
     short_chunks: int = 0
+    # Quality filters (chunk/quality.py): reason -> chunks dropped before generation.
+    filtered: dict[str, int] = Field(default_factory=dict)
+    near_duplicate_chunks: int = 0  # of duplicate_chunks: near (not exact) duplicates
+    earlier_run_duplicates: int = 0  # dropped: an earlier run already generated from (nearly) the same text
     chunk_max_tokens: int = 0
     chunk_overlap_tokens: int = 0
     chunk_min_chars: int = 0
@@ -374,6 +392,7 @@ class PublishMetrics(_Metrics):
     # Of them, rows this publish added: 0 when the Hub target already held the files (no commit).
     examples_added: int = 0
     duplicates_skipped: int = 0
+    near_duplicates_skipped: int = 0  # append: new rows that nearly repeat a row of the dataset (not counted above)
     documents: int = 0
     examples_per_task_type: dict[str, int] = Field(default_factory=dict)
     files: dict[str, PublishedFile] = Field(default_factory=dict)

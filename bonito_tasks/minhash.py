@@ -11,7 +11,7 @@ prefix sums, 64-bit wrap-around), and the signatures come from rensa's Rust MinH
 (`RMinHash.digest_matrix_from_flat_token_hashes`): no Python object per shingle or per word.
 
 The index (`NearDupIndex`) holds the signatures (NUM_PERM x 4 bytes each) and, for LSH, one 64-bit
-key per band and signature in sorted numpy runs (merged like an LSM tree): about 620 bytes per
+key per band and signature in sorted numpy runs (merged like an LSM tree): about 720 bytes per
 indexed text with the defaults, never the texts. Candidates that share a band are verified on the
 signatures, so a reported near-duplicate always has an estimated similarity >= the threshold.
 
@@ -21,7 +21,6 @@ coarse pieces: such texts are found as near-duplicates only when they are (almos
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cache
 
@@ -31,7 +30,7 @@ NUM_PERM = 128  # MinHash values per signature (estimate's standard error at J=0
 NGRAM = 5  # words per shingle
 SEED = 0x5EED  # rensa's permutation seed: signatures are comparable only under the same seed
 SIGNATURE_BYTES = NUM_PERM * 4
-BATCH_BYTES = 8 << 20  # text bytes shingled per numpy pass (bounds the temporary arrays: ~10 x this)
+BATCH_BYTES = 1 << 20  # text bytes shingled per numpy pass (bounds the temporary arrays: ~40 x this)
 
 _P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible modulo 2**64
 _Q = np.uint64(0x9E3779B97F4A7C15)  # combines word hashes into a shingle hash
@@ -191,19 +190,20 @@ def text_signatures(texts: list[str]) -> np.ndarray:
     return signatures(shingles(texts))
 
 
+RECALL_AT_THRESHOLD = 0.97  # LSH makes a pair at exactly the threshold a candidate with at least this probability
+
+
 @cache
 def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows per band) with bands x rows <= num_perm that minimize the false positive area
-    below `threshold` plus the false negative area above it, under the S-curve 1 - (1 - s**r)**b."""
-    s_lo, s_hi = np.linspace(0, threshold, 200), np.linspace(threshold, 1, 200)
-    best, best_error = (1, num_perm), math.inf
+    """(bands, rows per band): the fewest bands (so the fewest candidates below the threshold, and
+    the least memory) such that a pair at the threshold shares a band with probability >=
+    RECALL_AT_THRESHOLD under the S-curve 1 - (1 - s**rows)**bands. Candidates are verified on the
+    signatures, so a lower band count would only lose near-duplicates, not add false ones."""
     for bands in range(1, num_perm + 1):
         rows = num_perm // bands
-        false_pos = np.trapezoid(1 - (1 - s_lo**rows) ** bands, s_lo)
-        false_neg = np.trapezoid((1 - s_hi**rows) ** bands, s_hi)
-        if false_pos + false_neg < best_error:
-            best, best_error = (bands, rows), false_pos + false_neg
-    return best
+        if 1 - (1 - threshold**rows) ** bands >= RECALL_AT_THRESHOLD:
+            return bands, rows
+    return num_perm, 1
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:

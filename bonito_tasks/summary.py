@@ -107,8 +107,13 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  extract: files={e.files}, documents={e.documents}, skipped_known={e.skipped_known}, "
                      f"rejects={e.rejects} {e.rejects_by_reason or ''}".rstrip())
     if c := summary.chunked:
-        lines.append(f"  chunk: chunks={c.chunks}, shards={c.shards}, duplicate_chunks={c.duplicate_chunks}, "
-                     f"short_chunks={c.short_chunks}")
+        lines.append(f"  chunk: chunks={c.chunks}, shards={c.shards}, duplicate_chunks={c.duplicate_chunks} "
+                     f"(near: {c.near_duplicate_chunks}), earlier_run_duplicates={c.earlier_run_duplicates}, "
+                     f"short_chunks={c.short_chunks}, filtered={sum(c.filtered.values())}")
+        if c.filtered:  # the quality filters' table: one line per reason
+            width = max(map(len, c.filtered))
+            lines += ["    quality filter" + " " * (width - 12) + "chunks"]
+            lines += [f"    {reason:<{width + 2}}{count}" for reason, count in c.filtered.items()]
     if g := summary.generated:
         lines.append(f"  generate: prompts={g.prompts}, examples={g.examples}, dropped={g.dropped_generations}, "
                      f"tokens={g.generated_tokens}, engine_start_s={g.engine_start_s}, "
@@ -119,5 +124,6 @@ def format_summary(summary: RunSummary) -> str:
                      f"pass_rate={v.quality.pass_rate}, report={v.quality.report_uri}")
     if p := summary.published:
         lines.append(f"  publish: examples={p.examples}, examples_added={p.examples_added}, "
+                     f"duplicates_skipped={p.duplicates_skipped}, near_duplicates_skipped={p.near_duplicates_skipped}, "
                      f"dataset={p.dataset_uri}" + (f", hub={p.hub_url}" if p.hub_url else ""))
     return "\n".join(lines)

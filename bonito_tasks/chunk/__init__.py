@@ -1,10 +1,12 @@
 """Chunk stage: documents -> chunks of at most N model tokens, cut at paragraph and sentence ends.
 
-One task per extract partition (`chunk_partition`) splits its documents; `plan_shards` then
-reads the partitions in order, keeps the first chunk of each distinct text (the others' places
-go into its `also_in`), drops chunks under `chunk_min_chars` and writes the chunks in parts that
-make up the generate shards (auto-sized unless `chunk_shard_size` is set). One partition and N
-partitions give the same chunks.
+One task per extract partition (`chunk_partition`) splits its documents, drops chunks under
+`chunk_min_chars` and those failing the quality filters (quality.py; counted by reason), and
+writes each chunk's MinHash signature beside it; `plan_shards` then reads the partitions in order,
+keeps the first chunk of each distinct text and of each group of near-duplicates (the others'
+places go into its `also_in`), drops chunks an earlier run already generated from (neardup.py),
+and writes the chunks in parts that make up the generate shards (auto-sized unless
+`chunk_shard_size` is set). One partition and N partitions give the same chunks.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import time
 from bisect import bisect_right
 from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 
+from bonito_tasks import minhash
 from bonito_tasks.checks import check_chunks
+from bonito_tasks.chunk import neardup, quality
 from bonito_tasks.chunk.splitter import Chunker, load_tokenizer
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import CHUNKS, ChunkMetrics, GenerateFigures, Manifest, RunRef, sha256_hex
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "chunk"
 PART_ROWS = 2048  # chunks per part: a generate shard is a run of parts, read one at a time
+SIGNATURE_PART_ROWS = 65_536  # signatures per part of the stage's chunk_signatures (32 MiB)
 MAX_SHARDS = 1024  # Airflow's default max_map_length
 ENGINE_START_SHARE_INVERSE = 9  # engine start at most 10% of a shard's wall time: generation >= 9x start
 
@@ -55,7 +61,35 @@ def chunk_partition(
         chunker = Chunker(load_tokenizer(config), config.chunk_max_tokens, config.chunk_overlap_tokens)
         metrics = ChunkMetrics(chunk_max_tokens=config.chunk_max_tokens,
                                chunk_overlap_tokens=config.chunk_overlap_tokens, chunk_min_chars=config.chunk_min_chars)
+        thresholds = quality.Thresholds.from_config(config) if config.quality_filters else None
         rows: list[dict] = []
+        next_index: dict[str, int] = {}  # the document being chunked -> index of its next kept chunk
+
+        def flush() -> None:
+            """Filter the buffered chunks, number them per document and write them with their signatures."""
+            nonlocal rows
+            texts = [r["text"] for r in rows]
+            shingled = minhash.shingles(texts)
+            reasons = quality.assess(texts, thresholds, shingled) if thresholds else [None] * len(rows)
+            keep = [i for i, reason in enumerate(reasons) if reason is None]
+            for reason in reasons:
+                if reason is not None:
+                    metrics.filtered[reason] = metrics.filtered.get(reason, 0) + 1
+            kept = [rows[i] for i in keep]
+            for row in kept:
+                if row["doc_id"] not in next_index:
+                    next_index.clear()
+                    next_index[row["doc_id"]] = 0
+                row["chunk_index"] = next_index[row["doc_id"]]
+                next_index[row["doc_id"]] += 1
+            if kept:
+                writer.add("chunks", pa.Table.from_pylist(kept, CHUNKS))
+                sigs = minhash.signatures(shingled.take(keep))
+                writer.add("chunk_signatures", neardup.chunk_signatures_table(
+                    [r["chunk_id"] for r in kept], sigs, [r["pending_task_types"] for r in kept]))
+                metrics.chunks += len(kept)
+            rows = []
+
         for shard in range(len(extracted.shards_of("documents"))):
             docs = store.read_shard(extracted, "documents", shard,
                                     columns=["doc_id", "text", "page_starts", "pending_task_types"])
@@ -66,21 +100,19 @@ def chunk_partition(
                 spans = chunker.split_counted(text)
                 kept = [s for s in spans if len(text[s[0]:s[1]].strip()) >= config.chunk_min_chars]
                 metrics.short_chunks += len(spans) - len(kept)
-                for index, (start, end, tokens) in enumerate(kept):
+                for start, end, tokens in kept:
                     rows.append({"chunk_id": sha256_hex(f"{doc_id}:{start}:{end}"), "doc_id": doc_id,
-                                 "chunk_index": index, "char_start": start, "char_end": end, "n_tokens": tokens,
+                                 "chunk_index": 0, "char_start": start, "char_end": end, "n_tokens": tokens,
                                  "text": text[start:end], "page": _page(page_starts, start),
                                  "pending_task_types": pending, "also_in": []})
                     if len(rows) >= PART_ROWS:
-                        writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
-                        metrics.chunks, rows = metrics.chunks + len(rows), []
+                        flush()
         if rows:
-            writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
-            metrics.chunks += len(rows)
+            flush()
         metrics.wall_s = round(time.monotonic() - started, 3)
-        log.info("chunk partition %d: %d document(s) into %d chunk(s), %d under %d chars dropped, in %.1f s",
-                 partition, metrics.documents, metrics.chunks, metrics.short_chunks, config.chunk_min_chars,
-                 metrics.wall_s)
+        log.info("chunk partition %d: %d document(s) into %d chunk(s), %d under %d chars dropped, %d failed the "
+                 "quality filters %s, in %.1f s", partition, metrics.documents, metrics.chunks, metrics.short_chunks,
+                 config.chunk_min_chars, sum(metrics.filtered.values()), metrics.filtered or "", metrics.wall_s)
         return metrics
 
     return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[documents], work=work,
@@ -88,35 +120,45 @@ def chunk_partition(
 
 
 def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions: list[Manifest]) -> Manifest:
-    """The chunk stage: the partitions' chunks in order, exact duplicates kept once (with every
-    other place in `also_in`), in parts of at most PART_ROWS that make up the generate shards.
-    Memory: the 128-bit digests of the distinct chunks (about 80 bytes each) and one part."""
+    """The chunk stage: the partitions' chunks in order, exact duplicates and near-duplicates kept
+    once (with every other place in `also_in`: a near-duplicate goes to the first kept chunk it
+    matches), chunks an earlier run generated from dropped (or narrowed to the task types still
+    missing), in parts of at most PART_ROWS that make up the generate shards.
+    Memory: the 128-bit digests of the distinct chunks (about 80 bytes each), the kept chunks'
+    MinHash signatures and band keys (about 720 bytes each) and one part; never the texts."""
 
     def work(writer: StageWriter) -> ChunkMetrics:
         started = time.monotonic()
-        first: dict[bytes, tuple[int, int]] = {}  # digest -> (partition, row) of the copy kept
-        duplicates: dict[bytes, list[dict]] = {}  # digest -> the other places with the same text
-        for partition, part in _parts(store, partitions, ["doc_id", "char_start", "char_end", "text"]):
-            for doc_id, start, end, text, row in zip(*(part[c].to_pylist() for c in part.column_names)):
-                digest = _digest(text)
-                if digest in first:
-                    duplicates.setdefault(digest, []).append({"doc_id": doc_id, "char_start": start, "char_end": end})
-                else:
-                    first[digest] = (partition, row)
-        kept = len(first)
+        plan = _Dedup(config, neardup.load_earlier(store, run.dag_id, config))
+        columns = ["doc_id", "char_start", "char_end", "text", "pending_task_types"]
+        for partition, part, sigs in _parts(store, partitions, columns, signatures=plan.near):
+            plan.add_part(partition, part, sigs)
+        kept = plan.kept
         shard_size = generate_shard_size(kept, config, read_figures(store, run.dag_id, config))
         part_rows = min(shard_size, PART_ROWS)
         parts_per_shard = math.ceil(shard_size / part_rows)
         metrics = ChunkMetrics(partitions=len(partitions), chunk_max_tokens=config.chunk_max_tokens,
                                chunk_overlap_tokens=config.chunk_overlap_tokens, chunk_min_chars=config.chunk_min_chars)
         buffer: list[pa.Table] = []
+        buffer_sigs: list[pa.Table] = []
         buffered = 0
-        for partition, part in _parts(store, partitions):
+        for partition, part, sigs in _parts(store, partitions, signatures=plan.near):
             digests = [_digest(t) for t in part["text"].to_pylist()]
-            keep = [first[d] == (partition, row) for d, row in zip(digests, part["_row"].to_pylist())]
-            part = part.filter(pa.array(keep)).drop_columns(["also_in", "_row"])
-            also_in = [duplicates.get(d, []) for d, k in zip(digests, keep) if k]
+            places = [(partition, row) for row in part["_row"].to_pylist()]
+            keep = [plan.first[d] == place for d, place in zip(digests, places)]
+            pending = [plan.pending.get(place, p) for place, p, k in
+                       zip(places, part["pending_task_types"].to_pylist(), keep) if k]
+            also_in = [plan.duplicates.get(d, []) for d, k in zip(digests, keep) if k]
+            mask = pa.array(keep)
+            part = part.filter(mask).drop_columns(["also_in", "_row", "pending_task_types"])
+            part = part.append_column("pending_task_types", pa.array(pending, CHUNKS.field("pending_task_types").type))
             buffer.append(part.append_column("also_in", pa.array(also_in, CHUNKS.field("also_in").type)))
+            if sigs is not None:
+                buffer_sigs.append(neardup.chunk_signatures_table(
+                    part["chunk_id"].to_pylist(), sigs[np.asarray(keep, dtype=bool)], pending))
+                if sum(t.num_rows for t in buffer_sigs) >= SIGNATURE_PART_ROWS:
+                    writer.add("chunk_signatures", pa.concat_tables(buffer_sigs))
+                    buffer_sigs = []
             buffered += part.num_rows
             while buffered >= part_rows:
                 table = pa.concat_tables(buffer)
@@ -124,21 +166,110 @@ def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions
                 buffer, buffered = [table.slice(part_rows)], buffered - part_rows
         if buffered:
             writer.add("chunks", pa.concat_tables(buffer))
-        n_parts = len(writer.shards)
+        if buffer_sigs:  # for the ledger task, which records them once publish succeeded
+            writer.add("chunk_signatures", pa.concat_tables(buffer_sigs))
+        n_parts = sum(1 for ref in writer.shards if ref.table == "chunks")
         metrics.shard_parts = list(range(0, n_parts, parts_per_shard))
         metrics.shards, metrics.shard_size, metrics.chunks = len(metrics.shard_parts), shard_size, kept
         for manifest in partitions:
             metrics.documents += manifest.metrics.documents
             metrics.short_chunks += manifest.metrics.short_chunks
-        metrics.duplicate_chunks = sum(len(v) for v in duplicates.values())
+            for reason, count in manifest.metrics.filtered.items():
+                metrics.filtered[reason] = metrics.filtered.get(reason, 0) + count
+        metrics.filtered = {r: metrics.filtered[r] for r in quality.REASONS if r in metrics.filtered}
+        metrics.duplicate_chunks = sum(len(v) for v in plan.duplicates.values())
+        metrics.near_duplicate_chunks = plan.near_duplicates
+        metrics.earlier_run_duplicates = plan.earlier_duplicates
         metrics.wall_s = round(time.monotonic() - started, 3)
-        log.info("chunked %d documents into %d chunks in %d generate shard(s) of up to %d; dropped %d exact "
-                 "duplicate(s) and %d chunk(s) under %d chars", metrics.documents, kept, metrics.shards, shard_size,
-                 metrics.duplicate_chunks, metrics.short_chunks, config.chunk_min_chars)
+        log.info("chunked %d documents into %d chunks in %d generate shard(s) of up to %d; dropped %d duplicate(s) "
+                 "(%d near), %d chunk(s) an earlier run generated from, %d chunk(s) under %d chars and %d failing the "
+                 "quality filters %s", metrics.documents, kept, metrics.shards, shard_size, metrics.duplicate_chunks,
+                 metrics.near_duplicate_chunks, metrics.earlier_run_duplicates, metrics.short_chunks,
+                 config.chunk_min_chars, sum(metrics.filtered.values()), metrics.filtered or "")
         return metrics
 
     return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=partitions, work=work)
 
+
+EARLIER = (-1, -1)  # first[digest] of a text dropped because an earlier run generated from it
+
+
+class _Dedup:
+    """Pass 1 of plan_shards: which place keeps each text, in order over the partitions.
+
+    `first[digest]` is the (partition, row) of the chunk that stands for the text (EARLIER: none,
+    an earlier run did); `duplicates[digest of a kept chunk]` lists the other places; `pending`
+    narrows a kept chunk's task types to those earlier runs have not generated."""
+
+    def __init__(self, config: RunConfig, earlier: neardup.EarlierRuns | None):
+        self.config = config
+        self.near = config.near_dup_threshold is not None
+        self.index = minhash.NearDupIndex(config.near_dup_threshold) if self.near else None
+        self.earlier = earlier if earlier is not None and len(earlier) else None
+        self.first: dict[bytes, tuple[int, int]] = {}
+        self.duplicates: dict[bytes, list[dict]] = {}
+        self.rep_of: dict[bytes, bytes] = {}  # near-duplicate's digest -> digest of the kept chunk it joined
+        self.kept_digests: list[bytes] = []  # index id -> digest of that kept chunk
+        self.pending: dict[tuple[int, int], list[str]] = {}
+        self.kept = self.near_duplicates = self.earlier_duplicates = 0
+
+    def add_part(self, partition: int, part: pa.Table, sigs: np.ndarray | None) -> None:
+        columns = (part[c].to_pylist() for c in ("doc_id", "char_start", "char_end", "text", "pending_task_types",
+                                                  "_row"))
+        index = self.index
+        earlier_rep = index.first_match(sigs) if index is not None and len(index) else None
+        covered = self.earlier.covered(sigs) if self.earlier is not None else None
+        keys = minhash.band_keys(sigs, index.bands, index.rows) if index is not None else None
+        local: dict[int, list[int]] = {}  # band key -> rows of this part kept so far
+        kept_rows: list[int] = []
+        for j, (doc_id, start, end, text, pending, row) in enumerate(zip(*columns)):
+            digest, place = _digest(text), {"doc_id": doc_id, "char_start": start, "char_end": end}
+            if digest in self.first:
+                if self.first[digest] == EARLIER:
+                    self.earlier_duplicates += 1
+                else:
+                    self.duplicates.setdefault(self.rep_of.get(digest, digest), []).append(place)
+                continue
+            if covered is not None and covered[j]:
+                missing = [t for t in (pending or self.config.task_types) if t not in covered[j]]
+                if not missing:
+                    self.first[digest] = EARLIER
+                    self.earlier_duplicates += 1
+                    continue
+                self.pending[(partition, row)] = missing
+            rep = -1
+            if index is not None:
+                rep = int(earlier_rep[j]) if earlier_rep is not None else -1
+                if rep < 0:
+                    rep = self._local_match(sigs, keys[j], j, local, kept_rows)
+            if rep >= 0:
+                kept_digest = self.kept_digests[rep]
+                self.first[digest] = self.first[kept_digest]
+                self.rep_of[digest] = kept_digest
+                self.duplicates.setdefault(kept_digest, []).append(place)
+                self.pending.pop((partition, row), None)
+                self.near_duplicates += 1
+                continue
+            self.first[digest] = (partition, row)
+            self.kept += 1
+            if index is not None:
+                for key in keys[j].tolist():
+                    local.setdefault(key, []).append(len(kept_rows))
+                kept_rows.append(j)
+                self.kept_digests.append(digest)
+        if index is not None and kept_rows:
+            index.add(sigs[kept_rows])
+
+    def _local_match(self, sigs: np.ndarray, keys: np.ndarray, j: int, local: dict[int, list[int]],
+                     kept_rows: list[int]) -> int:
+        """The index id the first chunk of this part that `sigs[j]` nearly repeats will get, or -1."""
+        candidates = sorted({k for key in keys.tolist() for k in local.get(key, ())})
+        if not candidates:
+            return -1
+        similar = minhash.similarities(np.repeat(sigs[j:j + 1], len(candidates), axis=0),
+                                       sigs[[kept_rows[k] for k in candidates]]) >= self.index.threshold
+        hits = [k for k, ok in zip(candidates, similar.tolist()) if ok]
+        return len(self.index) + hits[0] if hits else -1
 
 def chunk(store: ArtifactStore, run: RunRef, config: RunConfig, documents: Manifest) -> Manifest:
     """Every partition in turn, then plan_shards: the whole stage in one process."""
@@ -173,12 +304,15 @@ def _duplicate_documents(store: ArtifactStore, documents: Manifest, partition: i
     return skip
 
 
-def _parts(store: ArtifactStore, partitions: list[Manifest], columns: list[str] | None = None
-           ) -> Iterator[tuple[int, pa.Table]]:
-    """(partition, chunks part) over every partition in order; rows are numbered per partition."""
+def _parts(store: ArtifactStore, partitions: list[Manifest], columns: list[str] | None = None, *,
+           signatures: bool = False) -> Iterator[tuple[int, pa.Table, np.ndarray | None]]:
+    """(partition, chunks part, its rows' signatures or None) over every partition in order; rows
+    are numbered per partition."""
     for partition, manifest in enumerate(partitions):
         offset = 0
         for i in range(len(manifest.shards_of("chunks"))):
             table = store.read_shard(manifest, "chunks", i, columns)
-            yield partition, table.append_column("_row", pa.array(range(offset, offset + table.num_rows), pa.int64()))
+            sigs = neardup.read_signatures(store, manifest, i) if signatures else None
+            yield (partition, table.append_column("_row", pa.array(range(offset, offset + table.num_rows), pa.int64())),
+                   sigs)
             offset += table.num_rows

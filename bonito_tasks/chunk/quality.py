@@ -54,21 +54,20 @@ LANGUAGE_SAMPLE_CHARS = 600  # langid reads this much of a chunk (its cost grows
 MIN_LINES = 3  # unpunctuated_lines applies to chunks of at least this many non-blank lines
 UNSPACED_SHARE = 0.3  # above this share of characters in unspaced scripts, word-based filters are skipped
 
-# Bytes: ASCII letters and every non-ASCII byte are "letter" bytes (a word is a run of them);
-# continuation bytes (0x80-0xBF) do not start a character.
-_LETTER = np.zeros(256, dtype=bool)
-_LETTER[ord("A"):ord("Z") + 1] = _LETTER[ord("a"):ord("z") + 1] = _LETTER[0x80:] = True
-_DIGIT = np.zeros(256, dtype=bool)
-_DIGIT[ord("0"):ord("9") + 1] = True
-_SPACE = np.zeros(256, dtype=bool)
-_SPACE[[9, 10, 11, 12, 13, 32]] = True
-_SYMBOL = np.zeros(256, dtype=bool)
-_SYMBOL[np.frombuffer(b"#$%&*+<=>@[\\]^_`{|}~", dtype=np.uint8)] = True
-_CONTINUATION = np.zeros(256, dtype=bool)
-_CONTINUATION[0x80:0xC0] = True
-# Lead bytes of CJK, kana and Thai characters (U+0E00-U+0E7F is E0 B8/B9 .., U+3000-U+9FFF is E3-E9 ..).
-_UNSPACED_LEAD = np.zeros(256, dtype=bool)
-_UNSPACED_LEAD[0xE3:0xEA] = True
+# Each byte's class, for one count per text and class: ASCII letter, continuation byte (0x80-0xBF:
+# not a character of its own), lead byte of a non-ASCII character (counted as a letter), lead byte
+# of a CJK/kana character (U+3000-U+9FFF: E3-E9; a letter written without spaces), digit, symbol, space.
+OTHER, LETTER, CONTINUATION, LEAD, UNSPACED, DIGIT, SYMBOL, SPACE = range(8)
+_CLASS = np.full(256, OTHER, dtype=np.uint8)
+_CLASS[ord("A"):ord("Z") + 1] = _CLASS[ord("a"):ord("z") + 1] = LETTER
+_CLASS[0x80:0xC0] = CONTINUATION
+_CLASS[0xC0:] = LEAD
+_CLASS[0xE3:0xEA] = UNSPACED
+_CLASS[ord("0"):ord("9") + 1] = DIGIT
+_CLASS[np.frombuffer(b"#$%&*+<=>@[\\]^_`{|}~", dtype=np.uint8)] = SYMBOL
+_CLASS[[9, 10, 11, 12, 13, 32]] = SPACE
+_IN_WORD = np.zeros(8, dtype=bool)
+_IN_WORD[[LETTER, CONTINUATION, LEAD, UNSPACED]] = True
 
 NON_ASCII_SYMBOLS = re.compile(
     "[\u00a6-\u00a9\u00ac\u00ae-\u00b1\u00b4\u00b6\u00d7\u00f7\u2022-\u2025\u2030-\u203b\u2041-\u205e"
@@ -76,25 +75,29 @@ NON_ASCII_SYMBOLS = re.compile(
 DOT_LEADERS = re.compile(r"\.{3,}|…+|(?:\. ){3,}")
 END_PUNCTUATION = tuple(".!?:;,\"')]}»”’…。！？；：")
 BOILERPLATE = re.compile(
-    r"cookie|privacy (?:policy|notice|settings|statement)|terms of (?:use|service)|all rights reserved"
-    r"|(?:©|\(c\)|copyright)\s*(?:19|20)\d\d|click here|read more|learn more|subscribe|newsletter"
+    r"cookies?\b.{0,40}\b(?:policy|settings|preferences|consent|accept|use)|(?:we use|accept|allow|reject|manage)"
+    r"\b.{0,20}cookies|privacy (?:policy|notice|settings|statement)|terms of (?:use|service)|all rights reserved"
+    r"|^(?:©|\(c\)|copyright)\s*(?:\(c\)\s*|©\s*)?(?:19|20)\d\d[^.]{0,48}\.?$|click here|(?:read|learn|see) more"
+    r"|subscribe|newsletter"
     r"|sign (?:up|in)|log ?in\b|create an account|follow us|share (?:this|on)|like us on|skip to"
     r"|back to top|javascript|your browser|powered by|contact us|about us|sitemap|lorem ipsum"
-    r"|^page \d+(?: of \d+)?$|accept all|manage preferences|advertisement|loading\.\.\.")
-# A chunk holds a boilerplate line only if it holds one of these (`in` is far faster than the regex).
-BOILERPLATE_HINTS = ("cookie", "privacy", "terms of", "rights reserved", "©", "(c)", "copyright", "click here",
-                     " more", "subscribe", "newsletter", "sign ", "log", "account", "follow us", "share ", "like us",
-                     "skip to", "to top", "javascript", "browser", "powered by", "contact us", "about us", "sitemap",
-                     "lorem", "page ", "accept all", "preferences", "advertis", "loading", "|", "•", "·", "›", "»",
-                     " / ")
+    r"|^page \d+(?: of \d+)?$|accept all|manage preferences|advertisement")
+# A line can match BOILERPLATE (or be navigation) only if it holds one of these: checked first, on the
+# whole chunk, since `in` is far faster than the regex.
+BOILERPLATE_HINTS = ("cookie", "privacy ", "terms of ", "rights reserved", "©", "(c)", "copyright", "click here",
+                     " more", "subscribe", "newsletter", "sign up", "sign in", "log in", "login", "create an account",
+                     "follow us", "share this", "share on", "like us on", "skip to", "back to top", "javascript",
+                     "your browser", "powered by", "contact us", "about us", "sitemap", "lorem ipsum", "page ",
+                     "accept all", "manage preferences", "advertisement", " | ", " • ", " · ", " › ", " » ", " / ")
 NAVIGATION_SEPARATORS = re.compile(r"\s[|•·›»/]\s")  # "Home | About | Contact", breadcrumbs
+LINE_MARKERS = ">*-#•·+ \t"  # quote, list and heading marks a line may start with (Markdown, lists)
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """The filters' thresholds (RunConfig's quality_* params)."""
 
-    min_words: int = 10
+    min_words: int = 5
     max_digit_ratio: float = 0.25
     max_symbol_ratio: float = 0.1
     min_mean_word_length: float = 3.0
@@ -145,26 +148,22 @@ def features(texts: list[str], shingled: Shingles | None = None) -> Features:
     starts = np.zeros(n, dtype=np.int64)
     np.cumsum(lengths[:-1] + 1, out=starts[1:])
 
-    def per_text(mask: np.ndarray) -> np.ndarray:
-        """Count of True per text (the joining newlines are never counted: no mask holds "\\n")."""
-        return np.add.reduceat(mask, starts, dtype=np.int64) * (lengths > 0)
-
     if not len(data):
         zeros = np.zeros(n)
         return Features(zeros, zeros, zeros, zeros, zeros.astype(bool), zeros, zeros, zeros, zeros, zeros)
-    continuation = _CONTINUATION[data]
-    space = _SPACE[data]
-    chars = lengths - per_text(continuation)
-    nonspace = np.maximum(chars - per_text(space), 1)
-    digits = per_text(_DIGIT[data])
-    symbols = per_text(_SYMBOL[data])
-    unspaced = per_text(_UNSPACED_LEAD[data]) > UNSPACED_SHARE * nonspace
+    classes = _CLASS[data]
+    owner = np.repeat(np.arange(n, dtype=np.int64), lengths + 1)[: len(data)]  # the text of each byte
+    counts = np.bincount(owner * 8 + classes, minlength=8 * n).reshape(n, 8)
+    counts[:-1, SPACE] -= 1  # the joining newline after each text but the last
+    chars = lengths - counts[:, CONTINUATION]
+    nonspace = np.maximum(chars - counts[:, SPACE], 1)
+    digits, symbols = counts[:, DIGIT], counts[:, SYMBOL].copy()
+    unspaced = counts[:, UNSPACED] > UNSPACED_SHARE * nonspace
     # Words: runs of letter bytes; their length in characters.
-    letter = _LETTER[data]
-    word_starts = np.flatnonzero(letter & ~np.concatenate(([False], letter[:-1])))
-    owner = np.searchsorted(starts, word_starts, side="right") - 1
-    words = np.bincount(owner, minlength=n)
-    word_chars = per_text(letter & ~continuation)
+    in_word = _IN_WORD[classes]
+    word_starts = np.flatnonzero(in_word & ~np.concatenate(([False], in_word[:-1])))
+    words = np.bincount(owner[word_starts], minlength=n)
+    word_chars = counts[:, LETTER] + counts[:, LEAD] + counts[:, UNSPACED]
     mean_word_length = word_chars / np.maximum(words, 1)
 
     boilerplate = np.zeros(n)
@@ -198,12 +197,14 @@ def _lines(text: str) -> tuple[float, int, float, float]:
     if hints:
         for line in lines:
             low = line.lower()
-            if any(hint in low for hint in hints) and (
-                    BOILERPLATE.search(low) or len(low) < 200 and len(NAVIGATION_SEPARATORS.findall(f" {low} ")) >= 2):
+            if any(hint in low for hint in hints) and (BOILERPLATE.search(low) or _navigation(low)):
                 boilerplate += len(line)
     unpunctuated = 0
     for line, following in zip(lines, lines[1:] + [""]):
-        if not line.endswith(END_PUNCTUATION) and not following[:1].islower():
+        # A wrapped line carries on into the next: it starts in lower case, or a word goes on after a letter.
+        following = following.lstrip(LINE_MARKERS)
+        if not (line.endswith(END_PUNCTUATION) or following[:1].islower()
+                or line[-1].isalpha() and (following[:1].isalpha() or following[:1] in "(\"'“‘")):
             unpunctuated += 1
     seen: set[str] = set()
     repeated = 0
@@ -212,6 +213,15 @@ def _lines(text: str) -> tuple[float, int, float, float]:
             repeated += len(line)
         seen.add(line)
     return boilerplate / total, len(lines), unpunctuated / max(len(lines), 1), repeated / total
+
+
+def _navigation(line: str) -> bool:
+    """A menu or breadcrumb line: 3+ items of at most 3 words between separators ("Home | About | Contact");
+    a Markdown table row (starting with "|") is not one."""
+    if line.startswith("|") or len(line) > 200:
+        return False
+    items = NAVIGATION_SEPARATORS.split(f" {line} ")
+    return len(items) >= 3 and all(len(item.split()) <= 3 for item in items)
 
 
 def assess(texts: list[str], thresholds: Thresholds, shingled: Shingles | None = None) -> list[str | None]:

@@ -32,11 +32,14 @@ In both, added tokens must hold no whitespace and not strip it (else the family 
 
 A chunk starts at a non-space character a and ends at a cut (or the end of the text) b. With r
 the first cut after a, T(text[a:b]) = T(text[a:r]) ++ C(text[r:b]). So the text is read as
-*records* (sentences, or pieces of over-long sentences, each ending at a cut). Each record keeps
-H = |T(head)| (its head text[a:r] tokenized alone) and the running sums of |C| at r and at b;
-a chunk made of records i..j has exactly H_i + cum_b[j] - cum_r[i] tokens. Each body text[r:b] is
-tokenized once; heads and joins (whitespace plus the next head) are short and repeat, so they
-are cached.
+*records*, each ending at a cut: a whole paragraph when it will almost surely fit, else its
+sentences, else pieces of an over-long sentence. Each record keeps H = |T(head)| (its head
+text[a:r] tokenized alone) and the running sums of |C| at r and at b; a chunk made of records
+i..j has exactly H_i + cum_b[j] - cum_r[i] tokens. Each body text[r:b] is tokenized once; heads
+and joins (whitespace plus the next head) are short and repeat, so they are cached. A paragraph
+is read whole only up to 80% of the budget at the text's mean characters per token; one that
+does not fit after all is read again as sentences (rare). Counts are exact however the text is
+cut into records, so the chunks never depend on it, nor on the batching or the other texts.
 
 Anything else is not counted by arithmetic:
 - A stretch of more than `window` characters with no cut (a 50 MiB line of base64, text without
@@ -287,7 +290,8 @@ class Chunker:
             yield docs.popleft().chunks
 
     def _refine(self, text: str, record: tuple) -> list[tuple]:
-        """The records of the sentences of a whole-paragraph record, on the same running sums."""
+        """The records of the sentences of a whole-paragraph record, on the same running sums (a
+        whole paragraph is at most a window long, so it holds no HARD stretch)."""
         start, end, _, _, at_r, _ = record
         records = _Records()
         batch = _Batch(self)
@@ -312,26 +316,26 @@ class Chunker:
 
     def _records(self, text: str) -> Iterator[tuple[int, int, int]]:
         """(start, end, flags) of the text's records, in order: a paragraph ending at a cut, whole
-        when it is short enough to fit almost surely, else its sentences (see _sentences).
-        Starts and ends are at non-space characters."""
+        when it is short enough to fit almost surely (and within a window), else its sentences
+        (see _sentences). Starts and ends are at non-space characters."""
         first = NON_SPACE.search(text)
         if first is None:
             return
-        start = first.start()
+        start, whole = first.start(), min(self._whole, self._window)
         for brk in PARAGRAPH_BREAK.finditer(text, start):
             end = brk.start()
             while text[end - 1].isspace():
                 end -= 1
             if not self._is_cut(text, end):
                 continue  # the paragraph goes on: no chunk can end here
-            if end - start <= self._whole:
+            if end - start <= whole:
                 yield start, end, PARA | SENT | WHOLE
             else:
                 yield from self._sentences(text, start, end)
             start = brk.end()
         end = _trim(text, start, len(text))[1]
         if start < end:
-            if end - start <= self._whole:
+            if end - start <= whole:
                 yield start, end, PARA | SENT | WHOLE
             else:
                 yield from self._sentences(text, start, end)
@@ -476,7 +480,7 @@ class _Batch:
             # 80% of the budget at the text's mean characters per token: a paragraph that does not
             # fit after all is cut into sentences then (_refine). The result is the same either way.
             per_token = chunker._body_chars / chunker._body_tokens
-            chunker._whole = min(chunker._window, int(per_token * chunker._budget * WHOLE_SHARE))
+            chunker._whole = int(per_token * chunker._budget * WHOLE_SHARE)
 
 
 class _Records:

@@ -21,6 +21,7 @@ from typing import Any
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import (
     Approval,
+    ChunkMetrics,
     Manifest,
     PublishedFile,
     PublishMetrics,
@@ -101,11 +102,21 @@ def publish(
         assets = quality_plots(store, quality)
         export = open_store(config.export_s3_uri, **(s3_client_kwargs or {})) if config.export_s3_uri else None
         built: list[Snapshot] = []
+        chunked = StageWriter(store, run, "chunk").committed()  # this run's chunk stage: filters, passages
+        chunking = chunked.metrics if chunked and isinstance(chunked.metrics, ChunkMetrics) else None
+        contexts: dict[str, str] = {}
+        if config.publish_mode == "append" and config.example_near_dup_threshold is not None and chunked:
+            wanted = set(rows["chunk_id"].to_pylist())
+            for i in range(len(chunked.shards_of("chunks"))):
+                part = store.read_shard(chunked, "chunks", i, ["chunk_id", "text"])
+                contexts.update((c, t) for c, t in zip(*(part[n].to_pylist() for n in part.column_names))
+                                if c in wanted)
 
         def build(existing: ExistingFiles) -> dict[str, bytes]:
             """The dataset's files: this run's snapshot, or (append) the existing dataset plus this run."""
             if config.publish_mode == "append":
-                snapshot = append_snapshot(existing, rows, sources, safe_segment(run.run_id), rows_per_shard)
+                snapshot = append_snapshot(existing, rows, sources, safe_segment(run.run_id), rows_per_shard,
+                                           config.example_near_dup_threshold, contexts)
             else:
                 snapshot = Snapshot(task_splits(rows, rows_per_shard), rows, sources)
             # No local filesystem path is published: local sources relative to the source root.
@@ -119,6 +130,7 @@ def publish(
                 run=run, config=config, splits=snapshot.splits, examples=snapshot.examples,
                 documents=snapshot.sources, quality=quality, plots=[(label, path) for label, path, _ in assets],
                 export_note=EXPORT_READ_NOTE if export else "", review=review_line(approval),
+                chunking=chunking,
             )
             files = {path: data for split in snapshot.splits for path, data in split.shards.items()}
             files |= {path: data for _, path, data in assets}
@@ -158,7 +170,8 @@ def publish(
             publish_mode=config.publish_mode,
             examples=snapshot.examples.num_rows,
             examples_added=added,
-            duplicates_skipped=snapshot.skipped,
+            duplicates_skipped=snapshot.skipped - snapshot.near_duplicates,
+            near_duplicates_skipped=snapshot.near_duplicates,
             documents=snapshot.sources.num_rows,
             examples_per_task_type={split.task_type: split.rows for split in snapshot.splits},
             files={path: PublishedFile(bytes=len(data), sha256=sha256_hex(data))

@@ -14,9 +14,9 @@ import pyarrow.compute as pc
 import yaml
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import EXAMPLES, QualitySummary, RunRef
+from bonito_tasks.contracts import ChunkMetrics, QualitySummary, RunRef
 from bonito_tasks.model_ref import looks_like_path
-from bonito_tasks.publish.layout import DATA_DIR, SOURCES_FILE, SPLIT, TaskSplit
+from bonito_tasks.publish.layout import DATA_DIR, PUBLISHED, SOURCES_FILE, SPLIT, TaskSplit
 from bonito_tasks.task_types import TASK_TYPES
 
 SAMPLE_ROWS = 3  # example rows shown per config
@@ -40,6 +40,7 @@ FIELD_DESCRIPTIONS = {
     "task_type": "Bonito task type (short name; one config per type)",
     "input": "the task instruction, with the source passage filled in",
     "output": "the response to the instruction",
+    "messages": "the example as a chat: `[{role: user, content: input}, {role: assistant, content: output}]`",
     "doc_id": "SHA-256 of the source document's bytes (see `sources.jsonl`)",
     "chunk_id": "the passage the example was generated from",
     "char_start": "start of the passage in the document text",
@@ -74,6 +75,13 @@ from datasets import load_dataset
 
 dataset = load_dataset("${load_path}", "${first_config}", split="${split}")
 ```
+
+Fine-tuning: the `messages` column is the chat format trl and chat templates read as they are:
+
+```python
+trainer = SFTTrainer(model="<your model>", train_dataset=dataset)  # from trl import SFTTrainer
+text = tokenizer.apply_chat_template(dataset[0]["messages"], tokenize=False)
+```
 ${export_note}
 ## Samples
 
@@ -87,7 +95,7 @@ ${samples}
 - Task types: ${task_types}
 - Chunking: documents split into passages of at most ${chunk_max_tokens} tokens
 - Pipeline run: ${run_link}${runs_note}
-${quality}
+${chunk_filters}${quality}
 ## Source documents
 
 ${n_documents} documents (${n_contributing} contributed examples); media types: ${media_types}.
@@ -126,6 +134,7 @@ def render_card(
     plots: list[tuple[str, str]] = (),
     export_note: str = "",
     review: str = "",
+    chunking: ChunkMetrics | None = None,
 ) -> str:
     """The card; `quality` is validate's quality summary of this run, `plots` (label, path in the
     dataset) its images, `export_note` a paragraph on reading an S3 export (publish/export.py), `review`
@@ -181,9 +190,11 @@ def render_card(
         run_link=f"[{run_name}]({run.run_url})" if run.run_url else run_name,
         runs_note=(f" (latest of {n_runs} runs whose rows the dataset holds)" if n_runs > 1 else "") + review,
         quality=_quality_section(quality, plots, run.run_id),
+        chunk_filters=chunk_filter_section(chunking, run.run_id),
         media_types=", ".join(f"{media_type} ({count})" for media_type, count in sorted(media_types.items())),
         sources_file=SOURCES_FILE,
-        field_rows="\n".join(f"| `{f.name}` | {f.type} | {FIELD_DESCRIPTIONS.get(f.name, '')} |" for f in EXAMPLES),
+        field_rows="\n".join(f"| `{f.name}` | {_cell(f.type)} | {FIELD_DESCRIPTIONS.get(f.name, '')} |"
+                             for f in PUBLISHED),
         license=_license(config),
         citation=BONITO_CITATION,
     )
@@ -206,13 +217,35 @@ def dataset_info(splits: list[TaskSplit]) -> list[dict]:
         num_bytes = sum(s.num_bytes for s in parts)
         return {
             "config_name": name,
-            "features": [{"name": f.name, "dtype": str(f.type)} for f in EXAMPLES],  # fresh: no YAML aliases
+            "features": [_feature(f) for f in PUBLISHED],  # fresh: no YAML aliases
             "splits": [{"name": SPLIT, "num_bytes": num_bytes, "num_examples": sum(s.rows for s in parts)}],
             "download_size": sum(s.download_size for s in parts),
             "dataset_size": num_bytes,
         }
 
     return [info("default", splits)] + [info(s.task_type, [s]) for s in splits]
+
+
+def _feature(field: pa.Field) -> dict:
+    """A column as `datasets` writes it in dataset_info (a list of structs: `list` of its fields)."""
+    if pa.types.is_list(field.type) and pa.types.is_struct(field.type.value_type):
+        return {"name": field.name, "list": [_feature(f) for f in field.type.value_type]}
+    return {"name": field.name, "dtype": str(field.type)}
+
+
+def chunk_filter_section(chunking: ChunkMetrics | None, run_id: str) -> str:
+    """What the chunk stage of this run left out before generation: quality filters by reason,
+    near-duplicates, chunks an earlier run had generated from."""
+    if chunking is None:
+        return ""
+    rows = {f"quality filter: `{reason}`": count for reason, count in chunking.filtered.items()}
+    rows |= {"shorter than chunk_min_chars": chunking.short_chunks,
+             "exact or near duplicate (kept once, places in `also_in`)": chunking.duplicate_chunks,
+             "of which near duplicates": chunking.near_duplicate_chunks,
+             "already generated from by an earlier run": chunking.earlier_run_duplicates}
+    table = _count_table("Chunks not sent to the model", rows, "Reason").replace("| Rows |", "| Chunks |")
+    return (f"\n## Chunk filtering\n\nRun `{run_id}` kept {chunking.chunks} chunks of {chunking.documents} documents "
+            f"for generation.\n{table}")
 
 
 def size_category(n: int) -> str:

@@ -7,7 +7,14 @@
     README.md                                         the dataset card (card.py)
 
 Append never adds a row twice: a new row is dropped when its `example_id` or its (input, output)
-pair is already in the dataset or earlier in the same run (rows taken in example_id order).
+pair is already in the dataset or earlier in the same run (rows taken in example_id order), and,
+with a near-duplicate threshold, when its instruction and output nearly repeat such a row
+(neardup.py; counted apart).
+
+Every published row also has `messages`, the example as a chat ([{role: user, content: input},
+{role: assistant, content: output}]), the format trl's SFTTrainer and chat templates read as is.
+It is added here, at publish time: the stages' EXAMPLES contract stays input/output. Shards of an
+earlier publish without it get it when an append rewrites the dataset (one schema per dataset).
 """
 
 from __future__ import annotations
@@ -15,16 +22,19 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bonito_tasks.contracts import DOCUMENTS, EXAMPLES, canonical_json, sha256_hex
 from bonito_tasks.publish.hub import PublishError
+from bonito_tasks.publish.neardup import near_duplicates
 from bonito_tasks.store import parquet_bytes
 
 SPLIT = "train"
@@ -34,6 +44,25 @@ CARD_FILE = "README.md"
 ASSETS_DIR = "assets"
 SOURCE_COLUMNS = ["doc_id", "source_uri", "media_type", "size_bytes"]
 DEFAULT_ROWS_PER_SHARD = 100_000
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.large_string())])
+# The published rows: EXAMPLES with `messages` (user: input, assistant: output) after `output`.
+PUBLISHED = pa.schema([*EXAMPLES][:EXAMPLES.get_field_index("output") + 1]
+                      + [pa.field("messages", pa.list_(MESSAGE), nullable=False)]
+                      + [*EXAMPLES][EXAMPLES.get_field_index("output") + 1:])
+
+
+def with_messages(examples: pa.Table) -> pa.Table:
+    """The rows as published: EXAMPLES columns plus `messages` built from input and output."""
+    rows = examples.select(EXAMPLES.names).cast(EXAMPLES)
+    n = rows.num_rows
+    order = np.empty(2 * n, dtype=np.int64)  # user, assistant, user, assistant, ...
+    order[0::2], order[1::2] = np.arange(n), np.arange(n, 2 * n)
+    content = pa.concat_arrays([rows["input"].combine_chunks(), rows["output"].combine_chunks()]).take(order) \
+        if n else pa.array([], pa.large_string())
+    roles = pa.array(["user", "assistant"] * n, pa.string())
+    messages = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)),
+                                        pa.StructArray.from_arrays([roles, content], fields=list(MESSAGE)))
+    return rows.add_column(PUBLISHED.get_field_index("messages"), PUBLISHED.field("messages"), messages).cast(PUBLISHED)
 
 
 @dataclass(frozen=True)
@@ -61,7 +90,8 @@ class Snapshot:
     splits: list[TaskSplit]
     examples: pa.Table
     sources: pa.Table
-    skipped: int = 0  # rows of this run an append left out as duplicates
+    skipped: int = 0  # rows of this run an append left out as duplicates (exact or near)
+    near_duplicates: int = 0  # of them, those left out as near-duplicates
 
 
 class ExistingFiles(Protocol):
@@ -81,7 +111,7 @@ def task_splits(
     stem = f"{SPLIT}-{tag}-" if tag else f"{SPLIT}-"
     splits = []
     for task_type in sorted(set(examples.column("task_type").to_pylist())):
-        rows = examples.filter(pc.equal(examples["task_type"], task_type)).sort_by("example_id")
+        rows = with_messages(examples.filter(pc.equal(examples["task_type"], task_type)).sort_by("example_id"))
         n_shards = -(-rows.num_rows // rows_per_shard)
         shards = {
             f"{DATA_DIR}/{task_type}/{stem}{i:05d}-of-{n_shards:05d}.parquet": parquet_bytes(
@@ -100,12 +130,14 @@ def arrow_bytes(table: pa.Table) -> int:
 
 
 def append_snapshot(
-    existing: ExistingFiles, examples: pa.Table, sources: pa.Table, tag: str, rows_per_shard: int
+    existing: ExistingFiles, examples: pa.Table, sources: pa.Table, tag: str, rows_per_shard: int,
+    near_dup_threshold: float | None = None, contexts: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """The existing dataset plus this run's rows that it does not hold yet, as shards tagged `tag`.
 
     Shards already tagged `tag` (this run, published before) count as not there: re-publishing a
-    run yields the same files.
+    run yields the same files. With `near_dup_threshold`, rows that nearly repeat a kept one are left
+    out too (`contexts`: chunk_id -> chunk text of this run's rows, see neardup.py).
     """
     own = f"{SPLIT}-{tag}-"
     old_shards = {
@@ -113,9 +145,16 @@ def append_snapshot(
         for path in existing.paths
         if path.startswith(f"{DATA_DIR}/") and path.endswith(".parquet") and not path.rsplit("/", 1)[-1].startswith(own)
     }
-    old_tables = {path: _read_examples(path, data) for path, data in old_shards.items()}
-    old = pa.concat_tables(old_tables.values()) if old_tables else EXAMPLES.empty_table()
+    old_tables = {path: with_messages(_read_examples(path, data)) for path, data in old_shards.items()}
+    for path, data in old_shards.items():  # a shard published before `messages` existed gets it
+        if "messages" not in pq.read_schema(io.BytesIO(data)).names:
+            old_shards[path] = parquet_bytes(old_tables[path])
+    old = pa.concat_tables(t.select(EXAMPLES.names) for t in old_tables.values()) if old_tables else \
+        EXAMPLES.empty_table()
     fresh = _new_rows(old, examples.select(EXAMPLES.names).cast(EXAMPLES))
+    exact_fresh = fresh.num_rows
+    if near_dup_threshold is not None and fresh.num_rows:
+        fresh = fresh.filter(pa.array(~near_duplicates(old, fresh, near_dup_threshold, contexts or {})))
     new_splits = {s.task_type: s for s in task_splits(fresh, rows_per_shard, tag)}
 
     splits = []
@@ -132,6 +171,7 @@ def append_snapshot(
         examples=pa.concat_tables([old, fresh]),
         sources=_unique_sources(all_sources),
         skipped=examples.num_rows - fresh.num_rows,
+        near_duplicates=exact_fresh - fresh.num_rows,
     )
 
 

@@ -80,22 +80,28 @@ def table_datasets(manifest: Manifest, output: bool, extra: dict[str, Any] | Non
     return datasets
 
 
-def _input_manifests(operator, store) -> list[Manifest]:
-    """The manifests the operator read: the `manifest` URIs among its (rendered) template fields."""
+def input_refs(operator) -> list[str]:
+    """The manifest URIs among the operator's rendered template fields (the stage's inputs). Called by
+    the operator while it runs: a mapped task's output is a lazy XCom sequence, read through the task
+    supervisor, which the provider's emitting thread must not do."""
     uris: list[str] = []
 
     def collect(value: Any) -> None:
         if isinstance(value, dict):
             if isinstance(value.get("manifest"), str):
                 uris.append(value["manifest"])
-        elif isinstance(value, Iterable) and not isinstance(value, str | bytes):  # a mapped task's lazy XCom list
+        elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
             for item in value:
                 collect(item)
 
     for field in operator.template_fields:
         collect(getattr(operator, field, None))
+    return list(dict.fromkeys(uris))
+
+
+def _input_manifests(operator, store) -> list[Manifest]:
     manifests = []
-    for uri in dict.fromkeys(uris):
+    for uri in getattr(operator, "lineage_inputs", []):
         try:
             manifests.append(store.read_manifest(uri))
         except Exception as err:  # lineage must never fail the task

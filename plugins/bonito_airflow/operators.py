@@ -63,6 +63,9 @@ class BonitoStageOperator(BonitoOperator):
     returns its URI and counts (never data)."""
 
     def run(self, rt: TaskRuntime, context) -> Any:
+        from bonito_airflow.lineage import input_refs
+
+        self.lineage_inputs = input_refs(self)  # the manifests it reads, for its OpenLineage inputs
         manifest = self.run_stage(rt, context)
         self.lineage_run = (rt, manifest)
         return self.to_xcom(context, rt, manifest)
@@ -321,7 +324,9 @@ class BonitoLedgerOperator(BonitoOperator):
     COMPACT_AFTER_PARTS parts. Run it after publish. Its trigger rule defaults to `none_failed`: it
     runs when publish succeeded or was skipped, never when publish failed (the documents are then
     tried again next run). Documents are recorded only when this run's publish stage committed;
-    otherwise (nothing new, nothing to publish) only the rejects are."""
+    otherwise (nothing new, nothing to publish) only the rejects are. With publish committed it also
+    records the MinHash signatures of the run's chunks (`<store>/<dag_id>/_neardup/`), so later runs
+    skip chunks this one already generated from."""
 
     template_fields = ("documents",)
 
@@ -335,8 +340,13 @@ class BonitoLedgerOperator(BonitoOperator):
         from bonito_tasks.stage import StageWriter
 
         published = rt.store.exists(StageWriter(rt.store, rt.run, "publish").manifest_key)
-        return update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]), rt.config,
-                             published=published)
+        result = update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]), rt.config,
+                               published=published)
+        if published:  # the chunks this run generated from, for later runs' near-duplicate check
+            from bonito_tasks.chunk.neardup import record_signatures
+
+            result |= record_signatures(rt.store, rt.run, rt.config)
+        return result
 
 
 class BonitoSummaryOperator(BonitoOperator):

@@ -24,6 +24,9 @@ def main() -> None:
     os.environ["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(
         {"type": "file", "log_file_path": str(out / "events.jsonl"), "append": True})
     os.environ["AIRFLOW__OPENLINEAGE__NAMESPACE"] = "bonito-e2e"
+    # The provider abandons an event whose emission takes longer (default 10 s): a loaded 2-core CI
+    # machine can take that long, and a lost COMPLETE would read as a missing event.
+    os.environ["AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT"] = "120"
     from bonito_dev.local import load_dag, setup_db
 
     setup_db()

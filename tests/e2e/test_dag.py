@@ -128,7 +128,8 @@ def test_run_failing_at_extract_alerts_once_and_is_summarised(dag, tmp_path, ale
 
     store = open_store(str(tmp_path / "store"))
     summary = json.loads(store.read_bytes(f"bonito_dataset/{safe_segment(dag_run.run_id)}/summary.json"))
-    assert summary["stages"]["extract"] == "failed (NothingExtracted)" and summary["stages"]["generate"] == "not started"
+    assert summary["stages"]["extract"] == "failed (NothingExtracted)"
+    assert summary["stages"]["generate"] == "not started"
     assert summary["failed_stage"] == "extract" and "broken.pdf" in json.dumps(summary["cause"])
 
 

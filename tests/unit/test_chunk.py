@@ -1,3 +1,5 @@
+import random
+
 import pyarrow as pa
 import pytest
 
@@ -5,7 +7,7 @@ from bonito_tasks.chunk import Chunker, chunk, load_tokenizer
 from bonito_tasks.contracts import CHUNKS, DOCUMENTS, ExtractMetrics, RunRef, sha256_hex
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore
-from conftest import make_config
+from conftest import SAMPLE_DOCS, make_config
 
 RUN = RunRef(dag_id="d", run_id="r1")
 
@@ -72,3 +74,153 @@ def test_chunk_stage_shards_and_lineage(tmp_path):
         assert 0 < row["n_tokens"] <= 64
     assert len(set(table["chunk_id"].to_pylist())) == table.num_rows
     assert chunk(store, RUN, config, documents) == manifest  # a retry reuses the commit
+
+
+# --- the counting guarantee: every chunk, tokenized alone, has exactly n_tokens <= max_tokens ---
+
+SPACES = [" ", " ", " ", "  ", "\t", "\n", "\n\n", ". ", ".\n\n", "! ", "? ", "; ", ": ", '." ', ".) ", "\xa0",
+          "\u3000", " \n \n ", "\r\n", ", ", " \u200b"]
+LETTERS = list("abcdefghij") + ["é", "東", "😀", "ß", "▁", "Ü"]
+
+
+def random_text(rng: random.Random, words: int) -> str:
+    """Pseudo-words and separators, with the whitespace, punctuation and characters that can trip
+    a token count: runs of spaces, tabs, CRLF, no-break and ideographic spaces, "▁", emoji."""
+    out = []
+    for _ in range(words):
+        out.append("".join(rng.choice(LETTERS) for _ in range(rng.randint(1, 9))))
+        out.append(rng.choice(SPACES))
+    return "".join(out)
+
+
+def sample_texts() -> list[str]:
+    from bonito_tasks.extract.readers import read_docx, read_html, read_pdf, read_text
+
+    readers = {".txt": read_text, ".md": read_text, ".html": read_html, ".pdf": read_pdf, ".docx": read_docx}
+    return [readers[p.suffix](p.read_bytes()).text for p in sorted(SAMPLE_DOCS.iterdir())
+            if p.suffix in readers and p.name != "broken.pdf"]
+
+
+def corpus() -> list[str]:
+    rng = random.Random(12)
+    return sample_texts() + [random_text(rng, rng.randint(1, 1500)) for _ in range(12)] + [
+        "", "   \n ", "x", " leading and trailing  ", "word " * 300, "a" * 3000, "東京大阪" * 700, "abc\xa0" * 900,
+        'He said "Stop." Then she left.\n\n(See the notice.) The end!']
+
+
+def spm_tokenizer(legacy: bool):
+    """A SentencePiece-style BPE (the Llama/Mistral layout Bonito uses), trained here on the
+    sample documents: "▁" for spaces, a prepended "▁", byte fallback; legacy: Prepend+Replace
+    normalizers and no pre-tokenizer, else a Metaspace pre-tokenizer that does not split."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tokenizer.train_from_iterator(sample_texts(), trainers.BpeTrainer(vocab_size=900, special_tokens=specials,
+                                                                       show_progress=False))
+    if legacy:
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tokenizer.pre_tokenizer = None
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    return tokenizer
+
+
+def unrecognized_tokenizer(tokenizer):
+    """The tiny model's tokenizer with an NFC normalizer: a family the chunker cannot prove cuts for."""
+    from tokenizers import Tokenizer, normalizers
+
+    copy = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    copy.normalizer = normalizers.NFC()
+    return copy
+
+
+def assert_exact(chunker: Chunker, texts: list[str], results: list[list[tuple[int, int, int]]]) -> int:
+    overlap = chunker.overlap_tokens
+    for text, spans in zip(texts, results):
+        real = chunker.count([text[a:b] for a, b, _ in spans])
+        for (a, b, n), tokens in zip(spans, real):
+            assert n == tokens <= chunker.max_tokens, (text[a:b], n, tokens)
+            assert a < b and text[a:b] == text[a:b].strip()
+        for (a0, b0, _), (a1, b1, _) in zip(spans, spans[1:]):
+            assert a0 < a1 and b0 < b1
+            if not overlap:
+                assert b0 <= a1 and not text[b0:a1].strip()
+        if not overlap:  # every non-space character is in a chunk
+            assert "".join("".join(text[a:b] for a, b, _ in spans).split()) == "".join(text.split())
+    return sum(map(len, results))
+
+
+@pytest.mark.parametrize("max_tokens, overlap", [(20, 0), (64, 16), (200, 40), (736, 0)])
+def test_counts_are_exact_for_the_model_tokenizer(tokenizer, max_tokens, overlap):
+    texts = corpus()
+    chunker = Chunker(tokenizer, max_tokens, overlap)
+    assert chunker.exact
+    assert assert_exact(chunker, texts, chunker.split_many(texts)) > len(texts)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_counts_are_exact_for_sentencepiece_tokenizers(legacy):
+    texts = corpus()
+    tokenizer = spm_tokenizer(legacy)
+    for max_tokens, overlap in [(24, 0), (100, 30), (736, 0)]:
+        chunker = Chunker(tokenizer, max_tokens, overlap)
+        assert chunker.exact
+        assert_exact(chunker, texts, chunker.split_many(texts))
+
+
+def test_unrecognized_tokenizer_is_checked_chunk_by_chunk(tokenizer):
+    texts = corpus()
+    for max_tokens, overlap in [(24, 0), (100, 30)]:
+        chunker = Chunker(unrecognized_tokenizer(tokenizer), max_tokens, overlap)
+        assert not chunker.exact  # falls back: counts every chunk on its own
+        assert_exact(chunker, texts, chunker.split_many(texts))
+
+
+@pytest.mark.parametrize("family", ["model", "spm"])
+def test_cut_rule_holds_for_characters_before_the_space(tokenizer, family):
+    """T(x + y) = T(x) ++ C(y) where x ends in a non-space character (every one below U+0800 and
+    in the punctuation and full-width blocks, a sample of the rest of the BMP) and y starts with
+    a cut's whitespace; |C(y)| = |T("a" + y)| - |T("a")|."""
+    chunker = Chunker(tokenizer if family == "model" else spm_tokenizer(True), 24)
+    codes = [*range(33, 0x800), *range(0x2000, 0x2070), *range(0x3000, 0x3040), *range(0xFF00, 0xFFF0),
+             *range(0x800, 0x10000, 61)]  # scripts, general punctuation, CJK symbols, full-width forms
+    chars = [chr(i) for i in codes if not (0xD800 <= i < 0xE000) and not chr(i).isspace()
+             and chr(i) not in "\u2581\u180e\u200b\u200c\u200d\u2060\ufeff"]
+    for space in sorted(chunker._safe):
+        tail = f"{space}word next"
+        joined = chunker.count([f"x{c}{tail}" for c in chars])
+        alone = chunker.count([f"x{c}" for c in chars])
+        after = chunker.count([f"a{tail}", "a"])
+        assert [j - a for j, a in zip(joined, alone)] == [after[0] - after[1]] * len(chars), repr(space)
+
+
+def test_result_depends_only_on_each_text(tokenizer):
+    """Batching, cache state and whole-paragraph records change the work, never the chunks."""
+    texts = corpus()
+    expected = [Chunker(tokenizer, 64).split_counted(t) for t in texts]
+    assert Chunker(tokenizer, 64).split_many(texts) == expected
+    assert Chunker(tokenizer, 64, batch_chars=700).split_many(texts[::-1]) == expected[::-1]
+    warm = Chunker(tokenizer, 64)
+    warm.split_many(texts)
+    assert warm._whole > 0  # paragraphs are now read whole when they will likely fit
+    assert warm.split_many(texts) == expected
+    warm._whole = 10**6  # every paragraph (up to a window) whole: those over the budget are cut into sentences
+    assert warm.split_many(texts) == expected
+
+
+def test_sentence_keeps_its_closing_quote(tokenizer):
+    text = 'He said "Stop the work now." Then she left the room at once. (See the notice.) The end!'
+    pieces = [text[a:b] for a, b in Chunker(tokenizer, max_tokens=20).split(text)]
+    assert pieces[0].endswith('now."')
+    assert all(p.endswith(('."', ".", ".)", "!")) for p in pieces)
+
+
+def test_text_without_spaces_is_cut_by_tokens(tokenizer):
+    text = "東京大阪" * 2000 + "abc" * 3000
+    chunker = Chunker(tokenizer, max_tokens=50)
+    spans = chunker.split_counted(text)
+    assert "".join(text[a:b] for a, b, _ in spans) == text
+    assert [n for _, _, n in spans] == chunker.count([text[a:b] for a, b, _ in spans])
+    assert max(n for _, _, n in spans) <= 50

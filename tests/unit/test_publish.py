@@ -26,6 +26,7 @@ from bonito_tasks.contracts import (
 )
 from bonito_tasks.publish import PublishError, publish
 from bonito_tasks.publish.card import size_category
+from bonito_tasks.publish.layout import PUBLISHED
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore, safe_segment
 
@@ -104,7 +105,7 @@ def test_folder_loads_with_datasets_all_and_per_task_type(published, tmp_path):
     folder = manifest.metrics.dataset_uri
     everything = datasets.load_dataset(folder, split="train", cache_dir=str(tmp_path / "cache"))
     assert everything.num_rows == 6 == manifest.metrics.examples
-    assert everything.column_names == EXAMPLES.names
+    assert everything.column_names == PUBLISHED.names  # EXAMPLES plus messages (layout.with_messages)
     exqa = datasets.load_dataset(folder, name="exqa", split="train", cache_dir=str(tmp_path / "cache"))
     assert exqa.num_rows == 3 and set(exqa["task_type"]) == {"exqa"}
     assert manifest.metrics.examples_per_task_type == {"exqa": 3, "qa": 3}

@@ -47,7 +47,7 @@ SAMPLES_PER_TASK_TYPE = 3
 PREVIEW_ROWS = 5
 # What the files route serves, by suffix: reports, Data Docs and plots; not the data itself (Parquet).
 SERVED_SUFFIXES = {".html", ".css", ".js", ".json", ".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".md",
-                   ".txt", ".woff", ".woff2", ".ico"}
+                   ".txt", ".woff", ".woff2", ".ttf", ".eot", ".ico"}
 # Files from the store are data, not this app: in a sandbox (an opaque origin), so a script in them
 # cannot act as the signed-in user.
 FILE_HEADERS = {"Content-Security-Policy": "sandbox allow-scripts allow-popups", "X-Content-Type-Options": "nosniff"}

@@ -1,0 +1,146 @@
+"""The Dataset view and the approval gate in the real UI (Debian's chromium driven by Playwright, the
+deployment of conftest.py), as the on-call and a reviewer use them:
+
+1. A run whose validate fails (every output is over `max_output_tokens=1`, so the pass rate falls
+   under the 0.9 threshold). From the DAG's Grid view: click the run, click its "Dataset" tab; the
+   failed expectation with observed value and threshold and an example quarantined row are on screen.
+   The test counts those clicks (target: at most 3).
+2. A run with `require_approval`: the approve task waits; in its Required Actions the reviewer
+   writes a note and presses Approve; the run publishes, and the decision and the reviewer are in
+   the publish manifest (the view's summary.json) and the dataset card.
+
+A screenshot of every step goes to the artifacts folder.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import pytest
+
+from deployment.conftest import DAG_ID
+from deployment.stack import wait_until
+from deployment.test_ui import page  # noqa: F401 - the browser fixture
+
+pytestmark = [pytest.mark.deployment, pytest.mark.timeout(1800)]
+
+MAX_CLICKS = 3
+
+
+class Shots:
+    def __init__(self, browser, folder):
+        self.page, self.folder, self.n = browser, folder, 0
+
+    def __call__(self, name: str) -> None:
+        self.n += 1
+        self.page.screenshot(path=self.folder / f"{self.n:02d}-{name}.png", full_page=True)
+
+
+def sign_in(browser, deployment) -> None:
+    browser.goto(f"{deployment.url}/dags/{DAG_ID}")
+    browser.wait_for_url("**/auth/login**")  # a fresh browser: the UI sends us to sign in first
+    browser.get_by_label("Username").fill(deployment.username)
+    browser.get_by_label("Password").fill(deployment.password)
+    browser.get_by_role("button", name="Sign in").click()
+    browser.wait_for_url(f"**/dags/{DAG_ID}**")
+
+
+def run_to_end(deployment, conf: dict, expect: str) -> str:
+    """Trigger a run through the REST API with the DAG unpaused; pause it again once the run ended."""
+    deployment.api.set_paused(DAG_ID, False)
+    try:
+        run_id = deployment.api.trigger(DAG_ID, conf)
+        deployment.api.wait_for_run(DAG_ID, run_id, timeout=900, details=deployment.details, expect=expect)
+    finally:
+        deployment.api.set_paused(DAG_ID, True)
+    return run_id
+
+
+def test_failed_validate_leads_to_the_failed_expectation_and_a_quarantined_row(deployment, page, artifacts):  # noqa: F811
+    shot = Shots(page, artifacts)
+    run_id = run_to_end(deployment, {"task_types": ["exqa"], "full_refresh": True, "max_output_tokens": 1},
+                        expect="failed")
+    states = {ti["task_id"]: ti["state"] for ti in deployment.api.task_instances(DAG_ID, run_id)}
+    assert states["validate"] == "failed" and states["publish"] == "upstream_failed", states
+
+    sign_in(page, deployment)
+    page.goto(f"{deployment.url}/dags/{DAG_ID}")  # the DAG's page opens on its Grid view
+    page.get_by_text(DAG_ID).first.wait_for()
+    shot("grid")
+    clicks = 0
+    # Click 1: the failed run in the grid (its bar links to the run's page).
+    page.locator(f'a[href*="/runs/{quote(run_id, safe="")}"], a[href*="/runs/{run_id}"]').first.click()
+    clicks += 1
+    page.wait_for_url(re.compile(r"/runs/[^/]+/?$"))
+    shot("run-page")
+    # Click 2: the run's "Dataset" tab (the plugin's external view).
+    page.get_by_role("link", name="Dataset").or_(page.get_by_role("tab", name="Dataset")).first.click()
+    clicks += 1
+    view = page.frame_locator("iframe")
+    cause = view.locator("#cause").locator("xpath=following-sibling::div[1]")
+    cause.get_by_text("validate failed: ValidationFailed").wait_for(timeout=60_000)
+    expectation = cause.locator("tr", has_text="min_pass_rate")
+    assert "min_value=0.9" in expectation.inner_text()
+    observed = float(expectation.locator("td").nth(2).inner_text())
+    assert observed < 0.9
+    quarantined = cause.locator("table").nth(1)
+    assert "output_length" in quarantined.inner_text()
+    shot("dataset-view-cause")
+    assert clicks <= MAX_CLICKS, f"{clicks} clicks from the Grid view to the failed expectation"
+
+    # The quarantined rows, paged, with the expectations each failed; and validate's extra links.
+    view.get_by_role("link", name="All quarantined rows").click()
+    view.get_by_text(re.compile(r"Rows 1–\d+ of \d+")).wait_for()
+    shot("quarantine-rows")
+    page.goto(f"{deployment.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/validate/details")
+    link = page.get_by_role("link", name="Quality report")
+    link.wait_for()
+    assert "/bonito/dags/bonito_dataset/runs/" in link.get_attribute("href")
+    assert page.get_by_role("link", name="Data Docs").get_attribute("href").endswith(
+        "/files/validate/data_docs/index.html")
+    shot("validate-extra-links")
+    docs = page.context.request.get(page.get_by_role("link", name="Data Docs").get_attribute("href"))
+    assert docs.status == 200 and "html" in docs.headers["content-type"]
+
+    # The alert of the failure links to the runbook and the view.
+    alert = next(a for a in deployment.alerts.alerts("task_failed") if a["run_id"] == run_id)
+    assert alert["task_id"] == "validate" and alert["runbook_url"].endswith("/tasks/validate/runbook")
+    runbook = page.context.request.get(alert["runbook_url"])
+    assert runbook.status == 200 and "Safe to clear" in runbook.text()
+
+
+def test_approve_in_the_ui_then_publish(deployment, page, artifacts):  # noqa: F811
+    shot = Shots(page, artifacts)
+    conf = {"task_types": ["exqa"], "full_refresh": True, "require_approval": True, "min_pass_rate": 0,
+            "max_duplicate_rate": 1, "max_label_share": 1}
+    deployment.api.set_paused(DAG_ID, False)
+    try:
+        run_id = deployment.api.trigger(DAG_ID, conf)
+
+        def approve_waiting():
+            states = {ti["task_id"]: ti["state"] for ti in deployment.api.task_instances(DAG_ID, run_id)}
+            assert states.get("validate") not in ("failed", "upstream_failed"), states
+            return states.get("approve") in ("awaiting_input", "deferred")
+
+        wait_until(approve_waiting, 900, "the approve task to wait for a decision", interval=5,
+                   details=lambda: deployment.api.failure_report(DAG_ID, run_id) + deployment.details())
+        sign_in(page, deployment)
+        page.goto(f"{deployment.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/approve/required_actions")
+        page.get_by_text("Publish this run's dataset?").first.wait_for()
+        shot("required-action")
+        page.locator('[name="element_note"]').fill("spot-checked the exqa samples")
+        page.get_by_role("button", name="Approve").click()
+        shot("approved")
+        deployment.api.wait_for_run(DAG_ID, run_id, timeout=900, details=deployment.details)
+    finally:
+        deployment.api.set_paused(DAG_ID, True)
+
+    decision = deployment.api.xcom(DAG_ID, run_id, "approve")
+    assert decision["decision"] == "approved" and decision["reviewer"] == deployment.username
+    assert decision["note"] == "spot-checked the exqa samples"
+    summary = deployment.api.http.get(f"/bonito/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/summary.json").json()
+    assert summary["published"]["approval"]["reviewer"] == deployment.username
+    page.goto(f"{deployment.url}/bonito/dags/{DAG_ID}/runs/{quote(run_id, safe='')}#published")
+    page.get_by_text("spot-checked the exqa samples").wait_for()
+    shot("published-with-approval")

@@ -1,0 +1,114 @@
+"""Publish: the trainer-ready `messages` column, near-duplicate examples left out in append mode,
+and the card's fine-tuning snippet and chunk filtering table."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from test_publish import make_inputs
+
+from bonito_tasks.contracts import EXAMPLES, ChunkMetrics, RunRef, sha256_hex
+from bonito_tasks.publish import publish
+from bonito_tasks.publish.layout import PUBLISHED, append_snapshot, task_splits, with_messages
+from bonito_tasks.publish.neardup import near_duplicates
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore, parquet_bytes
+from conftest import TINY_MODEL, make_config
+
+RUN = RunRef(dag_id="d", run_id="r1")
+PASSAGE = ("The harbour master keeps a register of every vessel that enters the port, with its tonnage, its cargo "
+           "and the name of its captain. The register is open to the public on weekdays, and copies of older "
+           "volumes are kept in the town archive, where historians use them to trace the trade of the region.")
+
+
+def row(i: int, question: str, answer: str, chunk: str = "c1", run_id: str = "r1") -> dict:
+    return {"example_id": sha256_hex(f"{run_id}-{i}"), "task_type": "exqa",
+            "input": f"{PASSAGE}\n\nQuestion: {question}", "output": answer, "doc_id": sha256_hex("doc"),
+            "chunk_id": chunk, "char_start": 0, "char_end": len(PASSAGE), "sample_index": i, "model_id": "m",
+            "model_revision": "r", "sampling_params": "{}", "run_id": run_id}
+
+
+def test_messages_pair_input_and_output():
+    rows = pa.Table.from_pylist([row(0, "Who keeps the register?", "The harbour master"),
+                                 row(1, "Where are old volumes?", "In the town archive")], schema=EXAMPLES)
+    published = with_messages(rows)
+    assert published.schema == PUBLISHED and published.column_names.index("messages") == 4
+    assert published["messages"].to_pylist()[1] == [
+        {"role": "user", "content": rows["input"][1].as_py()}, {"role": "assistant", "content": "In the town archive"}]
+    assert with_messages(EXAMPLES.empty_table()).num_rows == 0
+
+
+def test_the_published_folder_loads_with_messages_and_a_chat_template_reads_them(tmp_path):
+    import datasets
+    from transformers import AutoTokenizer
+
+    store = LocalStore(tmp_path / "store")
+    manifest = publish(store, RUN, make_config(tmp_path), *make_inputs(store), token=None)
+    dataset = datasets.load_dataset(manifest.metrics.dataset_uri, split="train", cache_dir=str(tmp_path / "cache"))
+    assert dataset.column_names == PUBLISHED.names
+    first = dataset[0]
+    assert first["messages"] == [{"role": "user", "content": first["input"]},
+                                 {"role": "assistant", "content": first["output"]}]
+    tokenizer = AutoTokenizer.from_pretrained(str(TINY_MODEL))
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    text = tokenizer.apply_chat_template(first["messages"], chat_template=template, tokenize=False)
+    assert text == f"<|user|>{first['input']}\n<|assistant|>{first['output']}\n"
+    card = store.read_bytes(store.key(manifest.metrics.dataset_uri) + "/README.md").decode()
+    assert "SFTTrainer(model=" in card and 'apply_chat_template(dataset[0]["messages"]' in card
+    assert "| `messages` |" in card
+
+
+def test_near_duplicates_ignore_the_shared_passage():
+    old = pa.Table.from_pylist([row(0, "Who keeps the register of every vessel?", "The harbour master")],
+                               schema=EXAMPLES)
+    new = pa.Table.from_pylist([
+        row(1, "Who keeps the register of every vessel ?", "The harbour master", run_id="r2"),  # near: skipped
+        row(2, "When is the register open to the public?", "On weekdays", run_id="r2"),  # same passage, new question
+        row(3, "When is the register open to the public ?", "On weekdays.", run_id="r2"),  # repeats row 2
+    ], schema=EXAMPLES)
+    contexts = {"c1": PASSAGE}
+    assert near_duplicates(old, new, 0.9, contexts).tolist() == [True, False, True]
+    # Without the passage known the rows are compared whole: still no false repeat of a new question.
+    assert near_duplicates(old, new.slice(1, 1), 0.9, {}).tolist() == [False]
+
+
+class Files:
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.paths = list(files)
+
+    def read(self, path: str) -> bytes:
+        return self.files[path]
+
+
+def test_append_skips_and_counts_near_duplicates_and_adds_messages_to_old_shards():
+    old_rows = pa.Table.from_pylist([row(0, "Who keeps the register of every vessel?", "The harbour master")],
+                                    schema=EXAMPLES)
+    legacy = {"data/exqa/train-00000-of-00001.parquet": parquet_bytes(old_rows)}  # published before messages
+    new = pa.Table.from_pylist([row(1, "Who keeps the register of every vessel ?", "The harbour master", run_id="r2"),
+                                row(2, "What does the register record?", "Tonnage, cargo and captain", run_id="r2")],
+                               schema=EXAMPLES)
+    sources = pa.table({"doc_id": ["x"], "source_uri": ["a.txt"], "media_type": ["text/plain"], "size_bytes": [1]})
+    snapshot = append_snapshot(Files(legacy), new, sources, "r2", 100, 0.9, {"c1": PASSAGE})
+    assert (snapshot.skipped, snapshot.near_duplicates, snapshot.examples.num_rows) == (1, 1, 2)
+    for split in snapshot.splits:
+        for data in split.shards.values():
+            assert pq.read_table(pa.BufferReader(data)).schema.names == PUBLISHED.names
+    off = append_snapshot(Files(legacy), new, sources, "r2", 100, None)
+    assert (off.skipped, off.near_duplicates) == (0, 0)
+    assert [s.rows for s in task_splits(new)] == [2]
+
+
+def test_publish_counts_near_duplicates_and_the_card_lists_the_chunk_filters(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    examples, documents = make_inputs(store)
+    chunks = StageWriter(store, RUN, "chunk")
+    chunks.begin()
+    chunks.commit(config_sha256="c", metrics=ChunkMetrics(
+        chunks=7, documents=3, filtered={"too_few_words": 2, "boilerplate": 1}, duplicate_chunks=4,
+        near_duplicate_chunks=3, earlier_run_duplicates=5))
+    manifest = publish(store, RUN, make_config(tmp_path, publish_mode="append"), examples, documents, token=None)
+    assert manifest.metrics.near_duplicates_skipped == 0 and manifest.metrics.duplicates_skipped == 0
+    card = store.read_bytes(store.key(manifest.metrics.dataset_uri) + "/README.md").decode()
+    assert "## Chunk filtering" in card and "| quality filter: `too_few_words` | 2 |" in card
+    assert "| already generated from by an earlier run | 5 |" in card and "| of which near duplicates | 3 |" in card

@@ -1,0 +1,144 @@
+"""Chunk quality filters (bonito_tasks/chunk/quality.py): a keep and a drop case for each filter,
+the defaults on the bundled samples through the real extract and chunk stages, and the junk the
+defaults must drop (a table of numbers, a table of contents, a page of boilerplate)."""
+
+import random
+
+import pytest
+
+from bonito_tasks.chunk import chunk
+from bonito_tasks.chunk.quality import REASONS, Thresholds, assess, features
+from bonito_tasks.config import RunConfig
+from bonito_tasks.contracts import RunRef
+from bonito_tasks.extract import extract
+from bonito_tasks.store import LocalStore
+from conftest import SAMPLE_DOCS, make_config
+
+RUN = RunRef(dag_id="d", run_id="r1")
+DEFAULTS = Thresholds()
+
+PROSE = (
+    "The river rises in the northern hills and flows south through farmland for about two hundred "
+    "kilometres. Its valley has been settled since the Bronze Age, and several of the older villages still "
+    "keep their medieval street plans.\nIn the nineteenth century the lower reaches were canalised, which "
+    "allowed barges to carry coal and grain to the coast; the locks built then are still in use today."
+)
+NUMBERS = "\n".join(" ".join(f"{random.Random(r * 7 + c).uniform(0, 9999):.2f}" for c in range(6)) for r in range(30))
+CONTENTS = "\n".join(
+    ["Contents"] + [f"{i}. {title} {'.' * (40 - len(title))} {3 + 7 * i}" for i, title in enumerate(
+        ["Introduction", "Background and history", "Methods", "Results", "Discussion", "Conclusions",
+         "Acknowledgements", "References", "Appendix A: survey forms", "Appendix B: raw data"], start=1)])
+CONTENTS_NO_LEADERS = "\n".join(f"Chapter {i} {title} {3 + 11 * i}" for i, title in enumerate(
+    ["The early years", "A town on the river", "The railway arrives", "War and recovery", "The new bridge",
+     "Modern times"], start=1))
+BOILERPLATE_PAGE = """Home | About us | Products | Blog | Contact
+Skip to main content
+Sign in or create an account
+We use cookies to improve your experience. Accept all cookies or manage preferences.
+Subscribe to our newsletter
+Follow us on Facebook, Twitter and Instagram
+Privacy policy
+Terms of use
+Back to top
+© 2024 Example Corp. All rights reserved."""
+
+
+def only(reason: str, **thresholds) -> Thresholds:
+    """Defaults, with every filter but `reason` switched off (so a case tests that filter alone)."""
+    off = dict(min_words=0, max_digit_ratio=1, max_symbol_ratio=1, min_mean_word_length=0,
+               max_mean_word_length=1000, max_boilerplate_lines=1, max_unpunctuated_lines=1, max_repeated_lines=1,
+               max_repeated_ngrams=1)
+    keep = {"too_few_words": ["min_words"], "digit_ratio": ["max_digit_ratio"], "symbol_ratio": ["max_symbol_ratio"],
+            "mean_word_length": ["min_mean_word_length", "max_mean_word_length"],
+            "boilerplate": ["max_boilerplate_lines"], "unpunctuated_lines": ["max_unpunctuated_lines"],
+            "repeated_lines": ["max_repeated_lines"], "repeated_ngrams": ["max_repeated_ngrams"], "language": []}
+    for name in keep[reason]:
+        off.pop(name)
+    return Thresholds(**{**off, **thresholds})
+
+
+CASES = {  # reason -> (a text it keeps, a text it drops)
+    "too_few_words": (PROSE, "Total: 1,234 / 5,678 (2024)"),
+    "digit_ratio": (PROSE, "Readings 12.5 13.75 14.0 15.25 16.5 17.75 18.0 19.25 20.5 21.75 22.0 23.25 in May."),
+    "symbol_ratio": (PROSE, "#### ==== Settings ==== ####\n{ key: <value> } | [ x ] | @@ ~~ ^^ $$ %% &&"),
+    "mean_word_length": (PROSE, "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f."),
+    "boilerplate": (PROSE + "\nRead more", BOILERPLATE_PAGE),
+    "unpunctuated_lines": (PROSE, CONTENTS_NO_LEADERS),
+    "repeated_lines": (PROSE, "\n".join(["Buy one, get one free on every order today."] * 8 + [PROSE])),
+    "repeated_ngrams": (PROSE, " ".join(["the cat sat on the mat and looked at the door"] * 8) + "."),
+}
+
+
+@pytest.mark.parametrize("reason", list(CASES))
+def test_each_filter_keeps_prose_and_drops_its_case(reason):
+    keep, drop = CASES[reason]
+    assert assess([keep, drop], only(reason)) == [None, reason]
+    assert assess([keep], DEFAULTS) == [None]  # the prose passes every default filter
+
+
+def test_language_keeps_the_listed_languages_only():
+    german = ("Der Fluss entspringt in den nördlichen Hügeln und fließt etwa zweihundert Kilometer nach Süden "
+              "durch Ackerland. Sein Tal ist seit der Bronzezeit besiedelt.")
+    assert assess([PROSE, german], only("language", languages=("en",))) == [None, "language"]
+    assert assess([PROSE, german], only("language", languages=("en", "de"))) == [None, None]
+    assert assess([PROSE, german], DEFAULTS) == [None, None]  # default: any language
+
+
+def test_the_defaults_drop_a_table_of_numbers_a_table_of_contents_and_a_page_of_boilerplate():
+    reasons = assess([NUMBERS, CONTENTS, CONTENTS_NO_LEADERS, BOILERPLATE_PAGE, PROSE], DEFAULTS)
+    assert all(reasons[:4]) and reasons[4] is None, reasons
+    assert set(reasons[:4]) <= set(REASONS)
+
+
+def test_unspaced_scripts_skip_the_word_filters():
+    japanese = "東京は日本の首都であり、世界でも有数の大都市です。多くの人々が毎日電車で通勤しています。" * 3
+    assert features([japanese]).unspaced[0]
+    assert assess([japanese], DEFAULTS) == [None]
+
+
+def test_wrapped_lines_are_not_unpunctuated():
+    wrapped = ("This licence applies to any program or other work which contains\na notice placed by the "
+               "copyright holder saying it may be distributed\nunder the terms of this General Public "
+               "License. The Program refers\nto any such program or work, and a Work based on the Program "
+               "means either\nthe Program or any derivative work under copyright law.")
+    assert features([wrapped]).unpunctuated_lines[0] < 0.5
+    assert assess([wrapped], DEFAULTS) == [None]
+
+
+def test_the_bundled_samples_lose_no_chunk_through_the_real_stages(tmp_path):
+    """Every sample document's chunks pass the default filters (extract + chunk, as a run does)."""
+    store = LocalStore(tmp_path / "store")
+    config = make_config(tmp_path, source=str(SAMPLE_DOCS))
+    assert config.quality_filters and config.near_dup_threshold == 0.8
+    documents = extract(store, RUN, config)
+    manifest = chunk(store, RUN, config, documents)
+    assert manifest.metrics.filtered == {}
+    assert manifest.metrics.chunks == store.read_table(manifest, "chunks").num_rows > 20
+    off = chunk(store, RunRef(dag_id="d", run_id="r2"), make_config(tmp_path, quality_filters=False),
+                extract(store, RunRef(dag_id="d", run_id="r2"), config))
+    assert off.metrics.chunks == manifest.metrics.chunks
+
+
+def test_junk_documents_are_dropped_and_counted_by_reason(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "prose.txt").write_text(PROSE)
+    (source / "numbers.txt").write_text(NUMBERS)
+    (source / "contents.txt").write_text(CONTENTS)
+    (source / "footer.txt").write_text(BOILERPLATE_PAGE)
+    store = LocalStore(tmp_path / "store")
+    config = make_config(tmp_path, source=str(source))
+    manifest = chunk(store, RUN, config, extract(store, RUN, config))
+    texts = store.read_table(manifest, "chunks")["text"].to_pylist()
+    assert texts == [PROSE]
+    assert sum(manifest.metrics.filtered.values()) >= 3  # the table of numbers makes two chunks
+    assert list(manifest.metrics.filtered) == [r for r in REASONS if r in manifest.metrics.filtered]
+
+
+def test_thresholds_come_from_the_run_config(tmp_path):
+    config = make_config(tmp_path, quality_min_words=50, quality_languages=["en", "fr"])
+    thresholds = Thresholds.from_config(config)
+    assert thresholds.min_words == 50 and thresholds.languages == ("en", "fr")
+    assert Thresholds.from_config(make_config(tmp_path)) == DEFAULTS
+    with pytest.raises(ValueError):
+        RunConfig(source="s", store="t", quality_languages=["English"])
