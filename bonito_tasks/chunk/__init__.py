@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from bonito_tasks.chunk import neardup, quality
 from bonito_tasks.chunk.splitter import Chunker, load_tokenizer
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import CHUNKS, ChunkMetrics, GenerateFigures, Manifest, RunRef, sha256_hex
+from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.figures import read_figures
 from bonito_tasks.stage import StageWriter, partition_view, run_stage
 from bonito_tasks.store import ArtifactStore
@@ -36,7 +38,12 @@ log = logging.getLogger(__name__)
 STAGE = "chunk"
 PART_ROWS = 2048  # chunks per part: a generate shard is a run of parts, read one at a time
 SIGNATURE_PART_ROWS = 65_536  # signatures per part of the stage's chunk_signatures (32 MiB)
-MAX_SHARDS = 1024  # Airflow's default max_map_length
+# Airflow maps at most [core] max_map_length tasks (default 1024): more generate shards cannot run.
+MAX_SHARDS = int(os.environ.get("AIRFLOW__CORE__MAX_MAP_LENGTH", "1024"))
+
+
+class TooManyShards(PermanentFailure):
+    """chunk_shard_size makes more generate shards than Airflow can map."""
 ENGINE_START_SHARE_INVERSE = 9  # engine start at most 10% of a shard's wall time: generation >= 9x start
 
 
@@ -170,6 +177,11 @@ def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions
             writer.add("chunk_signatures", pa.concat_tables(buffer_sigs))
         n_parts = sum(1 for ref in writer.shards if ref.table == "chunks")
         metrics.shard_parts = list(range(0, n_parts, parts_per_shard))
+        if len(metrics.shard_parts) > MAX_SHARDS:
+            raise TooManyShards(
+                f"chunk_shard_size={shard_size} makes {len(metrics.shard_parts)} generate shards for {kept} chunks; "
+                f"Airflow maps at most {MAX_SHARDS} ([core] max_map_length). Raise chunk_shard_size to at least "
+                f"{math.ceil(kept / MAX_SHARDS)}, leave it empty (auto), or raise AIRFLOW__CORE__MAX_MAP_LENGTH.")
         metrics.shards, metrics.shard_size, metrics.chunks = len(metrics.shard_parts), shard_size, kept
         for manifest in partitions:
             metrics.documents += manifest.metrics.documents

@@ -387,7 +387,7 @@ class Chunker:
         """text[start:end], where there is no cut to count by, tokenized a window at a time and cut
         at token starts into pieces, each then counted on its own (and split while over max_tokens)."""
         step = max(1, self.max_tokens - 2)
-        spans = []
+        pieces = []
         p = start
         while p < end:
             stop = min(end, p + self._window)
@@ -398,21 +398,32 @@ class Chunker:
                     bounds.append(p + offsets[i][0])
             following = bounds.pop() if stop < end and len(bounds) > 1 else stop
             bounds.append(following)
-            spans += [_trim(text, a, b) for a, b in zip(bounds, bounds[1:])]
+            spans = [_trim(text, a, b) for a, b in zip(bounds, bounds[1:])]
+            pieces += self._fit(text, [(a, b) for a, b in spans if a < b])
             p = following
-        return self._fit(text, [(a, b) for a, b in spans if a < b])
+        return pieces
 
     def _fit(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
-        """Spans with their counts, each over max_tokens split in two (by characters) until it fits."""
+        """Spans with their counts, each over max_tokens split in two (by characters) until it fits;
+        counted about `batch_chars` characters at a time."""
         result = []
-        for (a, b), n in zip(spans, self.count([text[a:b] for a, b in spans])):
-            if n <= self.max_tokens:
-                result.append((a, b, n))
-            elif b - a <= 1:
-                raise ValueError(f"one character, {text[a:b]!r}, has {n} tokens: more than max_tokens")
-            else:
-                middle = (a + b) // 2
-                result += self._fit(text, [s for s in (_trim(text, a, middle), _trim(text, middle, b)) if s[0] < s[1]])
+        first = 0
+        while first < len(spans):
+            last, size = first, 0
+            while last < len(spans) and (last == first or size + spans[last][1] - spans[last][0] <= self.batch_chars):
+                size += spans[last][1] - spans[last][0]
+                last += 1
+            group = spans[first:last]
+            for (a, b), n in zip(group, self.count([text[a:b] for a, b in group])):
+                if n <= self.max_tokens:
+                    result.append((a, b, n))
+                elif b - a <= 1:
+                    raise ValueError(f"one character, {text[a:b]!r}, has {n} tokens: more than max_tokens")
+                else:
+                    middle = (a + b) // 2
+                    halves = (_trim(text, a, middle), _trim(text, middle, b))
+                    result += self._fit(text, [h for h in halves if h[0] < h[1]])
+            first = last
         return result
 
 

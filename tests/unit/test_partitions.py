@@ -246,3 +246,17 @@ def test_figures_of_the_last_run_on_the_same_model_are_used(tmp_path):
     assert (figures.engine_start_s, figures.seconds_per_generation) == (10.0, 0.25)
     assert read_figures(store, "d", make_config(tmp_path, model_id="other/model")) is None
     assert read_figures(store, "d", make_config(tmp_path, backend="server")) is None
+
+
+def test_more_fixed_shards_than_airflow_can_map_fail_fast(tmp_path, monkeypatch):
+    import bonito_tasks.chunk as chunk_stage
+    from bonito_tasks.errors import PermanentFailure
+
+    monkeypatch.setattr(chunk_stage, "MAX_SHARDS", 3)
+    source = write_corpus(tmp_path / "src")
+    store = LocalStore(tmp_path / "store")
+    config = make_config(tmp_path, source=str(source), chunk_max_tokens=60, chunk_shard_size=2)
+    documents = extract(store, RUN, config)
+    with pytest.raises(chunk_stage.TooManyShards, match="Airflow maps at most 3.*chunk_shard_size to at least"):
+        chunk(store, RUN, config, documents)
+    assert issubclass(chunk_stage.TooManyShards, PermanentFailure)
