@@ -100,11 +100,10 @@ def chunk_partition(
         for shard in range(len(extracted.shards_of("documents"))):
             docs = store.read_shard(extracted, "documents", shard,
                                     columns=["doc_id", "text", "page_starts", "pending_task_types"])
-            for doc_id, text, page_starts, pending in zip(*(docs[c].to_pylist() for c in docs.column_names)):
-                if doc_id in skip:
-                    continue
+            todo = [row for row in zip(*(docs[c].to_pylist() for c in docs.column_names)) if row[0] not in skip]
+            # Many documents per tokenizer call (batches parallelize); each document's spans as soon as it is done.
+            for (doc_id, text, page_starts, pending), spans in zip(todo, chunker.iter_split(r[1] for r in todo)):
                 metrics.documents += 1
-                spans = chunker.split_counted(text)
                 kept = [s for s in spans if len(text[s[0]:s[1]].strip()) >= config.chunk_min_chars]
                 metrics.short_chunks += len(spans) - len(kept)
                 for start, end, tokens in kept:

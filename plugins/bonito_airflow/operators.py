@@ -363,7 +363,12 @@ class BonitoSummaryOperator(BonitoOperator):
         self.log.info("%s", format_summary(summary))
         failed = ti.get_ti_count(dag_id=ti.dag_id, run_ids=[ti.run_id], states=["failed", "upstream_failed"])
         if failed:
-            raise AirflowFailException(f"{failed} task(s) of this run failed or could not run; see the summary above")
+            cause = ""
+            if summary.cause:  # the failed stage and the first line of its cause
+                first = (summary.cause.message.strip().splitlines() or [summary.cause.error])[0]
+                cause = f"; {summary.cause.stage} failed: {first[:500]}"
+            raise AirflowFailException(f"{failed} task(s) of this run failed or could not run{cause}; "
+                                       "see the summary above")
 
 
 class BonitoCheckParamsOperator(BaseOperator):

@@ -29,12 +29,23 @@ MAX_CLICKS = 3
 
 
 class Shots:
+    """Numbered screenshots; on a failure, the page's URL, HTML and frames' HTML too."""
+
     def __init__(self, browser, folder):
         self.page, self.folder, self.n = browser, folder, 0
 
     def __call__(self, name: str) -> None:
         self.n += 1
         self.page.screenshot(path=self.folder / f"{self.n:02d}-{name}.png", full_page=True)
+
+    def __enter__(self) -> Shots:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if kind is not None:
+            self("failure")
+            frames = "\n\n".join(f"<!-- frame {f.url} -->\n{f.content()}" for f in self.page.frames)
+            (self.folder / "failure.html").write_text(f"<!-- {self.page.url} -->\n{frames}")
 
 
 def sign_in(browser, deployment) -> None:
@@ -58,24 +69,29 @@ def run_to_end(deployment, conf: dict, expect: str) -> str:
 
 
 def test_failed_validate_leads_to_the_failed_expectation_and_a_quarantined_row(deployment, page, artifacts):  # noqa: F811
-    shot = Shots(page, artifacts)
     run_id = run_to_end(deployment, {"task_types": ["exqa"], "full_refresh": True, "max_output_tokens": 1},
                         expect="failed")
     states = {ti["task_id"]: ti["state"] for ti in deployment.api.task_instances(DAG_ID, run_id)}
     assert states["validate"] == "failed" and states["publish"] == "upstream_failed", states
+    with Shots(page, artifacts) as shot:
+        _find_the_cause(deployment, page, run_id, shot)
 
+
+def _find_the_cause(deployment, page, run_id, shot):  # noqa: F811
     sign_in(page, deployment)
     page.goto(f"{deployment.url}/dags/{DAG_ID}")  # the DAG's page opens on its Grid view
     page.get_by_text(DAG_ID).first.wait_for()
     shot("grid")
     clicks = 0
     # Click 1: the failed run in the grid (its bar links to the run's page).
-    page.locator(f'a[href*="/runs/{quote(run_id, safe="")}"], a[href*="/runs/{run_id}"]').first.click()
+    page.locator(f'a[href$="/runs/{quote(run_id, safe="")}"], a[href$="/runs/{run_id}"]').first.click()
     clicks += 1
     page.wait_for_url(re.compile(r"/runs/[^/]+/?$"))
+    tab = page.get_by_role("link", name="Dataset", exact=True).or_(page.get_by_role("tab", name="Dataset", exact=True))
+    tab.first.wait_for()
     shot("run-page")
     # Click 2: the run's "Dataset" tab (the plugin's external view).
-    page.get_by_role("link", name="Dataset").or_(page.get_by_role("tab", name="Dataset")).first.click()
+    tab.first.click()
     clicks += 1
     view = page.frame_locator("iframe")
     cause = view.locator("#cause").locator("xpath=following-sibling::div[1]")
@@ -111,7 +127,11 @@ def test_failed_validate_leads_to_the_failed_expectation_and_a_quarantined_row(d
 
 
 def test_approve_in_the_ui_then_publish(deployment, page, artifacts):  # noqa: F811
-    shot = Shots(page, artifacts)
+    with Shots(page, artifacts) as shot:
+        _approve(deployment, page, shot)
+
+
+def _approve(deployment, page, shot):  # noqa: F811
     conf = {"task_types": ["exqa"], "full_refresh": True, "require_approval": True, "min_pass_rate": 0,
             "max_duplicate_rate": 1, "max_label_share": 1}
     deployment.api.set_paused(DAG_ID, False)
