@@ -49,6 +49,17 @@ def s3_bucket(s3_endpoint):
     return name, kwargs
 
 
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path):
+    """The same tests on both stores: a local folder and S3 (moto in server mode on loopback)."""
+    from bonito_tasks.store import LocalStore, open_store
+
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    bucket, kwargs = request.getfixturevalue("s3_bucket")
+    return open_store(f"s3://{bucket}/artifacts", **kwargs)
+
+
 def make_config(tmp_path: Path, **overrides):
     from bonito_tasks.config import RunConfig
 

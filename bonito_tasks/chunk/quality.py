@@ -40,10 +40,13 @@ with every language, and it is about 5x slower per chunk here; chunks are long e
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.minhash import Shingles, shingles
@@ -140,54 +143,323 @@ class Features:
 
 
 def features(texts: list[str], shingled: Shingles | None = None) -> Features:
-    """Measure a batch of chunks: byte classes with numpy over the batch, lines in Python."""
-    n = len(texts)
-    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
-    lengths = np.fromiter(map(len, encoded), np.int64, count=n)
-    data = np.frombuffer(b"\n".join(encoded), dtype=np.uint8)
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lengths[:-1] + 1, out=starts[1:])
-
-    if not len(data):
-        zeros = np.zeros(n)
-        return Features(zeros, zeros, zeros, zeros, zeros.astype(bool), zeros, zeros, zeros, zeros, zeros)
-    classes = _CLASS[data]
-    owner = np.repeat(np.arange(n, dtype=np.int64), lengths + 1)[: len(data)]  # the text of each byte
-    counts = np.bincount(owner * 8 + classes, minlength=8 * n).reshape(n, 8)
-    counts[:-1, SPACE] -= 1  # the joining newline after each text but the last
-    chars = lengths - counts[:, CONTINUATION]
-    nonspace = np.maximum(chars - counts[:, SPACE], 1)
-    digits, symbols = counts[:, DIGIT], counts[:, SYMBOL].copy()
-    unspaced = counts[:, UNSPACED] > UNSPACED_SHARE * nonspace
-    # Words: runs of letter bytes; their length in characters.
-    in_word = _IN_WORD[classes]
-    word_starts = np.flatnonzero(in_word & ~np.concatenate(([False], in_word[:-1])))
-    words = np.bincount(owner[word_starts], minlength=n)
-    word_chars = counts[:, LETTER] + counts[:, LEAD] + counts[:, UNSPACED]
-    mean_word_length = word_chars / np.maximum(words, 1)
-
-    boilerplate = np.zeros(n)
-    lines = np.zeros(n)
-    unpunctuated = np.zeros(n)
-    repeated = np.zeros(n)
-    for i, text in enumerate(texts):
-        if not text.isascii():
-            symbols[i] += len(NON_ASCII_SYMBOLS.findall(text))
-        if "..." in text or "…" in text or ". . ." in text:
-            symbols[i] += sum(len(m) for m in DOT_LEADERS.findall(text))
-        boilerplate[i], lines[i], unpunctuated[i], repeated[i] = _lines(text)
+    """Measure a batch of chunks (every filter's measure, for every chunk; `assess` measures only
+    what it needs)."""
+    batch = _Batch(texts)
+    c = _char_features(batch)
+    boilerplate, lines, unpunctuated, repeated = _line_features(batch, np.arange(len(texts)))
     if shingled is None:
         shingled = shingles(texts)
     return Features(
-        words=words, mean_word_length=mean_word_length, digit_ratio=digits / nonspace,
-        symbol_ratio=symbols / nonspace, unspaced=unspaced, boilerplate=boilerplate, lines=lines,
+        words=c.words, mean_word_length=c.mean_word_length, digit_ratio=c.digit_ratio,
+        symbol_ratio=c.symbol_ratio, unspaced=c.unspaced, boilerplate=boilerplate, lines=lines,
         unpunctuated_lines=unpunctuated, repeated_lines=repeated, repeated_ngrams=shingled.duplicate_share(),
     )
 
 
+def assess(texts: list[str], thresholds: Thresholds, shingled: Shingles | None = None) -> list[str | None]:
+    """Per chunk: the first filter it fails (a REASONS entry), or None to keep it. The filters run
+    in REASONS order on the chunks still kept: the character counts (four filters) on all, the line
+    filters on those left, the word n-grams and language on those left after that."""
+    n = len(texts)
+    reason = np.full(n, -1, dtype=np.int64)  # index into REASONS, -1: kept so far
+
+    def fail(code: int, rows: np.ndarray, failed: np.ndarray) -> None:
+        rows = rows[failed & (reason[rows] < 0)]
+        reason[rows] = code
+
+    batch = _Batch(texts)
+    c = _char_features(batch)
+    everyone = np.arange(n)
+    word_based = ~c.unspaced
+    fail(0, everyone, word_based & (c.words < thresholds.min_words))
+    fail(1, everyone, c.digit_ratio > thresholds.max_digit_ratio)
+    fail(2, everyone, c.symbol_ratio > thresholds.max_symbol_ratio)
+    fail(3, everyone, word_based & ((c.mean_word_length < thresholds.min_mean_word_length)
+                                    | (c.mean_word_length > thresholds.max_mean_word_length)))
+    rows = np.flatnonzero(reason < 0)
+    boilerplate, lines, unpunctuated, repeated = _line_features(batch, rows)
+    fail(4, rows, boilerplate > thresholds.max_boilerplate_lines)
+    fail(5, rows, (lines >= MIN_LINES) & (unpunctuated > thresholds.max_unpunctuated_lines))
+    fail(6, rows, repeated > thresholds.max_repeated_lines)
+    rows = np.flatnonzero(reason < 0)
+    if len(rows):
+        shingled = shingles([texts[i] for i in rows]) if shingled is None else shingled.take(rows)
+        fail(7, rows, shingled.duplicate_share() > thresholds.max_repeated_ngrams)
+    reasons: list[str | None] = [REASONS[r] if r >= 0 else None for r in reason.tolist()]
+    if thresholds.languages:
+        identifier = language_identifier()
+        wanted = set(thresholds.languages)
+        for i, text in enumerate(texts):
+            if reasons[i] is None and language_share(identifier, text, wanted) < 0.5:
+                reasons[i] = "language"
+    return reasons
+
+
+class _Batch:
+    """A batch of texts as one UTF-8 buffer: text i is data[starts[i]:starts[i] + nbytes[i]], each
+    followed by a "\\n" (so byte counts over [starts[i], starts[i + 1]) are never over an empty range).
+    Texts holding lone surrogates (encoded with surrogatepass: not valid UTF-8) are flagged `invalid`:
+    Arrow's string kernels see only the others."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        n = len(texts)
+        try:
+            encoded = [t.encode() for t in texts]
+            self.invalid = np.zeros(n, dtype=bool)
+        except UnicodeEncodeError:
+            encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+            self.invalid = np.fromiter((not _valid(t) for t in texts), bool, count=n)
+        self.blob = b"\n".join(encoded) + b"\n"
+        self.nbytes = np.fromiter(map(len, encoded), np.int64, count=n)
+        self.chars = np.fromiter(map(len, texts), np.int64, count=n)
+        self.offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(self.nbytes + 1, out=self.offsets[1:])
+        self._arrow: pa.Array | None = None
+
+    def arrow(self, rows: np.ndarray) -> pa.Array:
+        """The (valid) texts `rows` as an Arrow large_string array, each ending in "\\n"."""
+        if self._arrow is None:
+            self._arrow = pa.Array.from_buffers(pa.large_string(), len(self.texts),
+                                                [None, pa.py_buffer(self.offsets), pa.py_buffer(self.blob)])
+        if len(rows) == len(self.texts):
+            return self._arrow
+        return self._arrow.take(pa.array(rows, pa.int64()))
+
+
+def _valid(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class _CharFeatures:
+    words: np.ndarray
+    mean_word_length: np.ndarray
+    digit_ratio: np.ndarray
+    symbol_ratio: np.ndarray
+    unspaced: np.ndarray
+
+
+_CLASS_TABLE = _CLASS.tobytes()
+
+
+def _char_features(batch: _Batch) -> _CharFeatures:
+    """Byte classes counted per text with numpy over the whole batch (bytes.translate, one reduceat
+    per class), plus the symbols a byte class cannot see (non-ASCII symbols, dot leaders) with RE2."""
+    n = len(batch.texts)
+    if not n:
+        empty = np.zeros(0)
+        return _CharFeatures(empty, empty, empty, empty, empty.astype(bool))
+    classes = np.frombuffer(batch.blob.translate(_CLASS_TABLE), dtype=np.uint8)
+    starts = batch.offsets[:-1]
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(mask, starts, dtype=np.int64)
+
+    spaces = count(classes == SPACE) - 1  # the "\n" after each text
+    nonspace = np.maximum(batch.chars - spaces, 1)
+    digits, symbols, unspaced = count(classes == DIGIT), count(classes == SYMBOL), count(classes == UNSPACED)
+    in_word = (classes - np.uint8(LETTER)) <= np.uint8(UNSPACED - LETTER)  # LETTER .. UNSPACED (wraps below)
+    word_starts = in_word.copy()
+    word_starts[1:] &= ~in_word[:-1]
+    words = count(word_starts)
+    # Letters, non-ASCII characters: the word bytes less the continuation bytes (all of them are in words).
+    word_chars = count(in_word) - (batch.nbytes - batch.chars)
+    symbols += _extra_symbols(batch)
+    return _CharFeatures(words=words, mean_word_length=word_chars / np.maximum(words, 1),
+                         digit_ratio=digits / nonspace, symbol_ratio=symbols / nonspace,
+                         unspaced=unspaced > UNSPACED_SHARE * nonspace)
+
+
+_NON_ASCII_SYMBOLS_RE2 = NON_ASCII_SYMBOLS.pattern  # a character class: the same in RE2
+_DOT_LEADERS_RE2 = DOT_LEADERS.pattern  # RE2 matches leftmost-first like Python here (no backreferences)
+_DOT_HINT = r"\.\.\.|…|\. \. \."  # DOT_LEADERS matches only where one of these is
+
+
+def _extra_symbols(batch: _Batch) -> np.ndarray:
+    """Per text: characters NON_ASCII_SYMBOLS matches plus characters DOT_LEADERS' matches span."""
+    n = len(batch.texts)
+    extra = np.zeros(n, dtype=np.int64)
+    valid = np.flatnonzero(~batch.invalid)
+    for i in np.flatnonzero(batch.invalid):  # not valid UTF-8: Python's regexes, text by text
+        text = batch.texts[i]
+        extra[i] = len(NON_ASCII_SYMBOLS.findall(text)) + sum(len(m) for m in DOT_LEADERS.findall(text))
+    if not len(valid):
+        return extra
+    arr = batch.arrow(valid)
+    non_ascii = np.flatnonzero(batch.nbytes[valid] != batch.chars[valid])
+    if len(non_ascii):
+        counted = pc.count_substring_regex(arr.take(pa.array(non_ascii)), _NON_ASCII_SYMBOLS_RE2)
+        extra[valid[non_ascii]] += counted.to_numpy(zero_copy_only=False)
+    dots = np.flatnonzero(pc.match_substring_regex(arr, _DOT_HINT).to_numpy(zero_copy_only=False))
+    if len(dots):
+        some = arr.take(pa.array(dots))
+        # The characters the matches span: the length lost when they are removed.
+        kept = pc.replace_substring_regex(some, _DOT_LEADERS_RE2, "")
+        removed = pc.subtract(pc.utf8_length(some), pc.utf8_length(kept))
+        extra[valid[dots]] += removed.to_numpy(zero_copy_only=False)
+    return extra
+
+
+@cache
+def _whitespace() -> str:
+    """The characters str.strip() and str.split() take for whitespace."""
+    return "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+
+
+def _re2_literal(text: str) -> str:
+    return "".join("\\" + c if c in r"\.^$|?*+()[]{}-" else c for c in text)
+
+
+# RE2 patterns over lower-cased lines. _HINTS: a line holds one of BOILERPLATE_HINTS (exactly). _MAYBE: a
+# superset of the lines BOILERPLATE or _navigation flags (word boundaries dropped, \s and \d widened to
+# every non-ASCII character), so Python's regexes confirm only the few lines RE2 lets through.
+_HINTS = "|".join(map(_re2_literal, BOILERPLATE_HINTS))
+_MAYBE = "|".join([
+    BOILERPLATE.pattern.replace(r"\b", "").replace(r"\s", r"[\t-\r\x{1c}-\x{20}\x{80}-\x{10FFFF}]")
+    .replace(r"\d", r"[0-9\x{80}-\x{10FFFF}]"),
+    r"[|•·›»/].*[|•·›»/]",  # _navigation: at least two separators
+])
+_END_PUNCTUATION = np.array([ord(c) for c in END_PUNCTUATION])
+_OPENERS = np.array([ord(c) for c in "(\"'“‘"])
+
+
+def _line_features(batch: _Batch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(boilerplate share, non-blank lines, unpunctuated share, repeated share) of the texts `rows`,
+    what `_lines` computes, for a batch at once with Arrow's string kernels over all the lines."""
+    out = np.zeros((4, len(rows)))
+    bad = batch.invalid[rows]
+    for k in np.flatnonzero(bad):  # not valid UTF-8: the Python loop
+        out[:, k] = _lines(batch.texts[rows[k]])
+    good = np.flatnonzero(~bad)
+    if len(good):
+        out[:, good] = _arrow_lines(batch, rows[good])
+    return out[0], out[1], out[2], out[3]
+
+
+def _arrow_lines(batch: _Batch, rows: np.ndarray) -> np.ndarray:
+    m = len(rows)
+    texts = batch.arrow(rows)
+    split = pc.split_pattern(texts, "\n")
+    whitespace = _whitespace()
+    stripped = pc.utf8_trim(split.flatten(), characters=whitespace)
+    length = pc.utf8_length(stripped).to_numpy(zero_copy_only=False)
+    nonblank = length > 0
+    owner = np.repeat(np.arange(m), np.diff(_offsets(split)))[nonblank]
+    length = length[nonblank]
+    lines = stripped.filter(pa.array(nonblank))
+    count = np.bincount(owner, minlength=m).astype(np.float64)
+    total = np.bincount(owner, weights=length, minlength=m)
+    total[total == 0] = 1
+
+    # Boilerplate: page numbers, and lines with a hint that BOILERPLATE or _navigation flags (lower-cased).
+    flagged = _digit_lines(lines)
+    low = _lower(batch, rows)
+    low_lines = pc.utf8_trim(pc.split_pattern(low, "\n").flatten(), characters=whitespace).filter(pa.array(nonblank))
+    hinted = np.flatnonzero(_matches(low_lines, _HINTS))
+    if len(hinted):
+        maybe = hinted[_matches(low_lines.take(pa.array(hinted)), _MAYBE)]
+        for i, line in zip(maybe.tolist(), low_lines.take(pa.array(maybe)).to_pylist()):
+            flagged[i] |= bool(BOILERPLATE.search(line) or _navigation(line))
+    boilerplate = np.bincount(owner, weights=length * flagged, minlength=m) / total
+
+    # Unpunctuated: the line's last character and the first of the next line (in the same text) past
+    # the list marks; -1 for none (the last line, or a next line of marks only), which `in` finds in
+    # any string, as in _lines.
+    last = _first_code_points(pc.utf8_slice_codeunits(lines, -1))
+    following = np.full(len(lines), -1, dtype=np.int64)
+    if len(lines) > 1:
+        first = _first_code_points(pc.utf8_slice_codeunits(pc.utf8_ltrim(lines, characters=LINE_MARKERS), 0, 1))
+        same = owner[1:] == owner[:-1]
+        following[:-1][same] = first[1:][same]
+    (last_alpha, _), (next_alpha, next_lower) = _char_props(last), _char_props(following)
+    carries_on = (np.isin(last, _END_PUNCTUATION) | next_lower
+                  | last_alpha & (next_alpha | np.isin(following, _OPENERS) | (following < 0)))
+    unpunctuated = np.bincount(owner, weights=~carries_on, minlength=m) / np.maximum(count, 1)
+
+    # Repeated: lines equal to an earlier line of the same text (by characters).
+    repeated = np.zeros(len(lines), dtype=bool)
+    if len(lines):
+        ids = pc.dictionary_encode(lines).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        key = owner * (int(ids.max()) + 1) + ids
+        order = np.argsort(key, kind="stable")
+        repeated[order[1:][key[order[1:]] == key[order[:-1]]]] = True
+    repeated_share = np.bincount(owner, weights=length * repeated, minlength=m) / total
+    return np.stack([boilerplate, count, unpunctuated, repeated_share])
+
+
+def _offsets(array: pa.Array) -> np.ndarray:
+    """The offsets of a (large) list or string array (its len + 1 of them), as int64."""
+    large = pa.types.is_large_string(array.type) or pa.types.is_large_list(array.type)
+    buffer = array.buffers()[1]
+    if buffer is None:
+        return np.zeros(len(array) + 1, dtype=np.int64)
+    offsets = np.frombuffer(buffer, dtype=np.int64 if large else np.int32)
+    return offsets[array.offset:array.offset + len(array) + 1].astype(np.int64)
+
+
+def _matches(lines: pa.Array, pattern: str) -> np.ndarray:
+    if not len(lines):
+        return np.zeros(0, dtype=bool)
+    return pc.match_substring_regex(lines, pattern).to_numpy(zero_copy_only=False)
+
+
+def _lower(batch: _Batch, rows: np.ndarray) -> pa.Array:
+    """The texts `rows` lower-cased like str.lower() (each ending in "\\n", so its lines are those
+    of the text, lower-cased: str.lower() neither makes nor takes a line break or a space)."""
+    if (batch.nbytes[rows] == batch.chars[rows]).all():  # ASCII: ascii_lower is str.lower()
+        return pc.ascii_lower(batch.arrow(rows))
+    return pa.array([batch.texts[i].lower() + "\n" for i in rows.tolist()], pa.large_string())
+
+
+def _digit_lines(lines: pa.Array) -> np.ndarray:
+    """Per line: str.isdigit() (page numbers). ASCII lines by Arrow; the others, if every character
+    could be a digit, by Python."""
+    if not len(lines):
+        return np.zeros(0, dtype=bool)
+    digits = pc.ascii_is_decimal(lines).to_numpy(zero_copy_only=False).copy()
+    maybe = np.flatnonzero(~pc.string_is_ascii(lines).to_numpy(zero_copy_only=False)
+                           & _matches(lines, r"^[0-9\x{80}-\x{10FFFF}]+$"))
+    for i, line in zip(maybe.tolist(), lines.take(pa.array(maybe)).to_pylist()):
+        digits[i] = line.isdigit()
+    return digits
+
+
+def _first_code_points(strings: pa.Array) -> np.ndarray:
+    """The code point each string starts with (decoded from its UTF-8), -1 for an empty string."""
+    offsets = _offsets(strings)
+    size = np.diff(offsets)
+    data = strings.buffers()[2]
+    padded = np.zeros((len(data) if data is not None else 0) + 4, dtype=np.int64)
+    if data is not None:
+        padded[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    b0, b1, b2, b3 = (padded[offsets[:-1] + k] for k in range(4))
+    b1, b2, b3 = b1 & 0x3F, b2 & 0x3F, b3 & 0x3F
+    lead = np.where(b0 < 0x80, b0, np.where(b0 < 0xE0, b0 & 0x1F, np.where(b0 < 0xF0, b0 & 0x0F, b0 & 0x07)))
+    width = np.where(b0 < 0x80, 1, np.where(b0 < 0xE0, 2, np.where(b0 < 0xF0, 3, 4)))
+    cp = np.where(width == 1, lead, np.where(width == 2, lead << 6 | b1, np.where(
+        width == 3, lead << 12 | b1 << 6 | b2, lead << 18 | b1 << 12 | b2 << 6 | b3)))
+    return np.where(size > 0, cp, -1)
+
+
+def _char_props(code_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(str.isalpha(), str.islower()) of each code point (False for -1), by Python on the distinct ones."""
+    distinct, inverse = np.unique(code_points, return_inverse=True)
+    chars = [chr(c) if c >= 0 else "" for c in distinct.tolist()]
+    alpha = np.fromiter((c.isalpha() for c in chars), bool, count=len(chars))
+    lower = np.fromiter((c.islower() for c in chars), bool, count=len(chars))
+    return alpha[inverse], lower[inverse]
+
+
 def _lines(text: str) -> tuple[float, int, float, float]:
     """(boilerplate share, non-blank lines, unpunctuated share, repeated share) of one chunk; the
-    shares of boilerplate and repeated lines are by characters."""
+    shares of boilerplate and repeated lines are by characters. The reference `_arrow_lines` must
+    agree with (tests), used for texts Arrow cannot hold (lone surrogates)."""
     lines = [line.strip() for line in text.split("\n")]
     lines = [line for line in lines if line]
     total = sum(map(len, lines)) or 1
@@ -222,35 +494,6 @@ def _navigation(line: str) -> bool:
         return False
     items = NAVIGATION_SEPARATORS.split(f" {line} ")
     return len(items) >= 3 and all(len(item.split()) <= 3 for item in items)
-
-
-def assess(texts: list[str], thresholds: Thresholds, shingled: Shingles | None = None) -> list[str | None]:
-    """Per chunk: the first filter it fails (a REASONS entry), or None to keep it."""
-    f = features(texts, shingled)
-    word_based = ~f.unspaced
-    failed = {
-        "too_few_words": word_based & (f.words < thresholds.min_words),
-        "digit_ratio": f.digit_ratio > thresholds.max_digit_ratio,
-        "symbol_ratio": f.symbol_ratio > thresholds.max_symbol_ratio,
-        "mean_word_length": word_based & ((f.mean_word_length < thresholds.min_mean_word_length)
-                                          | (f.mean_word_length > thresholds.max_mean_word_length)),
-        "boilerplate": f.boilerplate > thresholds.max_boilerplate_lines,
-        "unpunctuated_lines": (f.lines >= MIN_LINES) & (f.unpunctuated_lines > thresholds.max_unpunctuated_lines),
-        "repeated_lines": f.repeated_lines > thresholds.max_repeated_lines,
-        "repeated_ngrams": f.repeated_ngrams > thresholds.max_repeated_ngrams,
-    }
-    reasons: list[str | None] = [None] * len(texts)
-    for reason in REASONS[:-1]:
-        for i in np.flatnonzero(failed[reason]):
-            if reasons[i] is None:
-                reasons[i] = reason
-    if thresholds.languages:
-        identifier = language_identifier()
-        wanted = set(thresholds.languages)
-        for i, text in enumerate(texts):
-            if reasons[i] is None and language_share(identifier, text, wanted) < 0.5:
-                reasons[i] = "language"
-    return reasons
 
 
 @cache

@@ -54,7 +54,8 @@ def test_execute_publishes_returns_commit_and_emits_asset_event(hub, tmp_path, m
 
     head = hub.repo(REPO).refs["main"]
     assert result["hub_url"] == f"{hub.url}/datasets/{REPO}" and result["hub_commit_sha"] == head
-    assert result["counts"] == {"examples": 6, "documents": 3, "examples_added": 6, "duplicates_skipped": 0}
+    assert result["counts"] == {"examples": 6, "documents": 3, "examples_added": 6, "duplicates_skipped": 0,
+                                "near_duplicates_skipped": 0}
     assert "hub_pr_url" not in result
     assert hub.token not in json.dumps(result) and hub.token not in caplog.text
     [event] = context["outlet_events"][alias].asset_alias_events
@@ -65,20 +66,27 @@ def test_execute_publishes_returns_commit_and_emits_asset_event(hub, tmp_path, m
     assert op.template_fields == ("examples", "documents", "approval")
 
 
-def test_execute_without_token_fails_before_uploading(hub, tmp_path, monkeypatch):
-    from airflow.sdk.exceptions import AirflowFailException
-
+def _publish_task(tmp_path, **kwargs):
+    """A publish operator over committed inputs, with the context of a run that targets REPO."""
     from bonito_airflow.operators import BonitoPublishOperator
-    from bonito_tasks.errors import PermanentFailure
-    from bonito_tasks.publish import PublishError
 
-    monkeypatch.delenv("HF_TOKEN", raising=False)
     store = LocalStore(tmp_path / "store")
     examples, documents = make_inputs(store)
     context = {"params": {"source": "/docs", "store": str(store.root), "hub_repo_id": REPO},
                "dag_run": SimpleNamespace(dag_id=RUN.dag_id, run_id=RUN.run_id)}
     op = BonitoPublishOperator(task_id="publish", examples={"manifest": examples.uri},
-                               documents={"manifest": documents.uri}, hf_conn_id="no_such_connection")
+                               documents={"manifest": documents.uri}, **kwargs)
+    return op, context
+
+
+def test_execute_without_token_fails_before_uploading(hub, tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from bonito_tasks.errors import PermanentFailure
+    from bonito_tasks.publish import PublishError
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    op, context = _publish_task(tmp_path, hf_conn_id="no_such_connection")
     with pytest.raises(Exception, match="token") as raised:
         op.execute(context)
     assert hub.requests == []
@@ -94,18 +102,12 @@ def test_execute_with_a_rejected_token_fails_without_retries(hub, tmp_path, monk
     with no retry inside the library and none by Airflow."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from bonito_airflow.operators import BonitoPublishOperator
     from bonito_tasks.publish import PublishRejected
 
     token = "hf_SECRETsecret123" if token_kind == "invalid" else hub.read_token  # 401, 403
     monkeypatch.setenv("AIRFLOW_CONN_HF_NIGHTLY", json.dumps({"conn_type": "huggingface", "password": token}))
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    store = LocalStore(tmp_path / "store")
-    examples, documents = make_inputs(store)
-    context = {"params": {"source": "/docs", "store": str(store.root), "hub_repo_id": REPO},
-               "dag_run": SimpleNamespace(dag_id=RUN.dag_id, run_id=RUN.run_id)}
-    op = BonitoPublishOperator(task_id="publish", examples={"manifest": examples.uri},
-                               documents={"manifest": documents.uri}, hf_conn_id="hf_nightly", retries=2)
+    op, context = _publish_task(tmp_path, hf_conn_id="hf_nightly", retries=2)
     with pytest.raises(AirflowFailException, match="lacks write access") as raised:
         op.execute(context)
     assert isinstance(raised.value.__cause__, PublishRejected)

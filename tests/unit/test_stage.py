@@ -12,18 +12,15 @@ import pytest
 
 from bonito_tasks.contracts import DOCUMENTS, ExtractMetrics, Manifest, RunRef
 from bonito_tasks.stage import StageWriter, code_version, combine_partitions, run_stage
-from bonito_tasks.store import LocalStore, StoreError, open_store
+from bonito_tasks.store import StoreError
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = RunRef(dag_id="bonito_dataset", run_id="manual__2026-11-25T10:00:00+00:00")
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    bucket, kwargs = request.getfixturevalue("s3_bucket")
-    return open_store(f"s3://{bucket}/artifacts", **kwargs)
+@pytest.fixture
+def store(any_store):
+    return any_store
 
 
 def docs_table(n: int, first: int = 0) -> pa.Table:

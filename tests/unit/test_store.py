@@ -5,12 +5,9 @@ import pytest
 from bonito_tasks.store import LocalStore, S3Store, StoreError, open_store, parse_s3_uri
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    bucket, kwargs = request.getfixturevalue("s3_bucket")
-    return open_store(f"s3://{bucket}/artifacts", **kwargs)
+@pytest.fixture
+def store(any_store):
+    return any_store
 
 
 def test_bytes_roundtrip_list_and_delete(store):
