@@ -142,6 +142,9 @@ def main() -> None:
     dedup = _Dedup(config, None)
     if args.languages:
         quality.language_identifier()  # load the model before timing
+    warm = Corpus(args.chars, seed=1).part(64)  # before timing: the imports the first calls make (pyarrow: pandas)
+    minhash.signatures(minhash.shingles(warm))
+    quality.assess(warm, thresholds)
     reasons: dict[str, int] = {}
     filter_s = dedup_s = 0.0
     done = kept_chars = 0

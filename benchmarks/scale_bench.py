@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import os
 import platform
 import resource
@@ -106,7 +107,9 @@ def extract_and_chunk(source: Path, store_root: Path, partitions: int, source_by
     rss = []
     started = time.perf_counter()
     planned = plan(store, run, config)
-    with ProcessPoolExecutor(max_workers=2) as pool:  # two worker slots, fresh processes
+    # Two worker slots in fresh processes ("spawn": a forked child of a process that has used the
+    # tokenizer's thread pool deadlocks, and Airflow's workers start tasks in fresh processes too).
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         done = [f.result() for f in [pool.submit(_task, "extract", store, run, config, planned, p)
                                      for p in range(planned.metrics.partitions)]]
         rss += [r for _, _, r in done]

@@ -21,6 +21,7 @@ coarse pieces: such texts are found as near-duplicates only when they are (almos
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from functools import cache
 
@@ -36,15 +37,19 @@ _P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible modulo 2**64
 _Q = np.uint64(0x9E3779B97F4A7C15)  # combines word hashes into a shingle hash
 _WORD_BYTES = np.zeros(256, dtype=bool)
 _WORD_BYTES[ord("0"):ord("9") + 1] = _WORD_BYTES[ord("a"):ord("z") + 1] = _WORD_BYTES[0x80:] = True
+_WORD_TABLE = _WORD_BYTES.astype(np.uint8).tobytes()  # for bytes.translate: 1 for a word byte, else 0
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: spreads every input bit over the 64 output bits (wraps mod 2**64)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """splitmix64's finalizer: spreads every input bit over the 64 output bits (wraps mod 2**64).
+    Works in place on `x` (uint64) and returns it."""
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
 
 
 @cache
@@ -107,23 +112,31 @@ def shingles(texts: list[str], ngram: int = NGRAM) -> Shingles:
 
 
 def _shingle_batch(texts: list[str], ngram: int) -> Shingles:
-    encoded = [t.lower().encode("utf-8", "surrogatepass") for t in texts]
-    data = np.frombuffer(b"\n".join(encoded), dtype=np.uint8)  # no word spans the joining "\n"
     n = len(texts)
-    if not len(data):
-        return Shingles(np.zeros(0, np.uint64), np.zeros(n + 1, np.int64))
-    is_word = _WORD_BYTES[data]
-    edges = np.diff(is_word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    # Word hash = sum(b_j * P**(end-1-j)) = P**(end-1) * (C[end] - C[start]), C[k] = sum_{j<k} b_j * P**-j.
+    # Lower-cased like str.lower(): bytes.lower() does it for ASCII; str.lower() for the other texts
+    # (then bytes.lower() changes nothing: str.lower() leaves no ASCII capital).
+    encoded = [t.encode("utf-8", "surrogatepass") if t.isascii() else t.lower().encode("utf-8", "surrogatepass")
+               for t in texts]
+    blob = (b"\n" + b"\n".join(encoded) + b"\n").lower()  # a non-word byte before and after each text
+    data = np.frombuffer(blob, dtype=np.uint8)
+    # Word bytes (a table lookup by bytes.translate), then words: their edges alternate start, end.
+    is_word = np.frombuffer(blob.translate(_WORD_TABLE), dtype=np.bool_)
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
+    starts, ends = edges[0::2], edges[1::2]
+    # Word hash = sum(b_j * P**(end-1-j)) = P**(end-1) * (C[end-1] - C[start-1]), C[k] = sum_{j<=k} b_j * P**-j.
     powers = _powers(len(data))
     with np.errstate(over="ignore"):
-        c = np.zeros(len(data) + 1, dtype=np.uint64)
-        np.cumsum(data * powers[1, : len(data)], out=c[1:], dtype=np.uint64)
-        words = _mix(powers[0][ends - 1] * (c[ends] - c[starts]))
-    text_ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, count=n) + 1) - 1
-    owner = np.searchsorted(text_ends, starts, side="right")  # the text of each word
-    return _ngrams(words, np.bincount(owner, minlength=n), ngram)
+        c = np.multiply(data, powers[1, : len(data)], dtype=np.uint64)
+        np.cumsum(c, out=c)
+        words = c[ends - 1]
+        words -= c[starts - 1]
+        words *= powers[0][ends - 1]
+    _mix(words)
+    # The words of each text: those starting between its first byte and the next text's.
+    text_starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, count=n) + 1, out=text_starts[1:])
+    word_offsets = np.searchsorted(starts, text_starts)
+    return _ngrams(words, np.diff(word_offsets), ngram)
 
 
 _POWERS = np.ones((2, 1), dtype=np.uint64)
@@ -154,19 +167,28 @@ def _ngrams(words: np.ndarray, word_counts: np.ndarray, ngram: int) -> Shingles:
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     out = np.empty(offsets[-1], dtype=np.uint64)
+    short = np.flatnonzero((word_counts > 0) & ~long)
     with np.errstate(over="ignore"):
         if long.any():
-            acc = words[: len(words) - ngram + 1].copy()
+            # Windows over all the words at once, then those that stay within one text: a window
+            # starting in the last ngram - 1 words of a text (any word of a short text) does not.
+            m = len(words) - ngram + 1
+            acc = words[:m].copy()
             for k in range(1, ngram):
-                acc = acc * _Q + words[k: len(words) - ngram + 1 + k]
-            windows = _mix(acc)
-            # Text i's windows start at its words 0 .. count_i - 1: windows[word_offsets[i] + rank].
-            long_counts = counts[long]
-            rank = np.arange(long_counts.sum(), dtype=np.int64) - np.repeat(
-                np.cumsum(long_counts) - long_counts, long_counts)
-            out[np.repeat(offsets[:-1][long], long_counts) + rank] = windows[
-                np.repeat(word_offsets[:-1][long], long_counts) + rank]
-        for i in np.flatnonzero((word_counts > 0) & ~long):  # a short text: one shingle of its words
+                acc *= _Q
+                acc += words[k: m + k]
+            _mix(acc)
+            tails = word_offsets[1:, None] - np.arange(1, ngram)
+            tails = tails[(tails >= word_offsets[:-1, None]) & (tails < m)]
+            inside = np.ones(m, dtype=bool)
+            inside[tails] = False
+            if len(short):
+                slots = np.ones(len(out), dtype=bool)
+                slots[offsets[short]] = False
+                out[slots] = acc[inside]
+            else:
+                out[:] = acc[inside]
+        for i in short:  # a short text: one shingle of its words
             acc = np.uint64(word_counts[i])
             for w in words[word_offsets[i]:word_offsets[i + 1]]:
                 acc = acc * _Q + w
@@ -183,7 +205,11 @@ def signatures(shingled: Shingles) -> np.ndarray:
         return np.zeros((0, NUM_PERM), dtype=np.uint32)
     matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
         shingled.hashes, shingled.offsets.astype(np.uint64), NUM_PERM, SEED)
-    return np.asarray(matrix.to_rows(), dtype=np.uint32).reshape(len(shingled), NUM_PERM)
+    rows = matrix.to_rows()  # lists of ints: packed row by row (faster than numpy's conversion of nested lists)
+    if array("I").itemsize == 4:
+        return np.frombuffer(b"".join(array("I", row).tobytes() for row in rows), dtype=np.uint32).reshape(
+            len(shingled), NUM_PERM).copy()
+    return np.asarray(rows, dtype=np.uint32).reshape(len(shingled), NUM_PERM)
 
 
 def text_signatures(texts: list[str]) -> np.ndarray:
@@ -208,15 +234,13 @@ def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One 64-bit key per band (shape: len(sigs) x bands); keys of different bands never collide by design."""
-    keys = np.empty((len(sigs), bands), dtype=np.uint64)
-    values = sigs.astype(np.uint64)
+    values = sigs[:, : bands * rows].astype(np.uint64).reshape(len(sigs), bands, rows)
+    acc = np.repeat((np.arange(1, bands + 1, dtype=np.uint64) * _Q)[None, :], len(sigs), axis=0)
     with np.errstate(over="ignore"):
-        for band in range(bands):
-            acc = np.full(len(sigs), np.uint64(band + 1) * _Q, dtype=np.uint64)
-            for col in range(band * rows, (band + 1) * rows):
-                acc = acc * _P + values[:, col]
-            keys[:, band] = _mix(acc)
-    return keys
+        for col in range(rows):  # every band at once
+            acc *= _P
+            acc += values[:, :, col]
+    return _mix(acc)
 
 
 class _BandRuns:

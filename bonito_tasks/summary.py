@@ -49,7 +49,12 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
         validated=validate and validate.metrics,
         published=publish and publish.metrics,
     )
-    if cause := failure_cause(store, run):  # the failed stage names its cause
+    try:
+        cause = failure_cause(store, run)
+    except Exception as err:  # an unreadable store must not hide the rest of the summary
+        log.warning("could not read the failure records of %s: %s: %s", run.run_id, type(err).__name__, err)
+        cause = None
+    if cause:  # the failed stage names its cause
         summary.failed_stage, summary.cause = cause.stage, cause
         summary.stages[cause.stage] = f"failed ({cause.error})"
     key = f"{run_prefix(run)}/{SUMMARY_FILE}"

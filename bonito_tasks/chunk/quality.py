@@ -40,7 +40,6 @@ with every language, and it is about 5x slower per chunk here; chunks are long e
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from functools import cache
 
@@ -183,9 +182,10 @@ def assess(texts: list[str], thresholds: Thresholds, shingled: Shingles | None =
     fail(5, rows, (lines >= MIN_LINES) & (unpunctuated > thresholds.max_unpunctuated_lines))
     fail(6, rows, repeated > thresholds.max_repeated_lines)
     rows = np.flatnonzero(reason < 0)
-    if len(rows):
-        shingled = shingles([texts[i] for i in rows]) if shingled is None else shingled.take(rows)
-        fail(7, rows, shingled.duplicate_share() > thresholds.max_repeated_ngrams)
+    if len(rows):  # the shingles of the texts left (all of them when the caller has them: no copy)
+        shares = shingles([texts[i] for i in rows]).duplicate_share() if shingled is None else \
+            shingled.duplicate_share()[rows]
+        fail(7, rows, shares > thresholds.max_repeated_ngrams)
     reasons: list[str | None] = [REASONS[r] if r >= 0 else None for r in reason.tolist()]
     if thresholds.languages:
         identifier = language_identifier()
@@ -249,22 +249,24 @@ _CLASS_TABLE = _CLASS.tobytes()
 
 
 def _char_features(batch: _Batch) -> _CharFeatures:
-    """Byte classes counted per text with numpy over the whole batch (bytes.translate, one reduceat
-    per class), plus the symbols a byte class cannot see (non-ASCII symbols, dot leaders) with RE2."""
+    """Byte classes counted per text with numpy over the whole batch (bytes.translate, then one
+    count_nonzero per text and class), plus the symbols a byte class cannot see (non-ASCII symbols,
+    dot leaders) with RE2."""
     n = len(batch.texts)
     if not n:
         empty = np.zeros(0)
         return _CharFeatures(empty, empty, empty, empty, empty.astype(bool))
     classes = np.frombuffer(batch.blob.translate(_CLASS_TABLE), dtype=np.uint8)
-    starts = batch.offsets[:-1]
+    spans = list(zip(batch.offsets[:-1].tolist(), batch.offsets[1:].tolist()))
 
     def count(mask: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(mask, starts, dtype=np.int64)
+        nonzero = np.count_nonzero
+        return np.fromiter((nonzero(mask[start:end]) for start, end in spans), np.int64, count=n)
 
     spaces = count(classes == SPACE) - 1  # the "\n" after each text
     nonspace = np.maximum(batch.chars - spaces, 1)
     digits, symbols, unspaced = count(classes == DIGIT), count(classes == SYMBOL), count(classes == UNSPACED)
-    in_word = (classes - np.uint8(LETTER)) <= np.uint8(UNSPACED - LETTER)  # LETTER .. UNSPACED (wraps below)
+    in_word = (classes - np.uint8(LETTER)) <= np.uint8(UNSPACED - LETTER)  # LETTER .. UNSPACED (OTHER wraps)
     word_starts = in_word.copy()
     word_starts[1:] &= ~in_word[:-1]
     words = count(word_starts)
@@ -278,38 +280,45 @@ def _char_features(batch: _Batch) -> _CharFeatures:
 
 _NON_ASCII_SYMBOLS_RE2 = NON_ASCII_SYMBOLS.pattern  # a character class: the same in RE2
 _DOT_LEADERS_RE2 = DOT_LEADERS.pattern  # RE2 matches leftmost-first like Python here (no backreferences)
-_DOT_HINT = r"\.\.\.|…|\. \. \."  # DOT_LEADERS matches only where one of these is
 
 
 def _extra_symbols(batch: _Batch) -> np.ndarray:
     """Per text: characters NON_ASCII_SYMBOLS matches plus characters DOT_LEADERS' matches span."""
     n = len(batch.texts)
     extra = np.zeros(n, dtype=np.int64)
-    valid = np.flatnonzero(~batch.invalid)
     for i in np.flatnonzero(batch.invalid):  # not valid UTF-8: Python's regexes, text by text
         text = batch.texts[i]
         extra[i] = len(NON_ASCII_SYMBOLS.findall(text)) + sum(len(m) for m in DOT_LEADERS.findall(text))
-    if not len(valid):
-        return extra
-    arr = batch.arrow(valid)
-    non_ascii = np.flatnonzero(batch.nbytes[valid] != batch.chars[valid])
+    non_ascii = np.flatnonzero((batch.nbytes != batch.chars) & ~batch.invalid)
     if len(non_ascii):
-        counted = pc.count_substring_regex(arr.take(pa.array(non_ascii)), _NON_ASCII_SYMBOLS_RE2)
-        extra[valid[non_ascii]] += counted.to_numpy(zero_copy_only=False)
-    dots = np.flatnonzero(pc.match_substring_regex(arr, _DOT_HINT).to_numpy(zero_copy_only=False))
+        extra[non_ascii] += pc.count_substring_regex(batch.arrow(non_ascii), _NON_ASCII_SYMBOLS_RE2).to_numpy()
+    # DOT_LEADERS matches only at a ".." or ". ." or "…": the texts holding one go to RE2; the
+    # characters its matches span are those that removing them takes.
+    data = np.frombuffer(batch.blob, dtype=np.uint8)
+    dot = data == ord(".")
+    at = _sparse_nonzero(dot[:-2] & (dot[1:-1] | (data[1:-1] == ord(" ")) & dot[2:]))
+    dots = np.unique(np.searchsorted(batch.offsets, at, side="right") - 1)
+    ellipsis = [i for i in non_ascii.tolist() if "…" in batch.texts[i]]
+    if ellipsis:
+        dots = np.union1d(dots, ellipsis)
+    dots = dots[~batch.invalid[dots]]
     if len(dots):
-        some = arr.take(pa.array(dots))
-        # The characters the matches span: the length lost when they are removed.
+        some = batch.arrow(dots)
         kept = pc.replace_substring_regex(some, _DOT_LEADERS_RE2, "")
-        removed = pc.subtract(pc.utf8_length(some), pc.utf8_length(kept))
-        extra[valid[dots]] += removed.to_numpy(zero_copy_only=False)
+        extra[dots] += pc.subtract(pc.utf8_length(some), pc.utf8_length(kept)).to_numpy()
     return extra
 
 
-@cache
-def _whitespace() -> str:
-    """The characters str.strip() and str.split() take for whitespace."""
-    return "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+def _sparse_nonzero(mask: np.ndarray) -> np.ndarray:
+    """np.flatnonzero for a mask that is mostly False, faster: it scans 8 bytes at a time."""
+    whole = len(mask) // 8 * 8
+    words = np.flatnonzero(mask[:whole].view(np.uint64))
+    at = (words[:, None] * 8 + np.arange(8)).ravel()
+    return np.concatenate([at[mask[at]], whole + np.flatnonzero(mask[whole:])])
+
+
+# The characters str.strip() takes for whitespace (Unicode has none past U+3000; a test checks them all).
+WHITESPACE = "".join(filter(str.isspace, map(chr, range(0x3001))))
 
 
 def _re2_literal(text: str) -> str:
@@ -318,7 +327,7 @@ def _re2_literal(text: str) -> str:
 
 # RE2 patterns over lower-cased lines. _HINTS: a line holds one of BOILERPLATE_HINTS (exactly). _MAYBE: a
 # superset of the lines BOILERPLATE or _navigation flags (word boundaries dropped, \s and \d widened to
-# every non-ASCII character), so Python's regexes confirm only the few lines RE2 lets through.
+# every non-ASCII character), so that Python's regexes see only the few lines RE2 lets through.
 _HINTS = "|".join(map(_re2_literal, BOILERPLATE_HINTS))
 _MAYBE = "|".join([
     BOILERPLATE.pattern.replace(r"\b", "").replace(r"\s", r"[\t-\r\x{1c}-\x{20}\x{80}-\x{10FFFF}]")
@@ -330,51 +339,56 @@ _OPENERS = np.array([ord(c) for c in "(\"'“‘"])
 
 
 def _line_features(batch: _Batch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(boilerplate share, non-blank lines, unpunctuated share, repeated share) of the texts `rows`,
-    what `_lines` computes, for a batch at once with Arrow's string kernels over all the lines."""
+    """(boilerplate share, non-blank lines, unpunctuated share, repeated share) of the texts `rows`:
+    what `_lines` computes, for all their lines at once with Arrow's string kernels and numpy."""
     out = np.zeros((4, len(rows)))
     bad = batch.invalid[rows]
     for k in np.flatnonzero(bad):  # not valid UTF-8: the Python loop
         out[:, k] = _lines(batch.texts[rows[k]])
     good = np.flatnonzero(~bad)
     if len(good):
-        out[:, good] = _arrow_lines(batch, rows[good])
+        out[:, good] = _arrow_lines(batch.arrow(rows[good]))
     return out[0], out[1], out[2], out[3]
 
 
-def _arrow_lines(batch: _Batch, rows: np.ndarray) -> np.ndarray:
-    m = len(rows)
-    texts = batch.arrow(rows)
+def _arrow_lines(texts: pa.Array) -> np.ndarray:
+    m = len(texts)
     split = pc.split_pattern(texts, "\n")
-    whitespace = _whitespace()
-    stripped = pc.utf8_trim(split.flatten(), characters=whitespace)
-    length = pc.utf8_length(stripped).to_numpy(zero_copy_only=False)
+    stripped = pc.utf8_trim(split.flatten(), characters=WHITESPACE)
+    length = pc.utf8_length(stripped).to_numpy()
     nonblank = length > 0
     owner = np.repeat(np.arange(m), np.diff(_offsets(split)))[nonblank]
     length = length[nonblank]
     lines = stripped.filter(pa.array(nonblank))
+    offsets = _offsets(lines)
+    ascii = np.diff(offsets) == length
+    data = _data(lines)
     count = np.bincount(owner, minlength=m).astype(np.float64)
     total = np.bincount(owner, weights=length, minlength=m)
     total[total == 0] = 1
 
-    # Boilerplate: page numbers, and lines with a hint that BOILERPLATE or _navigation flags (lower-cased).
-    flagged = _digit_lines(lines)
-    low = _lower(batch, rows)
-    low_lines = pc.utf8_trim(pc.split_pattern(low, "\n").flatten(), characters=whitespace).filter(pa.array(nonblank))
-    hinted = np.flatnonzero(_matches(low_lines, _HINTS))
-    if len(hinted):
-        maybe = hinted[_matches(low_lines.take(pa.array(hinted)), _MAYBE)]
-        for i, line in zip(maybe.tolist(), low_lines.take(pa.array(maybe)).to_pylist()):
-            flagged[i] |= bool(BOILERPLATE.search(line) or _navigation(line))
+    # Boilerplate: page numbers, and lines with a hint that BOILERPLATE or _navigation flags, lower-cased
+    # as str.lower() does (ascii_lower on ASCII lines, Python on the others).
+    flagged = _digit_lines(lines, ascii)
+    low = pc.ascii_lower(lines)
+    if not ascii.all():
+        lowered = [line.lower() for line in lines.filter(pa.array(~ascii)).to_pylist()]
+        low = pc.replace_with_mask(low, pa.array(~ascii), pa.array(lowered, low.type))
+    hinted = np.flatnonzero(_matches(low, _HINTS))
+    maybe = hinted[_matches(low.take(pa.array(hinted, pa.int64())), _MAYBE)]
+    for i, line in zip(maybe.tolist(), low.take(pa.array(maybe, pa.int64())).to_pylist()):
+        flagged[i] |= bool(BOILERPLATE.search(line) or _navigation(line))
     boilerplate = np.bincount(owner, weights=length * flagged, minlength=m) / total
 
     # Unpunctuated: the line's last character and the first of the next line (in the same text) past
     # the list marks; -1 for none (the last line, or a next line of marks only), which `in` finds in
     # any string, as in _lines.
-    last = _first_code_points(pc.utf8_slice_codeunits(lines, -1))
+    last = _decode(data, _last_char_starts(data, offsets[1:]))
     following = np.full(len(lines), -1, dtype=np.int64)
     if len(lines) > 1:
-        first = _first_code_points(pc.utf8_slice_codeunits(pc.utf8_ltrim(lines, characters=LINE_MARKERS), 0, 1))
+        trimmed = pc.utf8_ltrim(lines, characters=LINE_MARKERS)
+        trimmed_offsets = _offsets(trimmed)
+        first = np.where(np.diff(trimmed_offsets) > 0, _decode(_data(trimmed), trimmed_offsets[:-1]), -1)
         same = owner[1:] == owner[:-1]
         following[:-1][same] = first[1:][same]
     (last_alpha, _), (next_alpha, next_lower) = _char_props(last), _char_props(following)
@@ -385,7 +399,7 @@ def _arrow_lines(batch: _Batch, rows: np.ndarray) -> np.ndarray:
     # Repeated: lines equal to an earlier line of the same text (by characters).
     repeated = np.zeros(len(lines), dtype=bool)
     if len(lines):
-        ids = pc.dictionary_encode(lines).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = pc.dictionary_encode(lines).indices.to_numpy().astype(np.int64)
         key = owner * (int(ids.max()) + 1) + ids
         order = np.argsort(key, kind="stable")
         repeated[order[1:][key[order[1:]] == key[order[:-1]]]] = True
@@ -403,57 +417,72 @@ def _offsets(array: pa.Array) -> np.ndarray:
     return offsets[array.offset:array.offset + len(array) + 1].astype(np.int64)
 
 
+def _data(strings: pa.Array) -> np.ndarray:
+    """The UTF-8 bytes of a string array (one 0 byte when it has none)."""
+    buffer = strings.buffers()[2]
+    return np.frombuffer(buffer, dtype=np.uint8) if buffer is not None and buffer.size else np.zeros(1, np.uint8)
+
+
 def _matches(lines: pa.Array, pattern: str) -> np.ndarray:
     if not len(lines):
         return np.zeros(0, dtype=bool)
     return pc.match_substring_regex(lines, pattern).to_numpy(zero_copy_only=False)
 
 
-def _lower(batch: _Batch, rows: np.ndarray) -> pa.Array:
-    """The texts `rows` lower-cased like str.lower() (each ending in "\\n", so its lines are those
-    of the text, lower-cased: str.lower() neither makes nor takes a line break or a space)."""
-    if (batch.nbytes[rows] == batch.chars[rows]).all():  # ASCII: ascii_lower is str.lower()
-        return pc.ascii_lower(batch.arrow(rows))
-    return pa.array([batch.texts[i].lower() + "\n" for i in rows.tolist()], pa.large_string())
-
-
-def _digit_lines(lines: pa.Array) -> np.ndarray:
+def _digit_lines(lines: pa.Array, ascii: np.ndarray) -> np.ndarray:
     """Per line: str.isdigit() (page numbers). ASCII lines by Arrow; the others, if every character
     could be a digit, by Python."""
     if not len(lines):
         return np.zeros(0, dtype=bool)
     digits = pc.ascii_is_decimal(lines).to_numpy(zero_copy_only=False).copy()
-    maybe = np.flatnonzero(~pc.string_is_ascii(lines).to_numpy(zero_copy_only=False)
-                           & _matches(lines, r"^[0-9\x{80}-\x{10FFFF}]+$"))
-    for i, line in zip(maybe.tolist(), lines.take(pa.array(maybe)).to_pylist()):
-        digits[i] = line.isdigit()
+    other = np.flatnonzero(~ascii)
+    if len(other):
+        some = lines.take(pa.array(other))
+        maybe = other[_matches(some, r"^[0-9\x{80}-\x{10FFFF}]+$")]
+        for i, line in zip(maybe.tolist(), lines.take(pa.array(maybe, pa.int64())).to_pylist()):
+            digits[i] = line.isdigit()
     return digits
 
 
-def _first_code_points(strings: pa.Array) -> np.ndarray:
-    """The code point each string starts with (decoded from its UTF-8), -1 for an empty string."""
-    offsets = _offsets(strings)
-    size = np.diff(offsets)
-    data = strings.buffers()[2]
-    padded = np.zeros((len(data) if data is not None else 0) + 4, dtype=np.int64)
-    if data is not None:
-        padded[:len(data)] = np.frombuffer(data, dtype=np.uint8)
-    b0, b1, b2, b3 = (padded[offsets[:-1] + k] for k in range(4))
-    b1, b2, b3 = b1 & 0x3F, b2 & 0x3F, b3 & 0x3F
-    lead = np.where(b0 < 0x80, b0, np.where(b0 < 0xE0, b0 & 0x1F, np.where(b0 < 0xF0, b0 & 0x0F, b0 & 0x07)))
-    width = np.where(b0 < 0x80, 1, np.where(b0 < 0xE0, 2, np.where(b0 < 0xF0, 3, 4)))
-    cp = np.where(width == 1, lead, np.where(width == 2, lead << 6 | b1, np.where(
-        width == 3, lead << 12 | b1 << 6 | b2, lead << 18 | b1 << 12 | b2 << 6 | b3)))
-    return np.where(size > 0, cp, -1)
+def _last_char_starts(data: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Where the UTF-8 character that ends at each of `ends` starts (back over continuation bytes)."""
+    start = ends - 1
+    wide = np.flatnonzero(np.take(data, start, mode="clip") >= 0x80)
+    for _ in range(3):
+        continuation = (np.take(data, start[wide], mode="clip") & 0xC0) == 0x80
+        start[wide] -= continuation
+    return start
+
+
+def _decode(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The code point of the UTF-8 character at each of `starts`."""
+    cp = np.take(data, starts, mode="clip").astype(np.int64)
+    wide = np.flatnonzero(cp >= 0x80)
+    if len(wide):
+        b0, b1, b2, b3 = (np.take(data, starts[wide] + k, mode="clip").astype(np.int64) for k in range(4))
+        b1, b2, b3 = b1 & 0x3F, b2 & 0x3F, b3 & 0x3F
+        cp[wide] = np.where(b0 < 0xE0, (b0 & 0x1F) << 6 | b1, np.where(
+            b0 < 0xF0, (b0 & 0x0F) << 12 | b1 << 6 | b2, (b0 & 0x07) << 18 | b1 << 12 | b2 << 6 | b3))
+    return cp
+
+
+_ASCII_ALPHA = np.array([chr(c).isalpha() for c in range(128)])
+_ASCII_LOWER = np.array([chr(c).islower() for c in range(128)])
 
 
 def _char_props(code_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(str.isalpha(), str.islower()) of each code point (False for -1), by Python on the distinct ones."""
-    distinct, inverse = np.unique(code_points, return_inverse=True)
-    chars = [chr(c) if c >= 0 else "" for c in distinct.tolist()]
-    alpha = np.fromiter((c.isalpha() for c in chars), bool, count=len(chars))
-    lower = np.fromiter((c.islower() for c in chars), bool, count=len(chars))
-    return alpha[inverse], lower[inverse]
+    """(str.isalpha(), str.islower()) of each code point (False for -1): a table for ASCII, Python on
+    the distinct others."""
+    ascii = np.clip(code_points, 0, 127)
+    alpha = _ASCII_ALPHA[ascii] & (code_points >= 0)
+    lower = _ASCII_LOWER[ascii] & (code_points >= 0)
+    wide = np.flatnonzero(code_points >= 128)
+    if len(wide):
+        distinct, inverse = np.unique(code_points[wide], return_inverse=True)
+        chars = [chr(c) for c in distinct.tolist()]
+        alpha[wide] = np.fromiter((c.isalpha() for c in chars), bool, count=len(chars))[inverse]
+        lower[wide] = np.fromiter((c.islower() for c in chars), bool, count=len(chars))[inverse]
+    return alpha, lower
 
 
 def _lines(text: str) -> tuple[float, int, float, float]:

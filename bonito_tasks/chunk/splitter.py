@@ -95,9 +95,16 @@ def load_tokenizer(config: RunConfig) -> Any:
     from bonito_tasks.model_ref import check_model_reachable
 
     check_model_reachable(config.model_id)  # ModelNotFound (no retries) for a path that does not exist
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    return AutoTokenizer.from_pretrained(config.model_id, revision=config.model_revision)
+    try:
+        # The model's tokenizer.json as it is: the same tokens as its AutoTokenizer class (which only adds
+        # special-token handling, unused here), without importing torch (about 480 MiB of the task's memory).
+        return PreTrainedTokenizerFast.from_pretrained(config.model_id, revision=config.model_revision)
+    except (OSError, ValueError):  # no tokenizer.json: only the model's own (slow) tokenizer class reads it
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(config.model_id, revision=config.model_revision)
 
 
 def _backend_of(tokenizer: Any) -> Any:

@@ -18,6 +18,7 @@ import re
 from urllib.parse import quote
 
 import pytest
+from playwright.sync_api import expect
 
 from deployment.conftest import DAG_ID
 from deployment.stack import wait_until
@@ -84,7 +85,7 @@ def _find_the_cause(deployment, page, run_id, shot):  # noqa: F811
     shot("grid")
     clicks = 0
     # Click 1: the failed run in the grid (its bar links to the run's page).
-    page.locator(f'a[href$="/runs/{quote(run_id, safe="")}"], a[href$="/runs/{run_id}"]').first.click()
+    page.locator(f'a[href$="/runs/{run_id}/"], a[href$="/runs/{quote(run_id, safe="")}/"]').first.click()
     clicks += 1
     page.wait_for_url(re.compile(r"/runs/[^/]+/?$"))
     tab = page.get_by_role("link", name="Dataset", exact=True).or_(page.get_by_role("tab", name="Dataset", exact=True))
@@ -103,6 +104,10 @@ def _find_the_cause(deployment, page, run_id, shot):  # noqa: F811
     quarantined = cause.locator("table").nth(1)
     assert "output_length" in quarantined.inner_text()
     shot("dataset-view-cause")
+    for plot in view.locator(".plots img").all():  # validate's quality plots (matplotlib SVG) load
+        plot.scroll_into_view_if_needed()
+        expect(plot).not_to_have_js_property("naturalWidth", 0)
+    assert view.locator(".plots img").count() == 3
     assert clicks <= MAX_CLICKS, f"{clicks} clicks from the Grid view to the failed expectation"
 
     # The quarantined rows, paged, with the expectations each failed; and validate's extra links.
@@ -147,10 +152,13 @@ def _approve(deployment, page, shot):  # noqa: F811
                    details=lambda: deployment.api.failure_report(DAG_ID, run_id) + deployment.details())
         sign_in(page, deployment)
         page.goto(f"{deployment.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/approve/required_actions")
-        page.get_by_text("Publish this run's dataset?").first.wait_for()
+        page.get_by_text(re.compile(r"Publish \d+ examples of run")).first.wait_for()
+        assert page.get_by_text(re.compile(r"pass rate")).first.is_visible()
+        assert page.get_by_role("link", name="Dataset view").first.get_attribute("href").endswith("#samples")
         shot("required-action")
         page.locator('[name="element_note"]').fill("spot-checked the exqa samples")
-        page.get_by_role("button", name="Approve").click()
+        page.get_by_test_id("hitl-option-Approve").click()
+        page.get_by_text(re.compile("response successful|Response received", re.I)).first.wait_for()
         shot("approved")
         deployment.api.wait_for_run(DAG_ID, run_id, timeout=900, details=deployment.details)
     finally:

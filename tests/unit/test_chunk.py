@@ -7,7 +7,7 @@ from bonito_tasks.chunk import Chunker, chunk, load_tokenizer
 from bonito_tasks.contracts import CHUNKS, DOCUMENTS, ExtractMetrics, RunRef, sha256_hex
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore
-from conftest import SAMPLE_DOCS, make_config
+from conftest import REPO, SAMPLE_DOCS, make_config
 
 RUN = RunRef(dag_id="d", run_id="r1")
 
@@ -228,3 +228,26 @@ def test_text_without_spaces_is_cut_by_tokens(tokenizer):
     assert "".join(text[a:b] for a, b, _ in spans) == text
     assert [n for _, _, n in spans] == chunker.count([text[a:b] for a, b, _ in spans])
     assert max(n for _, _, n in spans) <= 50
+
+
+def test_the_chunk_tokenizer_counts_like_the_models_own_class_without_importing_torch(tmp_path):
+    """load_tokenizer reads tokenizer.json directly: the same tokens as AutoTokenizer, and no torch in
+    the chunk task's memory."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from bonito_tasks.chunk import load_tokenizer
+
+    config = make_config(tmp_path)
+    text = (SAMPLE_DOCS / "apache-2.0.txt").read_text()
+    ours, auto = load_tokenizer(config), AutoTokenizer.from_pretrained(config.model_id)
+    paragraphs = text.split("\n\n")
+    assert ours(paragraphs, add_special_tokens=False)["input_ids"] == auto(paragraphs, add_special_tokens=False)[
+        "input_ids"]
+    code = ("import sys; from bonito_tasks.chunk import load_tokenizer; from bonito_tasks.config import RunConfig; "
+            f"load_tokenizer(RunConfig(source='x', store='y', model_id={config.model_id!r})); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=str(REPO)).stdout.strip() == "False"

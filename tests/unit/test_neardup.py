@@ -2,6 +2,8 @@
 places in also_in, the same with one partition or many) and against earlier runs (signatures
 recorded after publish, next to the ledger; narrowed to the task types still missing)."""
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -33,13 +35,31 @@ def test_signatures_estimate_similarity_and_the_index_finds_near_duplicates():
 
 
 def test_shingles_do_not_depend_on_the_batch():
-    texts = [BASE, NEAR, OTHER, "short text", ""] * 3
+    texts = [BASE, NEAR, OTHER, "short text", "", "ÉCOLE und Straße: 東京", "one two three four five", "x"] * 3
     batch = minhash.shingles(texts)
     for i, text in enumerate(texts):
         alone = minhash.shingles([text])
         assert np.array_equal(alone.hashes, batch.hashes[batch.offsets[i]:batch.offsets[i + 1]])
     assert np.array_equal(minhash.signatures(batch.take(np.array([2, 0]))),
                           minhash.signatures(batch)[[2, 0]])
+
+
+def digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def test_shingles_signatures_and_band_keys_keep_their_values():
+    """Signatures recorded by earlier runs are compared with new ones (neardup.PARAMS): any change to
+    the shingle hashes, the signatures or the band keys must come with a new PARAMS version."""
+    texts = ["The Harbour master keeps a register of every vessel, with its tonnage and cargo.",
+             "Ünïcode TEXT: ÉCOLE, straße, ΣΟΦΊΑ, 東京 and 42 km/h!", "two words", "", "... ---"]
+    shingled = minhash.shingles(texts)
+    assert shingled.offsets.tolist() == [0, 10, 16, 17, 17, 17]
+    assert digest(shingled.hashes.astype("<u8")) == "2aa372bd6467d0865ae23c842e0718bf9eccb3d793d22e12da3851ccb06ea8a2"
+    sigs = minhash.signatures(shingled)
+    assert digest(sigs.astype("<u4")) == "4ad76b58d3574b9400c9ab4f28e997173085995cdac69ca0d8044a68402dd458"
+    keys = minhash.band_keys(sigs, *minhash.lsh_params(0.8))
+    assert digest(keys.astype("<u8")) == "4677f9b3caf6ce97e48c3a6801d52eb2d3d1ca12496c1fd894aabe53a2833c15"
 
 
 def test_the_index_grows_in_runs_and_finds_every_earlier_copy():

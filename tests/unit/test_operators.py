@@ -290,7 +290,7 @@ def test_summary_is_pushed_and_fails_the_run_when_a_task_failed(store, failed):
     op = BonitoSummaryOperator(task_id="summarize")
     context = _context(store, op)
     context["ti"].get_ti_count.return_value = failed
-    summary = mock.Mock(**{"model_dump.return_value": {"stages": {"extract": "committed"}}})
+    summary = mock.Mock(cause=None, **{"model_dump.return_value": {"stages": {"extract": "committed"}}})
     with mock.patch("bonito_tasks.summary.run_summary", return_value=summary), \
             mock.patch("bonito_tasks.summary.format_summary", return_value="run summary"):
         if failed:

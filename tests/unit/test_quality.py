@@ -3,11 +3,25 @@ the defaults on the bundled samples through the real extract and chunk stages, a
 defaults must drop (a table of numbers, a table of contents, a page of boilerplate)."""
 
 import random
+import re
+import sys
 
+import numpy as np
 import pytest
 
 from bonito_tasks.chunk import chunk
-from bonito_tasks.chunk.quality import REASONS, Thresholds, assess, features
+from bonito_tasks.chunk.quality import (
+    DOT_LEADERS,
+    NON_ASCII_SYMBOLS,
+    REASONS,
+    WHITESPACE,
+    Thresholds,
+    _Batch,
+    _line_features,
+    _lines,
+    assess,
+    features,
+)
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import RunRef
 from bonito_tasks.extract import extract
@@ -142,3 +156,63 @@ def test_thresholds_come_from_the_run_config(tmp_path):
     assert Thresholds.from_config(make_config(tmp_path)) == DEFAULTS
     with pytest.raises(ValueError):
         RunConfig(source="s", store="t", quality_languages=["English"])
+
+
+# Pieces of text for the batch-vs-reference tests: Unicode whitespace and letters, list marks, closing and
+# opening punctuation, dot leaders, boilerplate and navigation lines, page numbers.
+PIECES = ["the", "River", "flows", "south", " ", " ", "\n", "\n", "\n\n", "\t", "\r\n", "\x0b", "\x1c", "\x85", "\xa0",
+          "\u3000", "\u2028", ".", ",", "!", "?", ":", ";", '"', "'", ")", "]", "»", "”", "’", "…", "。", "(", "“", "‘",
+          ">", "*", "-", "#", "•", "·", "+", "|", " | ", " / ", " » ", "...", ". . .", "....", "12", "2024", "©", "(c)",
+          "copyright", "cookie policy", "We use cookies", "Privacy Policy", "all rights reserved", "Read more",
+          " more", "Sign in", "LOG IN", "login", "Follow us", "skip to", "page ", "Page 3 of 9", "Home", "About",
+          "é", "Σ", "ΑΣ", "İ", "ß", "ǅ", "ª", "東京", "😀", "𝐀", "²", "٣", "¦", "‰", "→", "\ue000", "_", "=", "%", "@",
+          "Über", "naïve", "\u0307", "K", "ſ", "\x00"]
+LINES = ["Home | About us | Blog | Contact", "Skip to main content", "12", "²³", "٣٤", "Page 2 of 7",
+         "© 2021 Foo Inc.", "(c) 1999 bar", "Copyright ©2020 x.", "- a list item", "> quoted line", "• bullet",
+         "the end of a sentence.", "a line that goes on", "Chapter 3 The River 41", "   "]
+
+
+def varied_texts(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    texts = ["", "\n", "a", PROSE, NUMBERS, CONTENTS, CONTENTS_NO_LEADERS, BOILERPLATE_PAGE,
+             "A lone \ud800 surrogate . . . here", BOILERPLATE_PAGE + "\udfff"]  # not valid UTF-8: Python's way
+    for _ in range(count):
+        lines = [rng.choice(LINES) if rng.random() < 0.4 else "".join(rng.choices(PIECES, k=rng.choice([1, 3, 10, 40])))
+                 for _ in range(rng.randint(0, 12))]
+        texts.append("\n".join(lines))
+    return texts
+
+
+def test_the_line_measures_of_a_batch_are_those_of_each_text_alone():
+    """The batch computation (Arrow and numpy over all the lines) against `_lines`, text by text."""
+    texts = varied_texts(400)
+    measured = _line_features(_Batch(texts), np.arange(len(texts)))
+    for i, text in enumerate(texts):
+        assert tuple(float(m[i]) for m in measured) == _lines(text), repr(text)
+    assert sum(measured[0] > 0) > 50 and sum(measured[3] > 0) > 20  # boilerplate and repeated lines were seen
+
+
+def test_the_character_measures_match_their_definitions():
+    texts = varied_texts(400, seed=1)
+    f = features(texts)
+    for i, text in enumerate(texts):
+        nonspace = max(len(text) - sum(c in " \t\n\x0b\x0c\r" for c in text), 1)
+        words = re.findall("[A-Za-z\u0080-\U0010ffff]+", text)
+        symbols = sum(c in "#$%&*+<=>@[\\]^_`{|}~" for c in text) + len(NON_ASCII_SYMBOLS.findall(text)) + sum(
+            len(m) for m in DOT_LEADERS.findall(text))
+        assert f.words[i] == len(words), repr(text)
+        assert f.mean_word_length[i] == sum(map(len, words)) / max(len(words), 1), repr(text)
+        assert f.digit_ratio[i] == sum(c.isascii() and c.isdigit() for c in text) / nonspace, repr(text)
+        assert f.symbol_ratio[i] == symbols / nonspace, repr(text)
+        assert f.unspaced[i] == (sum("\u3000" <= c <= "\u9fff" for c in text) > 0.3 * nonspace), repr(text)
+
+
+def test_a_chunk_gets_the_same_reason_in_any_batch():
+    texts = varied_texts(200, seed=2)
+    together = assess(texts, DEFAULTS)
+    assert together == [assess([text], DEFAULTS)[0] for text in texts]
+    assert len(set(together)) >= 5
+
+
+def test_whitespace_is_what_str_strip_takes():
+    assert WHITESPACE == "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
