@@ -143,7 +143,7 @@ def engine_share(tmp: Path, n_chunks: int) -> dict:
         store = LocalStore(tmp / f"share-{label.replace(' ', '-')}")
         run = RunRef(dag_id="bench", run_id=label.replace(" ", "-"))
         config = RunConfig(source="/unused", store=str(store.root), model_id=MODEL, dtype="float32",
-                           task_types=["exqa"], chunk_shard_size=shard_size)
+                           task_types=["exqa"], chunk_shard_size=shard_size, near_dup_threshold=None)
         writer = StageWriter(store, run, "chunk", 0)
         writer.begin()
         rows = [{"chunk_id": sha256_hex(f"c{i}"), "doc_id": sha256_hex(f"d{i}"), "chunk_index": 0, "char_start": 0,
@@ -200,7 +200,8 @@ def main() -> None:
     parser.add_argument("--validate-rows-per-s", type=float, default=100_000, help="validate_bench's figure")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    # As on the deployment's workers (docker-compose.yaml): one task per worker slot, one thread per task.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
 
     raw, chunked, ratio = chunker_ratio(args.ratio_mb)

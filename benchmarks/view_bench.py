@@ -4,10 +4,11 @@
 
 Writes a run the way the stages do (a validate stage committing one examples part of N rows and a
 quarantine part of 1%, 100 generate shards each with dropped generations, an extract with rejects),
-then times, best of --repeat, what each request of the view does after authentication: the run page
-(summary, cause, quality, samples of every task type, previews of quarantine, dropped generations and
-rejects, rendered to HTML) and row pages at the start, the middle and the end, unfiltered and filtered
-by task type. Target: each under one second. With --s3 the store is a moto S3 server on loopback,
+and its summary.json (as the summarize task writes it), then times, best of --repeat, what each
+request of the view does after authentication: the run page (summary, cause, quality, samples of every
+task type, previews of quarantine, dropped generations and rejects, rendered to HTML) and row pages
+at the start, the middle and the end, unfiltered and filtered by task type. Target: each under one
+second. With --s3 the store is a moto S3 server on loopback,
 so every Parquet read is ranged GETs. Prints figures; not a test.
 """
 
@@ -88,6 +89,10 @@ def build_run(store, n: int) -> None:
     validate.commit(config_sha256="v", metrics=ValidateMetrics(
         examples_in=n + quarantined, passed=n, quarantined=quarantined, quality=quality,
         suite=SuiteRef(name="s", dataset_suite="d", version="1")))
+    from bonito_tasks.config import RunConfig
+    from bonito_tasks.summary import run_summary
+
+    run_summary(store, RUN, RunConfig(source="/docs", store=store.root_uri))  # as the summarize task does
     print(f"built a run of {n:,} examples (+{quarantined:,} quarantined, 50,000 dropped) in "
           f"{time.perf_counter() - started:.1f} s")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ COLUMNS = {
     "dropped_generations": ["chunk_id", "task_type", "sample_index", "reason", "generated_text"],
 }
 MAX_PAGE_ROWS = 100
+READ_THREADS = 16  # parts read at once (a run has one part per generate shard and table)
 MAX_CELL_CHARS = 20_000  # a cell longer than this is cut (a generation can be long; a page stays small)
 # Task types whose output is a span of the passage: the view marks it in the input.
 SPAN_TASKS = ("exqa",)
@@ -85,37 +87,31 @@ def read_page(store: ArtifactStore, run: RunRef, table: str, *, offset: int = 0,
     """Rows [offset, offset+limit) of `table` (filtered on its facet column equal to, or for a list
     column containing, `value`), with the row count per facet value."""
     offset, limit = max(0, offset), max(1, min(limit, MAX_PAGE_ROWS))
-    facet = FACETS[table] if table in FACETS else ""
+    facet = FACETS[table]
     stage, keys = table_parts(store, run, table)
     page = Page(table=table, stage=stage, rows=[], offset=offset, limit=limit, total=0, facet=facet, value=value)
     counts: Counter = Counter()
-    wanted = COLUMNS[table]
-    for key in keys:
-        with store.open_read(key) as handle:
-            parquet = pq.ParquetFile(handle)
-            names = set(parquet.schema_arrow.names)
-            facet_values = parquet.read(columns=[facet]).column(0) if facet in names else None
-            if facet_values is not None:
-                counts.update(_value_counts(facet_values))
-            if value is None:
-                matching = None
-                n = parquet.metadata.num_rows
-            else:
-                matching = _matching(facet_values, value) if facet_values is not None else np.array([], np.int64)
-                n = len(matching)
-            start = page.total
-            page.total += n
-            need = limit - len(page.rows)
-            if need <= 0 or offset >= page.total:
-                continue
-            first = max(0, offset - start)
-            local = np.arange(first, min(n, first + need), dtype=np.int64)
-            if matching is not None:
-                local = matching[local]
-            columns = [c for c in wanted if c in names]
-            page.rows += _take(parquet, local, columns).to_pylist()
+    wanted: list[tuple[_Part, np.ndarray]] = []
+    for part in _scan(store, keys, facet):
+        if part.facet_values is not None:
+            counts.update(_value_counts(part.facet_values))
+        if value is None:
+            matching, n = None, part.metadata.num_rows
+        else:
+            matching = (_matching(part.facet_values, value) if part.facet_values is not None
+                        else np.array([], np.int64))
+            n = len(matching)
+        start = page.total
+        page.total += n
+        need = limit - sum(len(indices) for _, indices in wanted)
+        if need <= 0 or offset >= page.total:
+            continue
+        first = max(0, offset - start)
+        local = np.arange(first, min(n, first + need), dtype=np.int64)
+        wanted.append((part, local if matching is None else matching[local]))
+    for rows in _parallel(lambda item: _read_rows(store, item[0], item[1], COLUMNS[table]), wanted):
+        page.rows += [_clip(row) for row in rows]
     page.facet_counts = dict(counts.most_common())
-    page.rows = [_clip(row) for row in page.rows]
     return page
 
 
@@ -132,27 +128,62 @@ def facet_samples(store: ArtifactStore, run: RunRef, table: str, per_value: int)
     facet = FACETS[table]
     stage, keys = table_parts(store, run, table)
     counts: Counter = Counter()
+    wanted: list[tuple[_Part, np.ndarray, list[str]]] = []
+    for part in _scan(store, keys, facet):
+        if part.facet_values is None:
+            continue
+        part_counts = _value_counts(part.facet_values)
+        picks: dict[int, str] = {}
+        for value in sorted(part_counts):
+            need = per_value - min(counts[value], per_value)  # rows of earlier parts come first
+            if need > 0:
+                picks.update({int(i): value for i in _matching(part.facet_values, value)[:need]})
+        counts.update(part_counts)
+        if picks:
+            indices = np.array(sorted(picks), dtype=np.int64)
+            wanted.append((part, indices, [picks[int(i)] for i in indices]))
     chosen: dict[str, list[dict[str, Any]]] = {}
-    for key in keys:
-        with store.open_read(key) as handle:
-            parquet = pq.ParquetFile(handle)
-            if facet not in parquet.schema_arrow.names:
-                continue
-            values = parquet.read(columns=[facet]).column(0)
-            part_counts = _value_counts(values)
-            counts.update(part_counts)
-            picks: dict[int, str] = {}
-            for value in sorted(part_counts):
-                need = per_value - len(chosen.get(value, ()))
-                if need > 0:
-                    picks.update({int(i): value for i in _matching(values, value)[:need]})
-            if picks:
-                indices = np.array(sorted(picks), dtype=np.int64)
-                columns = [c for c in COLUMNS[table] if c in parquet.schema_arrow.names]
-                for index, row in zip(indices, _take(parquet, indices, columns).to_pylist()):
-                    chosen.setdefault(picks[int(index)], []).append(_clip(row))
+    results = _parallel(lambda item: _read_rows(store, item[0], item[1], COLUMNS[table]), wanted)
+    for (_, _, values), rows in zip(wanted, results):
+        for value, row in zip(values, rows):
+            chosen.setdefault(value, []).append(_clip(row))
     return Samples(table=table, stage=stage,
                    rows={value: (count, chosen.get(value, [])) for value, count in counts.most_common()})
+
+
+@dataclass
+class _Part:
+    key: str
+    metadata: Any  # pyarrow.parquet.FileMetaData: read once, reused to read rows
+    names: list[str]
+    facet_values: pa.ChunkedArray | None
+
+
+def _scan(store: ArtifactStore, keys: list[str], facet: str) -> list[_Part]:
+    """Each part's footer and facet column, read concurrently (on S3 a part costs two requests)."""
+
+    def scan(key: str) -> _Part:
+        with store.open_read(key) as handle:
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            values = parquet.read(columns=[facet]).column(0) if facet in names else None
+            return _Part(key=key, metadata=parquet.metadata, names=names, facet_values=values)
+
+    return _parallel(scan, keys)
+
+
+def _read_rows(store: ArtifactStore, part: _Part, indices: np.ndarray, columns: list[str]) -> list[dict[str, Any]]:
+    with store.open_read(part.key) as handle:
+        parquet = pq.ParquetFile(handle, metadata=part.metadata)
+        return _take(parquet, indices, [c for c in columns if c in part.names]).to_pylist()
+
+
+def _parallel(fn, items: list) -> list:
+    """fn over items in order, on up to READ_THREADS threads (Arrow and boto3 release the GIL)."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _clip(row: dict[str, Any]) -> dict[str, Any]:

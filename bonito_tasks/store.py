@@ -252,8 +252,7 @@ class S3Store(ArtifactStore):
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
     def open_read(self, key: str) -> BinaryIO:
-        size = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)["ContentLength"]
-        return io.BufferedReader(_S3RangeReader(self.client, self.bucket, self.prefix + key, size), 1 << 20)
+        return io.BufferedReader(_S3RangeReader(self.client, self.bucket, self.prefix + key), 1 << 20)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
@@ -264,10 +263,19 @@ class S3Store(ArtifactStore):
 
 
 class _S3RangeReader(io.RawIOBase):
-    """A seekable read-only view of one S3 object: each read is one ranged GET."""
+    """A seekable read-only view of one S3 object: each read is one ranged GET. The first request
+    fetches the object's last TAIL bytes, which also gives its size: a Parquet footer is read from
+    there without another request."""
 
-    def __init__(self, client: Any, bucket: str, key: str, size: int):
-        self.client, self.bucket, self.object_key, self.size, self.pos = client, bucket, key, size, 0
+    TAIL = 64 * 1024
+
+    def __init__(self, client: Any, bucket: str, key: str):
+        self.client, self.bucket, self.object_key, self.pos = client, bucket, key, 0
+        answer = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{self.TAIL}")
+        self.tail = answer["Body"].read()
+        content_range = answer.get("ContentRange") or ""
+        self.size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else len(self.tail)
+        self.tail_start = self.size - len(self.tail)
 
     def readable(self) -> bool:
         return True
@@ -287,8 +295,11 @@ class _S3RangeReader(io.RawIOBase):
         end = min(self.size, self.pos + len(buffer))
         if end <= self.pos:
             return 0
-        body = self.client.get_object(Bucket=self.bucket, Key=self.object_key,
-                                      Range=f"bytes={self.pos}-{end - 1}")["Body"].read()
+        if self.pos >= self.tail_start:  # already fetched
+            body = self.tail[self.pos - self.tail_start:end - self.tail_start]
+        else:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.object_key,
+                                          Range=f"bytes={self.pos}-{end - 1}")["Body"].read()
         buffer[: len(body)] = body
         self.pos += len(body)
         return len(body)

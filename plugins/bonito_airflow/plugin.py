@@ -14,18 +14,19 @@ from bonito_airflow.view.urls import URL_PREFIX, base_path
 _VIEW = base_path(conf.get("api", "base_url", fallback="")) + URL_PREFIX + "/dags/{DAG_ID}/runs/{RUN_ID}"
 
 
-def _view_app():
-    from bonito_airflow.view.app import app
-
-    return app
-
-
 class BonitoPlugin(AirflowPlugin):
     name = "bonito_etl"
     operator_extra_links = [HuggingFaceDatasetLink(), QualityReportLink(), DataDocsLink(), DatasetViewLink()]
-    fastapi_apps = [{"app": _view_app(), "url_prefix": URL_PREFIX, "name": "Bonito Dataset view"}]
     external_views = [
         {"name": "Dataset", "href": _VIEW, "destination": "dag_run", "url_route": "bonito-dataset"},
         {"name": "Dataset", "href": _VIEW + "/tasks/{TASK_ID}", "destination": "task_instance",
          "url_route": "bonito-dataset-task"},
     ]
+
+    @property
+    def fastapi_apps(self) -> list[dict]:
+        """The view's app, imported only where it is read (the api-server): every task process loads
+        plugins too, and FastAPI with the templates costs it ~0.4 s."""
+        from bonito_airflow.view.app import app
+
+        return [{"app": app, "url_prefix": URL_PREFIX, "name": "Bonito Dataset view"}]

@@ -32,6 +32,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bonito_airflow.view.data import RunInfo, ViewProblem, load_run, open_run_store, task_runbook, unreachable
@@ -64,8 +65,9 @@ async def authorized_reader(request: Request) -> Any:
 
     user = await get_user(request, None, await bearer_scheme(request))
     dag_id = request.path_params.get("dag_id")
-    allowed = get_auth_manager().is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN,
-                                                   details=DagDetails(id=dag_id), user=user)
+    allowed = await run_in_threadpool(  # an auth manager may ask its database
+        get_auth_manager().is_authorized_dag, method="GET", access_entity=DagAccessEntity.RUN,
+        details=DagDetails(id=dag_id), user=user)
     if not allowed:
         raise StarletteHTTPException(403, f"You may not read the runs of DAG {dag_id!r}.")
     return user
@@ -212,8 +214,19 @@ def _guarded(info: RunInfo, read):
 
 
 def _summary(store, info: RunInfo):
+    """The run summary: the one the summarize task wrote once the run ended (one read), else built
+    from the manifests now (a run in progress, or a summary this version cannot read)."""
     from bonito_tasks.config import RunConfig
-    from bonito_tasks.summary import run_summary
+    from bonito_tasks.contracts import RunSummary
+    from bonito_tasks.store import run_prefix
+    from bonito_tasks.summary import SUMMARY_FILE, run_summary
+
+    key = f"{run_prefix(info.run)}/{SUMMARY_FILE}"
+    if info.finished and store.exists(key):
+        try:
+            return RunSummary.model_validate_json(store.read_bytes(key))
+        except ValidationError:
+            log.info("summary.json of %s is from another version; building the summary", info.run.run_id)
 
     try:
         config = RunConfig(**info.params)
