@@ -27,9 +27,12 @@ from bonito_tasks.contracts import Approval
 NOTE_PARAM = "note"
 
 
-def run_config(params: dict[str, Any]) -> RunConfig:
-    """The run's config from the task's params (the DAG's, plus this task's own form field)."""
-    return RunConfig(**{k: v for k, v in params.items() if k in RunConfig.model_fields})
+def run_config(context) -> RunConfig:
+    """The run's config: the task's params (the DAG's, plus this task's own form field), with a
+    scheduled run's own settings laid over them, as every other task sees them."""
+    from bonito_airflow.schedule import run_values
+
+    return RunConfig(**{k: v for k, v in run_values(context).items() if k in RunConfig.model_fields})
 
 
 def review_body(examples: dict[str, Any], view_url: str) -> str:
@@ -64,7 +67,7 @@ class BonitoApprovalOperator(ApprovalOperator):
         from bonito_airflow.view.links import api_base_url
         from bonito_airflow.view.urls import run_url
 
-        config = run_config(context["params"])
+        config = run_config(context)
         if not config.require_approval:
             self.log.info("require_approval is off: the dataset is published without review")
             return Approval(decision="not_required").model_dump()
@@ -80,7 +83,7 @@ class BonitoApprovalOperator(ApprovalOperator):
 
     def execute_complete(self, context, event: dict[str, Any]) -> Any:
         if "error" in event:
-            minutes = run_config(context["params"]).approval_timeout_minutes
+            minutes = run_config(context).approval_timeout_minutes
             if event.get("error_type") == "timeout":
                 raise AirflowFailException(f"no decision on publishing within {minutes:g} min "
                                            "(approval_timeout_minutes): the run fails and nothing is published")
