@@ -263,7 +263,9 @@ class _BandRuns:
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query row, id) for every id that shares a band key with query row (may repeat)."""
-        flat = keys.ravel()
+        # Sorted queries: each binary search starts where the one before ended (and stays in cache).
+        order = np.argsort(keys.ravel())
+        flat = keys.ravel()[order]
         rows_out, ids_out = [], []
         for run_keys, run_ids in self.runs:
             lo = np.searchsorted(run_keys, flat, side="left")
@@ -273,7 +275,7 @@ class _BandRuns:
             if not total:
                 continue
             rank = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-            rows_out.append(np.repeat(np.arange(len(flat), dtype=np.int64) // keys.shape[1], counts))
+            rows_out.append(np.repeat(order // keys.shape[1], counts))
             ids_out.append(run_ids[np.repeat(lo, counts) + rank])
         if not rows_out:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -27,8 +27,11 @@ Why not a library for the heuristics: datatrove's filters need its `processing` 
 trafilatura < 1.12 and xxhash < 4 (this project uses trafilatura 2 and xxhash 4 through datasets)
 and tokenizes words with NLTK's punkt data, downloaded at run time; NeMo Curator brings Dask/Ray
 and RAPIDS-sized dependencies. The rules are short; here they are computed for a whole batch of
-chunks at once with numpy over the UTF-8 bytes (plus one short Python pass over the lines), which
-is what makes them fast enough to run on every chunk (benchmarks/quality_bench.py).
+chunks at once, which is what makes them fast enough to run on every chunk (benchmarks/quality_bench.py):
+character classes with numpy over the batch's UTF-8 bytes; lines with Arrow's string kernels (trims,
+RE2 regexes) over all the batch's lines, Python's own regexes only on the few lines RE2 lets through;
+the character filters first, the line filters only on the chunks still kept. `_lines` is the
+reference, text by text, that the batch computation must agree with (tests).
 
 Language identification: py3langid (BSD-3), a maintained fork of langid.py that ships its model
 in the wheel (4.5 MB; 97 languages, nothing is downloaded at run time): about 0.3 ms for the
@@ -84,8 +87,8 @@ BOILERPLATE = re.compile(
     r"|sign (?:up|in)|log ?in\b|create an account|follow us|share (?:this|on)|like us on|skip to"
     r"|back to top|javascript|your browser|powered by|contact us|about us|sitemap|lorem ipsum"
     r"|^page \d+(?: of \d+)?$|accept all|manage preferences|advertisement")
-# A line can match BOILERPLATE (or be navigation) only if it holds one of these: checked first, on the
-# whole chunk, since `in` is far faster than the regex.
+# A line counts as boilerplate (BOILERPLATE or navigation) only if it holds one of these: checked first
+# (one RE2 pass over all the lines of a batch), since the regexes are far slower.
 BOILERPLATE_HINTS = ("cookie", "privacy ", "terms of ", "rights reserved", "©", "(c)", "copyright", "click here",
                      " more", "subscribe", "newsletter", "sign up", "sign in", "log in", "login", "create an account",
                      "follow us", "share this", "share on", "like us on", "skip to", "back to top", "javascript",
@@ -197,8 +200,8 @@ def assess(texts: list[str], thresholds: Thresholds, shingled: Shingles | None =
 
 
 class _Batch:
-    """A batch of texts as one UTF-8 buffer: text i is data[starts[i]:starts[i] + nbytes[i]], each
-    followed by a "\\n" (so byte counts over [starts[i], starts[i + 1]) are never over an empty range).
+    """A batch of texts as one UTF-8 buffer: text i is blob[offsets[i]:offsets[i] + nbytes[i]], followed
+    by a "\\n" (so that a count over blob[offsets[i]:offsets[i + 1]] is never over an empty range).
     Texts holding lone surrogates (encoded with surrogatepass: not valid UTF-8) are flagged `invalid`:
     Arrow's string kernels see only the others."""
 
@@ -219,7 +222,8 @@ class _Batch:
         self._arrow: pa.Array | None = None
 
     def arrow(self, rows: np.ndarray) -> pa.Array:
-        """The (valid) texts `rows` as an Arrow large_string array, each ending in "\\n"."""
+        """The texts `rows` (distinct, ascending, all valid) as an Arrow large_string array, each
+        ending in "\\n" (a blank last line, which the line measures skip)."""
         if self._arrow is None:
             self._arrow = pa.Array.from_buffers(pa.large_string(), len(self.texts),
                                                 [None, pa.py_buffer(self.offsets), pa.py_buffer(self.blob)])

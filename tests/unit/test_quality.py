@@ -169,7 +169,8 @@ PIECES = ["the", "River", "flows", "south", " ", " ", "\n", "\n", "\n\n", "\t", 
           "Über", "naïve", "\u0307", "K", "ſ", "\x00"]
 LINES = ["Home | About us | Blog | Contact", "Skip to main content", "12", "²³", "٣٤", "Page 2 of 7",
          "© 2021 Foo Inc.", "(c) 1999 bar", "Copyright ©2020 x.", "- a list item", "> quoted line", "• bullet",
-         "the end of a sentence.", "a line that goes on", "Chapter 3 The River 41", "   "]
+         "the end of a sentence.", "a line that goes on", "Chapter 3 The River 41", "   ",
+         "Introduction . . . . . . . 3", "Our COO\u212aIE POLICY"]  # a hint only once str.lower()ed (Kelvin sign)
 
 
 def varied_texts(count: int, seed: int = 0) -> list[str]:
