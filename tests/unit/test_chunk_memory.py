@@ -27,7 +27,10 @@ CHILD = textwrap.dedent("""
     from bonito_tasks.chunk import Chunker, load_tokenizer
 
     def rss_mib():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        # This process's own peak (VmHWM): getrusage's ru_maxrss also carries the peak of the
+        # process that forked it (a large pytest) across exec.
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
 
     words_mib, no_space_mib = int(sys.argv[2]), int(sys.argv[3])
     config = make_config(Path(sys.argv[4]))
