@@ -30,7 +30,8 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
     """
     extract, chunk, validate, publish = (StageWriter(store, run, stage).committed()
                                          for stage in ("extract", "chunk", "validate", "publish"))
-    generate = _generate(store, run, config, chunk.metrics.shards) if chunk else None
+    shards = _generate_manifests(store, run, chunk.metrics.shards) if chunk else []
+    generate = _generate(config, chunk.metrics.shards, shards) if chunk else None
     summary = RunSummary(
         dag_id=run.dag_id,
         run_id=run.run_id,
@@ -63,7 +64,7 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
     try:
         store.write_bytes(key, summary.model_dump_json(indent=2).encode())
         if generate and generate.shards_committed == generate.shards:  # for sizing the next run's shards
-            record_figures(store, run, config, _generate_metrics(store, run, generate.shards))
+            record_figures(store, run, config, [m.metrics for m in shards])
     except Exception as err:  # an unwritable store must not hide the summary: it is still logged and returned
         log.warning("could not write the run summary to %s: %s: %s", store.uri(key), type(err).__name__, err)
     return summary
@@ -77,12 +78,7 @@ def _generate_manifests(store: ArtifactStore, run: RunRef, shards: int) -> list[
     return [m for i in range(shards) if (m := StageWriter(store, run, "generate", partition=i).committed())]
 
 
-def _generate_metrics(store: ArtifactStore, run: RunRef, shards: int) -> list[GenerateMetrics]:
-    return [m.metrics for m in _generate_manifests(store, run, shards)]
-
-
-def _generate(store: ArtifactStore, run: RunRef, config: RunConfig, shards: int) -> GenerateSummary:
-    manifests = _generate_manifests(store, run, shards)
+def _generate(config: RunConfig, shards: int, manifests: list[Manifest]) -> GenerateSummary:
     metrics: list[GenerateMetrics] = [m.metrics for m in manifests]
     wall_s = sum(m.attempt_wall_s for m in metrics)
     generate_s = sum(m.generate_s for m in metrics)

@@ -537,10 +537,6 @@ def language_identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
-def known_languages() -> list[str]:
-    return sorted(language_identifier().labels)
-
-
 def language_share(identifier, text: str, languages: set[str]) -> float:
     """The probability that `text` (its first LANGUAGE_SAMPLE_CHARS) is in one of `languages`."""
     return sum(p for lang, p in identifier.rank(text[:LANGUAGE_SAMPLE_CHARS]) if lang in languages)
