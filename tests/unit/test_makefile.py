@@ -14,8 +14,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def _dry_run(*args: str, env: dict | None = None) -> str:
-    return subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True,
-                          env=env).stdout
+    """`make -n` as a user runs it, even when the suite itself runs under `make test` (a nested make
+    would print "Entering directory" lines around the recipe)."""
+    env = {k: v for k, v in (env or os.environ).items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}}
+    return subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO, capture_output=True,
+                          text=True, check=True, env=env).stdout
 
 
 def test_clean_demo_removes_the_demo_output():
