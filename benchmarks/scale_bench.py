@@ -1,13 +1,14 @@
 """Scale-out figures, each measured in this one run (not a test):
 
-    .venv/bin/python benchmarks/scale_bench.py [--text-mb 48] [--chunks 2000] [--skip-generate]
+    .venv/bin/python benchmarks/scale_bench.py [--text-mb 48] [--chunks 8000] [--skip-generate]
 
 1. chunking vs a raw batch `tokenizer(paragraphs)` call on the same text, same process (target >= 0.9);
 2. extract + chunk wall time of a generated corpus with 1 and with 2 partitions, the partitions'
    tasks run by a process pool with 2 worker slots (the stage functions the mapped Airflow tasks
    call), and the speedup (target >= 1.6x on 2 cores); peak RSS of every task;
 3. engine start as a share of generate wall time with the old fixed sizing (500 chunks per shard)
-   vs `auto` (tiny model on vLLM's CPU build; target <= 10% with auto);
+   vs `auto` sized from the fixed run's figures, as the next nightly run would be (tiny model on
+   vLLM's CPU build; target <= 10% with auto); each shard is a task in a fresh process;
 4. a projection: hours per stage for a corpus and a fleet, from the rates measured above and the
    GPU generation speed given (--gpu-tokens-per-s; vLLM cannot run on the lent GPU here).
 """
@@ -104,62 +105,81 @@ def extract_and_chunk(source: Path, store_root: Path, partitions: int, source_by
     config = RunConfig(source=str(source), store=str(store_root), model_id=MODEL, full_refresh=True,
                        partition_bytes=math.ceil(source_bytes / partitions), chunk_shard_size=500)
     store, run = LocalStore(store_root), RunRef(dag_id="bench", run_id=f"p{partitions}")
-    rss = []
+    rss, phases = [], {}
     started = time.perf_counter()
     planned = plan(store, run, config)
+    phases["plan"] = time.perf_counter() - started
     # Two worker slots in fresh processes ("spawn": a forked child of a process that has used the
     # tokenizer's thread pool deadlocks, and Airflow's workers start tasks in fresh processes too).
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        mark = time.perf_counter()
         done = [f.result() for f in [pool.submit(_task, "extract", store, run, config, planned, p)
                                      for p in range(planned.metrics.partitions)]]
         rss += [r for _, _, r in done]
+        phases["extract tasks"], mark = time.perf_counter() - mark, time.perf_counter()
         documents = collect_documents(store, run, config, [m for m, _, _ in done])
+        phases["collect_documents"], mark = time.perf_counter() - mark, time.perf_counter()
         done = [f.result() for f in [pool.submit(_task, "chunk", store, run, config, documents, p)
                                      for p in range(planned.metrics.partitions)]]
         rss += [r for _, _, r in done]
+        phases["chunk tasks"], mark = time.perf_counter() - mark, time.perf_counter()
     chunks = plan_shards(store, run, config, [m for m, _, _ in done])
+    phases["plan_shards"] = time.perf_counter() - mark
     wall = time.perf_counter() - started
     return {"wall_s": wall, "partitions": planned.metrics.partitions, "chunks": chunks.metrics.chunks,
-            "peak_rss_mb": max(rss), "documents": documents.metrics.documents}
+            "peak_rss_mb": max(rss), "documents": documents.metrics.documents, "phases": phases}
 
 
 # ---- 3. engine start share: fixed vs auto shard sizing
 
 
+def _generate_task(store, run, config, chunks, shard: int):
+    """One generate task in a fresh process, as Airflow runs it (vLLM imported and started there)."""
+    from bonito_tasks.generate.run import generate_shard
+
+    return generate_shard(store, run, config, chunks, shard).metrics
+
+
 def engine_share(tmp: Path, n_chunks: int) -> dict:
+    """The same corpus of `n_chunks` chunks planned two ways. Fixed: shards of 500 chunks (the old
+    default). Auto: as the next nightly run sizes them, from the figures the fixed run recorded.
+    The shards of one plan are alike, so the first shard of each is run (a task of its own, in a
+    fresh process) and its engine start is reported as a share of its wall time."""
     import pyarrow as pa
 
     from bonito_tasks.chunk import plan_shards
     from bonito_tasks.config import RunConfig
     from bonito_tasks.contracts import CHUNKS, ChunkMetrics, RunRef, sha256_hex
-    from bonito_tasks.generate.run import generate_shard
+    from bonito_tasks.figures import record_figures
     from bonito_tasks.stage import StageWriter
     from bonito_tasks.store import LocalStore
 
     text = (REPO / "tests/assets/sample_docs/apache-2.0.txt").read_text()
     paragraphs = [p for p in text.split("\n\n") if len(p.split()) > 20]
-    results = {}
+    rows = [{"chunk_id": sha256_hex(f"c{i}"), "doc_id": sha256_hex(f"d{i}"), "chunk_index": 0, "char_start": 0,
+             "char_end": len(paragraphs[i % len(paragraphs)]), "n_tokens": 1,
+             "text": f"{i}. " + paragraphs[i % len(paragraphs)], "page": None, "also_in": []}
+            for i in range(n_chunks)]
+    store = LocalStore(tmp / "share")
+    results, fixed_metrics = {}, None
     for label, shard_size in (("fixed 500", 500), ("auto", None)):
-        store = LocalStore(tmp / f"share-{label.replace(' ', '-')}")
         run = RunRef(dag_id="bench", run_id=label.replace(" ", "-"))
         config = RunConfig(source="/unused", store=str(store.root), model_id=MODEL, dtype="float32",
                            task_types=["exqa"], chunk_shard_size=shard_size, near_dup_threshold=None)
+        if fixed_metrics is not None:  # the fixed run's figures, as its summarize task records them
+            record_figures(store, RunRef(dag_id="bench", run_id="fixed-500"), config, [fixed_metrics])
         writer = StageWriter(store, run, "chunk", 0)
         writer.begin()
-        rows = [{"chunk_id": sha256_hex(f"c{i}"), "doc_id": sha256_hex(f"d{i}"), "chunk_index": 0, "char_start": 0,
-                 "char_end": len(paragraphs[i % len(paragraphs)]), "n_tokens": 1,
-                 "text": f"{i}. " + paragraphs[i % len(paragraphs)], "page": None, "also_in": []}
-                for i in range(n_chunks)]
         for first in range(0, n_chunks, 2048):
             writer.add("chunks", pa.Table.from_pylist(rows[first:first + 2048], CHUNKS))
         partition = writer.commit(config_sha256=config.sha256(), metrics=ChunkMetrics(chunks=n_chunks))
         chunks = plan_shards(store, run, config, [partition])
-        starts = walls = 0.0
-        for shard in range(chunks.metrics.shards):  # each shard is a task that starts its own engine
-            metrics = generate_shard(store, run, config, chunks, shard).metrics
-            starts, walls = starts + metrics.engine_start_s, walls + metrics.attempt_wall_s
-        results[label] = {"shards": chunks.metrics.shards, "engine_start_s": starts, "wall_s": walls,
-                          "share": starts / walls}
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            metrics = pool.submit(_generate_task, store, run, config, chunks, 0).result()
+        fixed_metrics = fixed_metrics or metrics
+        results[label] = {"shards": chunks.metrics.shards, "shard_size": chunks.metrics.shard_size,
+                          "chunks": metrics.prompts, "engine_start_s": metrics.engine_start_s,
+                          "wall_s": metrics.attempt_wall_s, "share": metrics.engine_start_s / metrics.attempt_wall_s}
     return results
 
 
@@ -184,7 +204,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text-mb", type=int, default=48, help="generated text corpus for the partition timing")
     parser.add_argument("--ratio-mb", type=int, default=8, help="text for the chunker vs tokenizer ratio")
-    parser.add_argument("--chunks", type=int, default=2000, help="chunks for the engine-start share")
+    parser.add_argument("--chunks", type=int, default=8000,
+                        help="chunks for the engine-start share (auto needs a corpus of at least one long shard)")
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--corpus-gb", type=float, default=20, help="projection: GB of extracted text")
     parser.add_argument("--chunks-m", type=float, default=5, help="projection: millions of chunks")
@@ -218,13 +239,17 @@ def main() -> None:
         print(f"2. extract + chunk of {mb:.0f} MB ({one['documents']} documents, {one['chunks']} chunks), "
               f"2 worker slots: 1 partition {one['wall_s']:.1f} s, 2 partitions {two['wall_s']:.1f} s, "
               f"speedup {one['wall_s'] / two['wall_s']:.2f}x (target >= 1.6x)")
+        for result in (one, two):
+            print(f"   {result['partitions']} partition(s): " + ", ".join(
+                f"{name} {seconds:.1f} s" for name, seconds in result["phases"].items()))
         print(f"   peak RSS per task: {one['peak_rss_mb']:.0f} MiB (1 partition), {two['peak_rss_mb']:.0f} MiB "
               f"(2 partitions) (target <= 1024 MiB)")
         if not args.skip_generate:
             shares = engine_share(tmp, args.chunks)
             for label, r in shares.items():
-                print(f"3. engine start, {label}: {r['shards']} shard(s), {r['engine_start_s']:.1f} s of "
-                      f"{r['wall_s']:.1f} s = {100 * r['share']:.1f}% of generate wall time"
+                print(f"3. engine start, {label}: {args.chunks} chunks in {r['shards']} shard(s) of {r['shard_size']}; "
+                      f"its first shard ({r['chunks']} chunks): {r['engine_start_s']:.1f} s of {r['wall_s']:.1f} s "
+                      f"= {100 * r['share']:.1f}% of generate wall time"
                       + (" (target <= 10%)" if label == "auto" else ""))
 
     rate = mb / one["wall_s"]  # extract + chunk MB/s on one worker slot (one partition: one task at a time)

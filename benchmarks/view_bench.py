@@ -31,6 +31,7 @@ from bonito_tasks.contracts import (  # noqa: E402
     EXAMPLES,
     QUARANTINE,
     REJECTS,
+    ChunkMetrics,
     ExtractMetrics,
     GenerateMetrics,
     QualitySummary,
@@ -69,6 +70,9 @@ def build_run(store, n: int) -> None:
                                                   for i in range(20)], REJECTS))
     extract.commit(config_sha256="c", metrics=ExtractMetrics(files=1020, documents=1000, rejects=20,
                                                               rejects_by_reason={"corrupt_pdf": 20}))
+    chunk = StageWriter(store, RUN, "chunk")
+    chunk.begin()
+    chunk.commit(config_sha256="k", metrics=ChunkMetrics(chunks=n // 100 * 100, shards=100))
     for shard in range(100):
         writer = StageWriter(store, RUN, "generate", partition=shard)
         writer.begin()
@@ -76,7 +80,9 @@ def build_run(store, n: int) -> None:
             "chunk_id": [f"{shard}-{i}" for i in range(500)], "task_type": ["exqa"] * 500,
             "sample_index": np.zeros(500, np.int32), "reason": ["no_pipe", "extra_pipe"] * 250,
             "generated_text": ["<|pipe|> garbled"] * 500}, schema=DROPPED_GENERATIONS))
-        writer.commit(config_sha256="g", metrics=GenerateMetrics(prompts=n // 100, parse_failures={"no_pipe": 250}))
+        writer.commit(config_sha256="g", metrics=GenerateMetrics(prompts=n // 100, generations=n // 100,
+                                                                       parse_failures={"no_pipe": 250,
+                                                                                       "extra_pipe": 250}))
     validate = StageWriter(store, RUN, "validate")
     validate.begin()
     quarantined = n // 100
@@ -149,6 +155,12 @@ def main() -> None:
             view.TEMPLATES.get_template("rows.html").render(
                 info=info, page=page, rows=[view._display("examples", r) for r in page.rows], base="")
 
+        def dropped(offset: int, value: str | None = None):  # as the view's rows page reads them
+            counts = view._recorded_counts(view._written_summary(store, info), "dropped_generations")
+            page = browse.read_page(store, RUN, "dropped_generations", offset=offset, limit=50, value=value,
+                                    known_counts=counts)
+            assert len(page.rows) == 50 and page.total == (50_000 if value is None else 25_000), page.total
+
         n = args.examples
         cases = [("run page (summary, cause, quality, samples of 10 task types, previews)", run_page),
                  ("rows 1-50", lambda: rows(0)),
@@ -156,8 +168,10 @@ def main() -> None:
                  (f"rows {n - 49:,}-{n:,}", lambda: rows(n - 50)),
                  ("exqa rows 1-50", lambda: rows(0, "exqa")),
                  (f"exqa rows {n // 20 + 1:,}-{n // 20 + 50:,} (the middle)", lambda: rows(n // 20, "exqa")),
-                 ("dropped generations 1-50 (100 shards)",
-                  lambda: browse.read_page(store, RUN, "dropped_generations", limit=50))]
+                 ("dropped generations 1-50 (100 shards; counts as recorded)", lambda: dropped(0)),
+                 ("dropped generations 25,001-25,050 (counts as recorded)", lambda: dropped(25_000)),
+                 ("dropped generations with reason no_pipe 1-50 (counts read from 100 shards)",
+                  lambda: dropped(0, "no_pipe"))]
         print(f"store: {store.root_uri}; best of {args.repeat}")
         worst = 0.0
         for name, fn in cases:

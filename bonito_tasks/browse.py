@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,16 +84,21 @@ def table_parts(store: ArtifactStore, run: RunRef, table: str) -> tuple[str | No
 
 
 def read_page(store: ArtifactStore, run: RunRef, table: str, *, offset: int = 0, limit: int = 20,
-              value: str | None = None) -> Page:
+              value: str | None = None, known_counts: dict[str, int] | None = None) -> Page:
     """Rows [offset, offset+limit) of `table` (filtered on its facet column equal to, or for a list
-    column containing, `value`), with the row count per facet value."""
+    column containing, `value`), with the row count per facet value.
+
+    `known_counts` (rows per facet value, as the run's metrics recorded them) spares an unfiltered
+    page the scan of every part: the parts are read in order only until the page is full."""
     offset, limit = max(0, offset), max(1, min(limit, MAX_PAGE_ROWS))
     facet = FACETS[table]
     stage, keys = table_parts(store, run, table)
     page = Page(table=table, stage=stage, rows=[], offset=offset, limit=limit, total=0, facet=facet, value=value)
     counts: Counter = Counter()
     wanted: list[tuple[_Part, np.ndarray]] = []
-    for part in _scan(store, keys, facet):
+    known = known_counts is not None and value is None
+    for part in _scan_in_order(store, keys, until=lambda: offset + limit <= page.total) if known \
+            else _scan(store, keys, facet):
         if part.facet_values is not None:
             counts.update(_value_counts(part.facet_values))
         if value is None:
@@ -111,6 +117,8 @@ def read_page(store: ArtifactStore, run: RunRef, table: str, *, offset: int = 0,
         wanted.append((part, local if matching is None else matching[local]))
     for rows in _parallel(lambda item: _read_rows(store, item[0], item[1], COLUMNS[table]), wanted):
         page.rows += [_clip(row) for row in rows]
+    if known:
+        counts, page.total = Counter(known_counts), sum(known_counts.values())
     page.facet_counts = dict(counts.most_common())
     return page
 
@@ -170,6 +178,22 @@ def _scan(store: ArtifactStore, keys: list[str], facet: str) -> list[_Part]:
             return _Part(key=key, metadata=parquet.metadata, names=names, facet_values=values)
 
     return _parallel(scan, keys)
+
+
+def _scan_in_order(store: ArtifactStore, keys: list[str], until: Callable[[], bool]) -> Iterator[_Part]:
+    """Each part's footer, in order, until `until()`: the first part alone (it often holds the page),
+    then READ_THREADS parts at a time."""
+
+    def footer(key: str) -> _Part:
+        with store.open_read(key) as handle:
+            parquet = pq.ParquetFile(handle)
+            return _Part(key=key, metadata=parquet.metadata, names=parquet.schema_arrow.names, facet_values=None)
+
+    batches = [keys[:1]] + [keys[first:first + READ_THREADS] for first in range(1, len(keys), READ_THREADS)]
+    for batch in batches:
+        if until():
+            return
+        yield from _parallel(footer, batch)
 
 
 def _read_rows(store: ArtifactStore, part: _Part, indices: np.ndarray, columns: list[str]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from bonito_tasks.contracts import (
     MANIFEST_NAME,
     ExpectationOutcome,
     FailureCause,
+    GenerateMetrics,
     Manifest,
     RunRef,
     StageFailure,
@@ -85,10 +86,8 @@ def _cause(store: ArtifactStore, run: RunRef, failure: StageFailure) -> FailureC
     if failure.stage in ("generate", "validate"):
         dropped: Counter = Counter()
         for manifest in _generated(store, run):
-            metrics = manifest.metrics
-            dropped.update(getattr(metrics, "parse_failures", {}) or {})
-            for reason, field in (("duplicate", "duplicates_dropped"), ("prompt_too_long", "prompts_too_long")):
-                dropped[reason] += getattr(metrics, field, 0) or 0
+            if isinstance(manifest.metrics, GenerateMetrics):
+                dropped.update(manifest.metrics.dropped_by_reason)
         cause.dropped_by_reason = {k: v for k, v in dropped.most_common() if v}
     return cause
 

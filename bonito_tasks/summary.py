@@ -8,6 +8,7 @@ written, a warning names the error and the summary is still returned) and return
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import GenerateMetrics, GenerateSummary, Manifest, RunRef, RunSummary
@@ -89,6 +90,7 @@ def _generate(config: RunConfig, shards: int, manifests: list[Manifest]) -> Gene
         prompts=sum(m.prompts for m in metrics),
         examples=sum(m.rows_of("examples") for m in manifests),
         dropped_generations=sum(m.rows_of("dropped_generations") for m in manifests),
+        dropped_by_reason=dict(sum((Counter(m.dropped_by_reason) for m in metrics), Counter()).most_common()),
         generated_tokens=sum(m.generated_tokens for m in metrics),
         wall_s=round(wall_s, 1),
         engine_start_s=round(sum(m.engine_start_s for m in metrics), 1),

@@ -1,6 +1,7 @@
 """Generate on a real vLLM engine (CPU build) with the bundled tiny Bonito model."""
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -31,6 +32,7 @@ def test_all_task_types_parse_with_lineage(tmp_path, vllm_engine):
     parse_failures = sum(m.parse_failures.values())
     assert parse_failures == sum(r in ("no_pipe", "extra_pipe") for r in dropped["reason"].to_pylist())
     assert parse_failures <= 0.05 * m.generations, m.parse_failures
+    assert m.dropped_by_reason == dict(Counter(dropped["reason"].to_pylist()))  # what the view's previews trust
     assert set(examples["task_type"].to_pylist()) == set(TASK_TYPES)
     assert m.generated_tokens > 0 and m.output_tokens_per_s > 0
 

@@ -284,3 +284,19 @@ def test_runbook_page_renders_the_tasks_doc(api, monkeypatch):
     answer = api.get(f"/bonito/dags/{DAG_ID}/tasks/validate/runbook",
                      headers={"Authorization": f"Bearer {api.token}"})
     assert answer.status_code == 200 and "<strong>Safe to clear:</strong> yes" in answer.text
+
+
+def test_previews_trust_recorded_counts_only_where_they_cover_every_row():
+    from bonito_airflow.view.app import _recorded_counts
+    from bonito_tasks.contracts import GenerateSummary, RunSummary
+
+    def summary(committed: int, by_reason: dict) -> RunSummary:
+        return RunSummary(dag_id=DAG_ID, run_id="r", run_folder="/s/r", stages={}, generated=GenerateSummary(
+            shards=2, shards_committed=committed, dropped_generations=5, dropped_by_reason=by_reason))
+
+    assert _recorded_counts(summary(2, {"no_pipe": 3, "extra_pipe": 2}), "dropped_generations") == {
+        "no_pipe": 3, "extra_pipe": 2}
+    assert _recorded_counts(summary(1, {"no_pipe": 3, "extra_pipe": 2}), "dropped_generations") is None
+    assert _recorded_counts(summary(2, {}), "dropped_generations") is None  # an older version's metrics
+    assert _recorded_counts(summary(2, {"no_pipe": 5}), "quarantine") is None
+    assert _recorded_counts(None, "rejects") is None

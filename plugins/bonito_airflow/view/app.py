@@ -115,8 +115,9 @@ def create_app() -> FastAPI:
             raise ViewProblem(404, "No such table", f"Tables: {', '.join(browse.TABLE_STAGES)}.")
         info = load_run(dag_id, run_id)
         store = open_run_store(info)
-        page = _guarded(info, lambda: browse.read_page(store, info.run, table, offset=offset, limit=limit,
-                                                       value=value or None))
+        page = _guarded(info, lambda: browse.read_page(
+            store, info.run, table, offset=offset, limit=limit, value=value or None,
+            known_counts=_recorded_counts(_written_summary(store, info), table)))
         return _page("rows.html", 200, info=info, page=page, rows=[_display(table, r) for r in page.rows],
                      base=_base(info))
 
@@ -213,21 +214,31 @@ def _guarded(info: RunInfo, read):
         raise
 
 
+def _written_summary(store, info: RunInfo):
+    """The summary the summarize task wrote once the run ended (one read); None for a run in
+    progress, or a summary this version cannot read."""
+    from bonito_tasks.contracts import RunSummary
+    from bonito_tasks.store import run_prefix
+    from bonito_tasks.summary import SUMMARY_FILE
+
+    key = f"{run_prefix(info.run)}/{SUMMARY_FILE}"
+    if not (info.finished and store.exists(key)):
+        return None
+    try:
+        return RunSummary.model_validate_json(store.read_bytes(key))
+    except ValidationError:
+        log.info("summary.json of %s is from another version; building the summary", info.run.run_id)
+        return None
+
+
 def _summary(store, info: RunInfo):
     """The run summary: the one the summarize task wrote once the run ended (one read), else built
     from the manifests now (a run in progress, or a summary this version cannot read)."""
     from bonito_tasks.config import RunConfig
-    from bonito_tasks.contracts import RunSummary
-    from bonito_tasks.store import run_prefix
-    from bonito_tasks.summary import SUMMARY_FILE, run_summary
+    from bonito_tasks.summary import run_summary
 
-    key = f"{run_prefix(info.run)}/{SUMMARY_FILE}"
-    if info.finished and store.exists(key):
-        try:
-            return RunSummary.model_validate_json(store.read_bytes(key))
-        except ValidationError:
-            log.info("summary.json of %s is from another version; building the summary", info.run.run_id)
-
+    if (written := _written_summary(store, info)) is not None:
+        return written
     try:
         config = RunConfig(**info.params)
     except (ValidationError, TypeError):  # params of an older DAG version: the summary needs two fields
@@ -264,8 +275,10 @@ def run_context(store, info: RunInfo) -> dict[str, Any]:
              if store.exists(f"{prefix}/validate/report/{name}")]
     samples = browse.facet_samples(store, info.run, "examples", SAMPLES_PER_TASK_TYPE)
     quarantine = browse.read_page(store, info.run, "quarantine", limit=PREVIEW_ROWS)
-    dropped = browse.read_page(store, info.run, "dropped_generations", limit=PREVIEW_ROWS)
-    rejects = browse.read_page(store, info.run, "rejects", limit=PREVIEW_ROWS)
+    dropped = browse.read_page(store, info.run, "dropped_generations", limit=PREVIEW_ROWS,
+                               known_counts=_recorded_counts(summary, "dropped_generations"))
+    rejects = browse.read_page(store, info.run, "rejects", limit=PREVIEW_ROWS,
+                               known_counts=_recorded_counts(summary, "rejects"))
     return {
         "info": info,
         "base": _base(info),
@@ -286,6 +299,21 @@ def run_context(store, info: RunInfo) -> dict[str, Any]:
         "rejects_rows": [_display("rejects", r) for r in rejects.rows],
         "runbook_base": f"{_root()}{URL_PREFIX}/dags/{quote(info.run.dag_id, safe='')}/tasks",
     }
+
+
+def _recorded_counts(summary, table: str) -> dict[str, int] | None:
+    """Rows of `table` by reason as the committed stage recorded them (a preview then reads only the
+    first parts, not every generate shard); None where they may not cover every part in the folder
+    (a stage not committed in full, or metrics of an older version that did not record them)."""
+    if summary is None:
+        return None
+    if table == "dropped_generations" and (g := summary.generated) and g.shards_committed == g.shards:
+        counts, rows = g.dropped_by_reason, g.dropped_generations
+    elif table == "rejects" and (e := summary.extracted):
+        counts, rows = e.rejects_by_reason, e.rejects
+    else:
+        return None
+    return counts if sum(counts.values()) == rows else None
 
 
 def _display(table: str, row: dict[str, Any]) -> dict[str, Any]:
