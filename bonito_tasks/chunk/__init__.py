@@ -231,15 +231,18 @@ class _Dedup:
         earlier_rep = index.first_match(sigs) if index is not None and len(index) else None
         covered = self.earlier.covered(sigs) if self.earlier is not None else None
         keys = minhash.band_keys(sigs, index.bands, index.rows) if index is not None else None
-        local: dict[int, list[int]] = {}  # band key -> rows of this part kept so far
+        # Rows sharing a band key with an earlier row of this part: only they can nearly repeat one.
+        maybe_local = _repeats_an_earlier_key(keys) if keys is not None else None
+        position = np.full(part.num_rows, -1, dtype=np.int64)  # row -> its place among this part's kept rows
         kept_rows: list[int] = []
         for j, (doc_id, start, end, text, pending, row) in enumerate(zip(*columns)):
-            digest, place = _digest(text), {"doc_id": doc_id, "char_start": start, "char_end": end}
+            digest = _digest(text)
             if digest in self.first:
                 if self.first[digest] == EARLIER:
                     self.earlier_duplicates += 1
                 else:
-                    self.duplicates.setdefault(self.rep_of.get(digest, digest), []).append(place)
+                    self.duplicates.setdefault(self.rep_of.get(digest, digest), []).append(
+                        {"doc_id": doc_id, "char_start": start, "char_end": end})
                 continue
             if covered is not None and covered[j]:
                 missing = [t for t in (pending or self.config.task_types) if t not in covered[j]]
@@ -251,36 +254,47 @@ class _Dedup:
             rep = -1
             if index is not None:
                 rep = int(earlier_rep[j]) if earlier_rep is not None else -1
-                if rep < 0:
-                    rep = self._local_match(sigs, keys[j], j, local, kept_rows)
+                if rep < 0 and maybe_local[j]:
+                    rep = self._local_match(sigs, keys, j, position)
             if rep >= 0:
                 kept_digest = self.kept_digests[rep]
                 self.first[digest] = self.first[kept_digest]
                 self.rep_of[digest] = kept_digest
-                self.duplicates.setdefault(kept_digest, []).append(place)
+                self.duplicates.setdefault(kept_digest, []).append(
+                    {"doc_id": doc_id, "char_start": start, "char_end": end})
                 self.pending.pop((partition, row), None)
                 self.near_duplicates += 1
                 continue
             self.first[digest] = (partition, row)
             self.kept += 1
             if index is not None:
-                for key in keys[j].tolist():
-                    local.setdefault(key, []).append(len(kept_rows))
+                position[j] = len(kept_rows)
                 kept_rows.append(j)
                 self.kept_digests.append(digest)
         if index is not None and kept_rows:
             index.add(sigs[kept_rows])
 
-    def _local_match(self, sigs: np.ndarray, keys: np.ndarray, j: int, local: dict[int, list[int]],
-                     kept_rows: list[int]) -> int:
-        """The index id the first chunk of this part that `sigs[j]` nearly repeats will get, or -1."""
-        candidates = sorted({k for key in keys.tolist() for k in local.get(key, ())})
-        if not candidates:
+    def _local_match(self, sigs: np.ndarray, keys: np.ndarray, j: int, position: np.ndarray) -> int:
+        """The index id the first kept row of this part that row j nearly repeats will get, or -1."""
+        earlier = np.flatnonzero((keys[:j] == keys[j]).any(axis=1))
+        candidates = earlier[position[earlier] >= 0]
+        if not len(candidates):
             return -1
         similar = minhash.similarities(np.repeat(sigs[j:j + 1], len(candidates), axis=0),
-                                       sigs[[kept_rows[k] for k in candidates]]) >= self.index.threshold
-        hits = [k for k, ok in zip(candidates, similar.tolist()) if ok]
-        return len(self.index) + hits[0] if hits else -1
+                                       sigs[candidates]) >= self.index.threshold
+        hits = candidates[similar]
+        return len(self.index) + int(position[hits[0]]) if len(hits) else -1
+
+
+def _repeats_an_earlier_key(keys: np.ndarray) -> np.ndarray:
+    """Per row of `keys` (rows x bands): whether an earlier row has the same key in some band."""
+    rows = np.arange(len(keys))
+    repeats = np.zeros(len(keys), dtype=bool)
+    for band in keys.T:
+        _, first, inverse = np.unique(band, return_index=True, return_inverse=True)
+        repeats |= first[inverse] < rows
+    return repeats
+
 
 def chunk(store: ArtifactStore, run: RunRef, config: RunConfig, documents: Manifest) -> Manifest:
     """Every partition in turn, then plan_shards: the whole stage in one process."""
