@@ -1,6 +1,6 @@
 """Scale-out figures, each measured in this one run (not a test):
 
-    .venv/bin/python benchmarks/scale_bench.py [--text-mb 48] [--chunks 8000] [--skip-generate]
+    .venv/bin/python benchmarks/scale_bench.py [--text-mb 48] [--chunks 16000] [--skip-generate]
 
 1. chunking vs a raw batch `tokenizer(paragraphs)` call on the same text, same process (target >= 0.9);
 2. extract + chunk wall time of a generated corpus with 1 and with 2 partitions, the partitions'
@@ -134,8 +134,11 @@ def extract_and_chunk(source: Path, store_root: Path, partitions: int, source_by
 
 
 def _generate_task(store, run, config, chunks, shard: int):
-    """One generate task in a fresh process, as Airflow runs it (vLLM imported and started there)."""
+    """One generate task in a fresh process, as Airflow runs it (vLLM imported and started there,
+    its engine core in the task process as the operator sets it under Airflow's supervisor)."""
     from bonito_tasks.generate.run import generate_shard
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
     return generate_shard(store, run, config, chunks, shard).metrics
 
@@ -204,7 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text-mb", type=int, default=48, help="generated text corpus for the partition timing")
     parser.add_argument("--ratio-mb", type=int, default=8, help="text for the chunker vs tokenizer ratio")
-    parser.add_argument("--chunks", type=int, default=8000,
+    parser.add_argument("--chunks", type=int, default=16000,
                         help="chunks for the engine-start share (auto needs a corpus of at least one long shard)")
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--corpus-gb", type=float, default=20, help="projection: GB of extracted text")
