@@ -15,6 +15,7 @@ so every Parquet read is ranged GETs. Prints figures; not a test.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -130,6 +131,7 @@ def main() -> None:
             import boto3
             from moto.server import ThreadedMotoServer
 
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()
             host, port = server.get_host_and_port()
