@@ -167,33 +167,28 @@ class _Part:
     facet_values: pa.ChunkedArray | None
 
 
+def _read_part(store: ArtifactStore, key: str, facet: str | None) -> _Part:
+    """A part's footer, and its facet column when `facet` is given (on S3 one or two requests)."""
+    with store.open_read(key) as handle:
+        parquet = pq.ParquetFile(handle)
+        names = parquet.schema_arrow.names
+        values = parquet.read(columns=[facet]).column(0) if facet in names else None
+        return _Part(key=key, metadata=parquet.metadata, names=names, facet_values=values)
+
+
 def _scan(store: ArtifactStore, keys: list[str], facet: str) -> list[_Part]:
-    """Each part's footer and facet column, read concurrently (on S3 a part costs two requests)."""
-
-    def scan(key: str) -> _Part:
-        with store.open_read(key) as handle:
-            parquet = pq.ParquetFile(handle)
-            names = parquet.schema_arrow.names
-            values = parquet.read(columns=[facet]).column(0) if facet in names else None
-            return _Part(key=key, metadata=parquet.metadata, names=names, facet_values=values)
-
-    return _parallel(scan, keys)
+    """Each part's footer and facet column, read concurrently."""
+    return _parallel(lambda key: _read_part(store, key, facet), keys)
 
 
 def _scan_in_order(store: ArtifactStore, keys: list[str], until: Callable[[], bool]) -> Iterator[_Part]:
     """Each part's footer, in order, until `until()`: the first part alone (it often holds the page),
     then READ_THREADS parts at a time."""
-
-    def footer(key: str) -> _Part:
-        with store.open_read(key) as handle:
-            parquet = pq.ParquetFile(handle)
-            return _Part(key=key, metadata=parquet.metadata, names=parquet.schema_arrow.names, facet_values=None)
-
     batches = [keys[:1]] + [keys[first:first + READ_THREADS] for first in range(1, len(keys), READ_THREADS)]
     for batch in batches:
         if until():
             return
-        yield from _parallel(footer, batch)
+        yield from _parallel(lambda key: _read_part(store, key, None), batch)
 
 
 def _read_rows(store: ArtifactStore, part: _Part, indices: np.ndarray, columns: list[str]) -> list[dict[str, Any]]:

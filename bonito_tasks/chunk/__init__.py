@@ -237,12 +237,12 @@ class _Dedup:
         kept_rows: list[int] = []
         for j, (doc_id, start, end, text, pending, row) in enumerate(zip(*columns)):
             digest = _digest(text)
+            place = (doc_id, start, end)
             if digest in self.first:
                 if self.first[digest] == EARLIER:
                     self.earlier_duplicates += 1
                 else:
-                    self.duplicates.setdefault(self.rep_of.get(digest, digest), []).append(
-                        {"doc_id": doc_id, "char_start": start, "char_end": end})
+                    self._also_in(self.rep_of.get(digest, digest), place)
                 continue
             if covered is not None and covered[j]:
                 missing = [t for t in (pending or self.config.task_types) if t not in covered[j]]
@@ -260,8 +260,7 @@ class _Dedup:
                 kept_digest = self.kept_digests[rep]
                 self.first[digest] = self.first[kept_digest]
                 self.rep_of[digest] = kept_digest
-                self.duplicates.setdefault(kept_digest, []).append(
-                    {"doc_id": doc_id, "char_start": start, "char_end": end})
+                self._also_in(kept_digest, place)
                 self.pending.pop((partition, row), None)
                 self.near_duplicates += 1
                 continue
@@ -273,6 +272,10 @@ class _Dedup:
                 self.kept_digests.append(digest)
         if index is not None and kept_rows:
             index.add(sigs[kept_rows])
+
+    def _also_in(self, kept_digest: bytes, place: tuple[str, int, int]) -> None:
+        doc_id, start, end = place
+        self.duplicates.setdefault(kept_digest, []).append({"doc_id": doc_id, "char_start": start, "char_end": end})
 
     def _local_match(self, sigs: np.ndarray, keys: np.ndarray, j: int, position: np.ndarray) -> int:
         """The index id the first kept row of this part that row j nearly repeats will get, or -1."""
