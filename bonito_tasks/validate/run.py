@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bonito_tasks.checks.data_docs import make_offline
 from bonito_tasks.checks.gx import (
     SuiteRun,
     ValidationFailed,
@@ -172,6 +173,7 @@ def check_examples(
                             name=_definition(dataset_suite))
     if docs_dir is not None:
         context.build_data_docs()
+        make_offline(docs_dir, [rows.result, dataset.result if dataset else None])
     return ExamplesCheck(rows=rows, dataset=dataset, failed_by_row=failed_by_row, profile=profile, docs_dir=docs_dir)
 
 
