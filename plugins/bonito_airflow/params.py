@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from bonito_tasks.config import DEFAULT_MODEL, RunConfig
+from bonito_tasks.config import DEFAULT_MODEL, ConfigRejected, RunConfig
 from bonito_tasks.task_types import TASK_TYPES
 
 # The form offers every task type by its short name, then by its full name (as Bonito was trained on it).
@@ -22,17 +22,33 @@ TASK_TYPE_NAMES = [*TASK_TYPES, *TASK_TYPES.values()]
 # Keywords that describe a field rather than constrain it; everything else is carried into the Param.
 _NOT_CONSTRAINTS = ("title", "default", "description", "anyOf", "type")
 # The environment variables that set a param's default when the DAG is parsed.
-ENV_DEFAULTS = {"source": "BONITO_SOURCE", "store": "BONITO_STORE", "model_id": "BONITO_MODEL"}
+ENV_DEFAULTS = {"source": "BONITO_SOURCE", "store": "BONITO_STORE", "model_id": "BONITO_MODEL",
+                "gpu_slots": "BONITO_GPU_SLOTS"}
 
 
 def env_defaults(environ: Mapping[str, str], airflow_home: Path | str) -> dict[str, str]:
     """The defaults the environment sets: `source` ($BONITO_SOURCE, else empty: the form asks for
-    it), `store` ($BONITO_STORE, else $AIRFLOW_HOME/bonito-store), `model_id` ($BONITO_MODEL)."""
+    it), `store` ($BONITO_STORE, else $AIRFLOW_HOME/bonito-store), `model_id` ($BONITO_MODEL),
+    `gpu_slots` ($BONITO_GPU_SLOTS, when set)."""
     return {
         "source": environ.get(ENV_DEFAULTS["source"], ""),
         "store": environ.get(ENV_DEFAULTS["store"]) or f"{airflow_home}/bonito-store",
         "model_id": environ.get(ENV_DEFAULTS["model_id"]) or DEFAULT_MODEL,
-    }
+    } | gpu_slots_default(environ)
+
+
+def gpu_slots_default(environ: Mapping[str, str]) -> dict[str, int]:
+    """`gpu_slots` from $BONITO_GPU_SLOTS, the size of pool `gpu` (airflow-init and `make demo` create
+    the pool from it), so that a first run on 8 GPUs plans at least 8 shards with no param set;
+    unset or empty: RunConfig's default, 1."""
+    name = ENV_DEFAULTS["gpu_slots"]
+    value = environ.get(name, "").strip()
+    if not value:
+        return {}
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigRejected(f"{name}={value!r}: the number of GPU slots (GPUs of all GPU workers) must be "
+                             "a whole number of at least 1")
+    return {"gpu_slots": int(value)}
 
 
 def param_schema(schema: dict) -> dict[str, Any]:

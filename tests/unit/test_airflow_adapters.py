@@ -138,3 +138,16 @@ def test_env_defaults_of_the_form():
                                             "model_id": "BatsResearch/bonito-v1"}
     assert env_defaults({"BONITO_SOURCE": "s3://d/", "BONITO_STORE": "s3://s", "BONITO_MODEL": "m"}, "/x") == {
         "source": "s3://d/", "store": "s3://s", "model_id": "m"}
+
+
+def test_gpu_slots_defaults_to_the_gpu_pool_size():
+    """BONITO_GPU_SLOTS sizes pool `gpu` and is gpu_slots' default: a first run on 8 GPUs plans 8 shards."""
+    from bonito_airflow.params import env_defaults, run_params
+    from bonito_tasks.config import ConfigRejected
+
+    assert run_params(**env_defaults({"BONITO_GPU_SLOTS": "8"}, "/x"))["gpu_slots"].value == 8
+    assert run_params(**env_defaults({"BONITO_GPU_SLOTS": ""}, "/x"))["gpu_slots"].value == 1
+    assert run_params(**env_defaults({}, "/x"))["gpu_slots"].value == 1
+    for bad in ("eight", "0", "-2"):
+        with pytest.raises(ConfigRejected, match=f"BONITO_GPU_SLOTS='{bad}'"):
+            env_defaults({"BONITO_GPU_SLOTS": bad}, "/x")

@@ -189,6 +189,9 @@ def test_settings_in_env_example_are_the_compose_defaults():
     assert airflow_env["BONITO_STORE"] == "s3://bonito-store"
     assert airflow_env["BONITO_SCHEDULE"] == "0 2 * * *"
     assert airflow_env["BONITO_MODEL"] == "BatsResearch/bonito-v1"
+    # the DAG's gpu_slots default and airflow-init's pool size read the same variable
+    assert airflow_env["BONITO_GPU_SLOTS"] == "1"
+    assert compose(BONITO_GPU_SLOTS="8")["services"]["airflow-dag-processor"]["environment"]["BONITO_GPU_SLOTS"] == "8"
     # an empty BONITO_SCHEDULE or BONITO_SOURCE turns the nightly sweep off (the DAG reads "" as no schedule)
     assert compose(BONITO_SCHEDULE="")["services"]["airflow-scheduler"]["environment"]["BONITO_SCHEDULE"] == ""
     assert compose(BONITO_SOURCE="")["services"]["airflow-dag-processor"]["environment"]["BONITO_SOURCE"] == ""
@@ -297,7 +300,8 @@ def test_airflow_services_share_one_configuration_and_mount_the_code():
     services = compose()["services"]
     core = ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY",
             "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CELERY__BROKER_URL",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "BONITO_GPU_QUEUE", "BONITO_SOURCE", "BONITO_STORE")
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "BONITO_GPU_QUEUE", "BONITO_GPU_SLOTS", "BONITO_SOURCE",
+            "BONITO_STORE")
     reference = {key: services["airflow-scheduler"]["environment"][key] for key in core}
     for name in AIRFLOW_SERVICES:
         service = services[name]
