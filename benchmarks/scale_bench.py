@@ -189,13 +189,15 @@ def engine_share(tmp: Path, n_chunks: int) -> dict:
 # ---- 4. projection
 
 
-def projection(extract_chunk_mb_s: float, args) -> list[tuple[str, float]]:
-    """Hours per stage; stages of one kind share the fleet (CPU stages the workers, generate the GPUs)."""
+def projection(extract_chunk_mb_s: float, plan_shards_chunks_s: float, args) -> list[tuple[str, float]]:
+    """Hours per stage, the rows of docs/scale.md's plan; stages of one kind share the fleet (CPU
+    stages the workers, generate the GPUs); plan_shards is one task."""
     text_mb = args.corpus_gb * 1000
     generations = args.chunks_m * 1e6 * args.task_types
     tokens = generations * args.output_tokens
     return [
         ("extract + chunk, text (CPU)", text_mb / (extract_chunk_mb_s * args.cpu_workers) / 3600),
+        ("plan_shards (one task)", args.chunks_m * 1e6 / plan_shards_chunks_s / 3600),
         ("extract, PDF pages (CPU)", args.pages_m * 1e6 / (args.pages_per_s * args.cpu_workers) / 3600),
         ("generate (GPU)", tokens / (args.gpu_tokens_per_s * args.gpus) / 3600
          + args.engine_start_s * args.shards_per_gpu / 3600),
@@ -256,15 +258,17 @@ def main() -> None:
                       + (" (target <= 10%)" if label == "auto" else ""))
 
     rate = mb / one["wall_s"]  # extract + chunk MB/s on one worker slot (one partition: one task at a time)
+    plan_rate = one["chunks"] / one["phases"]["plan_shards"]  # chunks/s of the one plan_shards task
     print(f"4. projection: {args.corpus_gb:g} GB of text, {args.chunks_m:g}M chunks x {args.task_types} task types x "
           f"{args.output_tokens} output tokens = {args.chunks_m * args.task_types * args.output_tokens / 1000:g}B "
           f"tokens; {args.cpu_workers} CPU workers, {args.gpus} GPUs at {args.gpu_tokens_per_s:g} tok/s each")
     print("   stage                               hours")
-    rows = projection(rate, args)
+    rows = projection(rate, plan_rate, args)
     for stage, hours in rows:
         print(f"   {stage:<36}{hours:6.2f}")
     print(f"   total (stages one after the other)  {sum(h for _, h in rows):6.2f}  "
-          f"(extract + chunk at {rate:.2f} MB/s per worker slot, measured above)")
+          f"(extract + chunk at {rate:.2f} MB/s per worker slot, plan_shards at {plan_rate:,.0f} chunks/s, "
+          "measured above)")
 
 
 if __name__ == "__main__":
