@@ -64,10 +64,12 @@ class BonitoApprovalOperator(ApprovalOperator):
         self.examples = examples
 
     def execute(self, context) -> Any:
+        from bonito_airflow.runtime import run_folder
         from bonito_airflow.view.links import api_base_url
         from bonito_airflow.view.urls import run_url
 
         config = run_config(context)
+        self.log.info("run folder: %s", run_folder(config, context["dag_run"].dag_id, context["dag_run"].run_id))
         if not config.require_approval:
             self.log.info("require_approval is off: the dataset is published without review")
             return Approval(decision="not_required").model_dump()

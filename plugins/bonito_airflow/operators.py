@@ -26,7 +26,7 @@ from bonito_airflow.alerts import Deadline
 from bonito_airflow.compat import under_task_supervisor
 from bonito_airflow.hooks import HuggingFaceHook, VllmServerHook
 from bonito_airflow.links import HuggingFaceDatasetLink
-from bonito_airflow.runtime import TaskRuntime, stage_output, task_runtime
+from bonito_airflow.runtime import TaskRuntime, run_folder, stage_output, task_runtime
 from bonito_airflow.schedule import resolve_run_values
 from bonito_airflow.view.links import DataDocsLink, QualityReportLink
 from bonito_tasks.config import check_config
@@ -397,6 +397,7 @@ class BonitoCheckParamsOperator(BaseOperator):
             config = check_config(values, origin)
         except PermanentFailure as failure:
             raise AirflowFailException(str(failure)) from failure
+        self.log.info("run folder: %s", run_folder(config, dag_run.dag_id, dag_run.run_id))
         if settings:
             self.log.info("scheduled run: settings applied over the form's defaults: %s", settings)
         self.log.info("run %s (%s): params accepted, config sha256 %s", dag_run.run_id, run_type, config.sha256())

@@ -42,6 +42,15 @@ def task_runtime(context: dict, aws_conn_id: str = "aws_default") -> TaskRuntime
     return TaskRuntime(config, run, store, s3_kwargs)
 
 
+def run_folder(config: RunConfig, dag_id: str, run_id: str) -> str:
+    """The run's folder, as TaskRuntime.folder gives it, without connecting to the store: what
+    the tasks that do not touch the store (check_params, approve) log."""
+    from bonito_tasks.store import LocalStore, S3Store
+
+    root = S3Store(config.store, client=False) if config.store.startswith("s3://") else LocalStore(config.store)
+    return root.uri(run_prefix(RunRef(dag_id=dag_id, run_id=run_id)))
+
+
 def stage_output(context: dict, manifest: Manifest, **extra: Any) -> dict[str, Any]:
     """What goes to XCom: the manifest URI and counts (rows per table and the stage's integer
     metrics), never data. The same goes into the extra of the event of each Asset among the task's

@@ -133,14 +133,29 @@ def test_rejected_params_fail_check_params_without_retries_naming_each_param(tmp
     assert isinstance(failed.value.__cause__, ConfigRejected)
 
 
-def test_every_stage_task_logs_the_run_folder(tmp_path, capsys):
-    """The folder is the run id sanitised to one path segment: what the summary prints, too."""
+def test_every_task_logs_the_run_folder(tmp_path, capsys):
+    """The folder is the run id sanitised to one path segment: what the summary prints, too. Stage
+    tasks log it from their runtime, check_params and approve (which touch no store) from the config."""
+    from bonito_airflow.approval import BonitoApprovalOperator
+
     context = _context(tmp_path)
     context["dag_run"].run_id = "manual__2026-11-28T19:28:29.682375+00:00"
+    folder = LocalStore(tmp_path).uri("bonito_dataset/manual__2026-11-28T19_28_29.682375_00_00")
     with pytest.raises(RuntimeError):
         _stage().execute(context)
-    folder = LocalStore(tmp_path).uri("bonito_dataset/manual__2026-11-28T19_28_29.682375_00_00")
     assert f"run folder: {folder}" in capsys.readouterr().out  # Airflow's task log (structlog)
+    _check().execute(context)
+    assert f"run folder: {folder}" in capsys.readouterr().out
+    BonitoApprovalOperator(task_id="approve", examples={}).execute(context)
+    assert f"run folder: {folder}" in capsys.readouterr().out
+
+
+def test_the_run_folder_of_an_s3_store_needs_no_connection():
+    from bonito_airflow.runtime import run_folder
+
+    config = RunConfig(source="/docs", store="s3://bucket/prefix/", model_id=str(TINY_MODEL))
+    assert run_folder(config, "bonito_dataset", "scheduled__2026-01-01T02:00:00+00:00") == (
+        "s3://bucket/prefix/bonito_dataset/scheduled__2026-01-01T02_00_00_00_00")
 
 
 def test_check_config_is_runconfig_with_readable_errors():
