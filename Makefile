@@ -18,7 +18,7 @@ else
   CONSTRAINTS := -c constraints.txt
 endif
 
-.PHONY: venv demo run test lint test-deployment lock clean-demo params-table
+.PHONY: venv demo ui run test lint test-deployment lock clean-demo params-table
 
 venv: $(BIN)/.installed
 
@@ -40,6 +40,10 @@ endif
 # `make demo RESUME=1` resumes the last demo run (same run id; committed stages are reused).
 demo: venv
 	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_dev.demo $(if $(RESUME),--resume)
+
+# The Airflow UI on the demo's database (runs of `make demo` included): `make ui [PORT=8081]`. Ctrl-C stops it.
+ui: venv
+	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_dev.ui $(if $(PORT),--port $(PORT))
 
 # One run on your own documents: `make run SOURCE=~/docs [CONF='{"task_types": ["exqa", "ynqa"]}'] [TINY=1]`
 # (TINY=1: the bundled tiny model, for a machine without a GPU). Outputs under local-output/.

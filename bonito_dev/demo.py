@@ -18,16 +18,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bonito_dev.local import REPO, configure, load_dag, setup_db
+from bonito_dev.local import REPO, HomeBusy, configure, load_dag, lock_home, setup_db
 
 DEMO_DIR = REPO / "demo-output"
 LAST_RUN_FILE = "last_run.json"
 
 
-def demo_conf() -> dict:
+def demo_conf(demo_dir: Path = DEMO_DIR) -> dict:
     return {
         "source": str(REPO / "tests/assets/sample_docs"),
-        "store": str(DEMO_DIR / "store"),
+        "store": str(demo_dir / "store"),
         "model_id": str(REPO / "tests/assets/tiny-bonito"),
         "task_types": ["exqa", "ynqa", "nli"],
         "dtype": "float32",
@@ -58,7 +58,7 @@ def choose_run(demo_dir: Path, resume: bool, now: datetime | None = None) -> tup
         last = json.loads(record.read_text())
         return datetime.fromisoformat(last["logical_date"]), last["run_id"], last["conf"]
     when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    return when, manual_run_id(when), demo_conf()
+    return when, manual_run_id(when), demo_conf(demo_dir)
 
 
 def record_run(demo_dir: Path, when: datetime, run_id: str, conf: dict) -> None:
@@ -73,23 +73,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help=f"resume the last demo run (same run id and conf, from demo-output/{LAST_RUN_FILE}) "
                              "instead of starting a new one")
+    parser.add_argument("--output", type=Path, default=DEMO_DIR,
+                        help="the demo's folder: Airflow home <output>/airflow, store <output>/store "
+                             "(default: demo-output; `make ui` reads the same one)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.output = args.output.resolve()
     try:
-        when, run_id, conf = choose_run(DEMO_DIR, args.resume)
+        when, run_id, conf = choose_run(args.output, args.resume)
     except NothingToResume as err:
         print(err, file=sys.stderr)
         return 2
-    configure(DEMO_DIR / "airflow")
+    try:  # not while `make ui` runs a scheduler on the same database
+        lock = lock_home(args.output / "airflow", "make demo")  # noqa: F841 - held until the demo ends
+    except HomeBusy as busy:
+        print(busy, file=sys.stderr)
+        return 2
+    configure(args.output / "airflow")
     setup_db()
     from bonito_tasks.contracts import RunRef
     from bonito_tasks.stage import StageWriter
     from bonito_tasks.store import open_store
 
-    record_run(DEMO_DIR, when, run_id, conf)
+    record_run(args.output, when, run_id, conf)
     print(f"{'resuming' if args.resume else 'starting'} demo run {run_id}", file=sys.stderr)
     started = time.monotonic()
     dag = load_dag("bonito_dataset")

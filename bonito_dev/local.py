@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[1]
+# Held (flock) by the one `make ui` or `make demo` using an Airflow home; it names its owner.
+LOCK_FILE = "bonito.lock"
+
+
+class HomeBusy(RuntimeError):
+    """Another local Airflow (`make ui`, `make demo`) uses this Airflow home and its database."""
 
 
 def airflow_env(home: Path) -> dict[str, str]:
@@ -51,3 +60,56 @@ def load_dag(dag_id: str):
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
     return bag.get_dag(dag_id)
+
+
+def lock_home(home: Path, command: str) -> IO[str]:
+    """<home>/bonito.lock, locked for this process until it ends (or closes the file), naming
+    `command`. HomeBusy when another process holds it, or when processes a previous holder started
+    (found by the marker it recorded with `record_in_lock`) are still alive: two schedulers, or a
+    scheduler and a dag.test(), must not run one database's runs."""
+    from bonito_dev.processes import marked_processes
+
+    home.mkdir(parents=True, exist_ok=True)
+    handle = open(home / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = _owner(handle)
+        handle.close()
+        raise HomeBusy(f"`{owner.get('command', 'another local Airflow')}` is running on {home}{_where(owner)}: "
+                       f"use it, or stop it first (Ctrl-C in its terminal, or kill {owner.get('pid', '<pid>')}); "
+                       "one local Airflow at a time runs this metadata database.") from None
+    previous = _owner(handle)
+    if previous.get("marker") and (left := marked_processes(previous["marker"])):
+        handle.close()
+        pids = " ".join(map(str, left))
+        raise HomeBusy(f"processes started by an earlier `{previous.get('command')}` on {home} are still running "
+                       f"(pids {pids}): stop them first with `kill {pids}`")
+    _write(handle, {"pid": os.getpid(), "command": command})
+    return handle
+
+
+def record_in_lock(handle: IO[str], **details: Any) -> None:
+    """Add `details` (url, marker: what `make ui` started) to the record of the lock we hold."""
+    _write(handle, _owner(handle) | details)
+
+
+def _write(handle: IO[str], record: dict[str, Any]) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(record))
+    handle.flush()
+
+
+def _owner(handle: IO[str]) -> dict[str, Any]:
+    handle.seek(0)
+    try:
+        owner = json.loads(handle.read())
+    except json.JSONDecodeError:
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _where(owner: dict[str, Any]) -> str:
+    details = [f"pid {owner['pid']}" if "pid" in owner else "", owner.get("url", "")]
+    return f" ({', '.join(d for d in details if d)})" if any(details) else ""

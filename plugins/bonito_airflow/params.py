@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from bonito_airflow.schedule import parse_settings
 from bonito_tasks.config import DEFAULT_MODEL, ConfigRejected, RunConfig
 from bonito_tasks.task_types import TASK_TYPES
 
@@ -24,17 +25,20 @@ _NOT_CONSTRAINTS = ("title", "default", "description", "anyOf", "type")
 # The environment variables that set a param's default when the DAG is parsed.
 ENV_DEFAULTS = {"source": "BONITO_SOURCE", "store": "BONITO_STORE", "model_id": "BONITO_MODEL",
                 "gpu_slots": "BONITO_GPU_SLOTS"}
+# A deployment's own defaults for any params: a JSON object of RunConfig fields (`make ui` sets the tiny model's).
+FORM_DEFAULTS_VAR = "BONITO_FORM_DEFAULTS"
 
 
-def env_defaults(environ: Mapping[str, str], airflow_home: Path | str) -> dict[str, str]:
+def env_defaults(environ: Mapping[str, str], airflow_home: Path | str) -> dict[str, Any]:
     """The defaults the environment sets: `source` ($BONITO_SOURCE, else empty: the form asks for
     it), `store` ($BONITO_STORE, else $AIRFLOW_HOME/bonito-store), `model_id` ($BONITO_MODEL),
-    `gpu_slots` ($BONITO_GPU_SLOTS, when set)."""
+    `gpu_slots` ($BONITO_GPU_SLOTS, when set), then
+    the params of $BONITO_FORM_DEFAULTS (ConfigRejected names invalid JSON or an unknown field)."""
     return {
         "source": environ.get(ENV_DEFAULTS["source"], ""),
         "store": environ.get(ENV_DEFAULTS["store"]) or f"{airflow_home}/bonito-store",
         "model_id": environ.get(ENV_DEFAULTS["model_id"]) or DEFAULT_MODEL,
-    } | gpu_slots_default(environ)
+    } | gpu_slots_default(environ) | parse_settings(environ.get(FORM_DEFAULTS_VAR), FORM_DEFAULTS_VAR)
 
 
 def gpu_slots_default(environ: Mapping[str, str]) -> dict[str, int]:

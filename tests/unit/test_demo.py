@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,8 @@ def test_a_new_run_is_named_as_dag_test_names_it(tmp_path):
     assert when == NOW.replace(microsecond=0)
     # What dag.test(logical_date=when, run_after=when) calls to name its run.
     assert run_id == DagRun.generate_run_id(run_type=DagRunType.MANUAL, logical_date=when, run_after=when)
-    assert run_id == "manual__2026-11-28T20:53:04+00:00" and conf == demo_conf()
+    assert run_id == "manual__2026-11-28T20:53:04+00:00" and conf == demo_conf(tmp_path)
+    assert conf["store"] == str(tmp_path / "store")
 
 
 def test_resume_reuses_the_recorded_run(tmp_path):
@@ -41,6 +43,8 @@ def test_resume_without_an_earlier_run_says_so(tmp_path):
 def test_arguments():
     assert parse_args([]).resume is False
     assert parse_args(["--resume"]).resume is True
+    assert parse_args([]).output == REPO / "demo-output"
+    assert parse_args(["--output", "/tmp/d"]).output == Path("/tmp/d")
     with pytest.raises(SystemExit):
         parse_args(["--bogus"])
 
