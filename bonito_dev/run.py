@@ -1,11 +1,14 @@
-"""`make run SOURCE=<folder>`: one bonito_dataset run on your own documents, on this machine.
+"""`make run SOURCE=<folder, file or s3://…>`: one bonito_dataset run on your own documents, on this machine.
 
     python -m bonito_dev.run ~/my-documents                                    # the trigger form's defaults
+    python -m bonito_dev.run s3://bucket/prefix                                # S3: credentials from aws_default
     python -m bonito_dev.run ~/my-documents --conf '{"task_types": ["exqa", "ynqa"]}'
     python -m bonito_dev.run ~/my-documents --tiny                             # no GPU: the bundled tiny model
 
 Like `make demo`, it runs the DAG with `dag.test()` on a SQLite Airflow (here under
-`local-output/airflow/`), with the store `local-output/store/` unless `--conf` names another. The
+`local-output/airflow/`, or `--output-dir`), with the store `local-output/store/` unless `--conf`
+names another. An `s3://` source is passed on as it is (connection `aws_default`, else boto3's
+credential chain); a local one is made absolute. `--tiny` lowers the quality gates and says which. The
 params are checked first (as the DAG's check_params task does), so a bad value fails in a second.
 At the end it prints the run's folder and where the dataset is.
 """
@@ -21,6 +24,8 @@ from pathlib import Path
 from bonito_dev.local import REPO, configure, load_dag, setup_db
 
 OUTPUT_DIR = REPO / "local-output"
+NO_SOURCE = ("no source: give the documents to process, e.g. `make run SOURCE=~/my-documents` "
+             "(a folder, a file or s3://bucket/prefix)")
 TINY = {
     "model_id": str(REPO / "tests/assets/tiny-bonito"),
     "dtype": "float32",
@@ -32,9 +37,14 @@ TINY = {
 
 def build_conf(source: str, conf_json: str | None = None, tiny: bool = False,
                output_dir: Path = OUTPUT_DIR) -> dict:
-    """The run's conf: the source (absolute), the local store, the tiny model's settings with
-    `tiny`, then the JSON object `conf_json` (any params; it wins)."""
-    conf: dict = {"source": str(Path(source).expanduser().resolve()), "store": str(output_dir / "store")}
+    """The run's conf: the source (a local one made absolute, an s3:// one as it is), the local
+    store, the tiny model's settings with `tiny`, then the JSON object `conf_json` (any params; it
+    wins). ValueError for an empty source."""
+    if not source.strip():
+        raise ValueError(NO_SOURCE)
+    if not source.startswith("s3://"):
+        source = str(Path(source).expanduser().resolve())
+    conf: dict = {"source": source, "store": str(output_dir / "store")}
     if tiny:
         conf |= TINY
     if conf_json:
@@ -43,6 +53,18 @@ def build_conf(source: str, conf_json: str | None = None, tiny: bool = False,
             raise ValueError("--conf must be a JSON object of params")
         conf |= extra
     return conf
+
+
+def lowered_gates(conf: dict) -> list[str]:
+    """The quality gates `conf` sets below their production defaults, as `param: default -> value`."""
+    from bonito_tasks.config import RunConfig
+
+    lowered = []
+    for name in ("min_pass_rate", "max_duplicate_rate", "max_label_share"):
+        default = RunConfig.model_fields[name].default
+        if name in conf and conf[name] != default:
+            lowered.append(f"{name}: {default} -> {conf[name]}")
+    return lowered
 
 
 def rejection(conf: dict, airflow_home: Path) -> str | None:
@@ -62,12 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bonito_dev.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="folder, file or s3://bucket/prefix of documents")
     parser.add_argument("--conf", help="a JSON object of params (docs/params.md), laid over the defaults")
-    parser.add_argument("--tiny", action="store_true", help="use the bundled tiny test model (CPU; it knows nothing)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="use the bundled tiny test model (CPU; it knows nothing) and lower the quality gates")
+    parser.add_argument("--output-dir", type=Path, default=OUTPUT_DIR,
+                        help="where the local Airflow home and store go (default: local-output/)")
     args = parser.parse_args(argv)
-    conf = build_conf(args.source, args.conf, args.tiny)
+    try:
+        conf = build_conf(args.source, args.conf, args.tiny, output_dir=args.output_dir)
+    except ValueError as problem:
+        print(problem, file=sys.stderr)
+        return 2
+    if args.tiny and (lowered := lowered_gates(conf)):
+        print("TINY: the tiny model only imitates Bonito's format, so these quality gates are lowered "
+              f"(production defaults first): {'; '.join(lowered)}. Set them in CONF to keep them.", file=sys.stderr)
 
-    configure(OUTPUT_DIR / "airflow")  # before Airflow is imported
-    if problem := rejection(conf, OUTPUT_DIR / "airflow"):
+    configure(args.output_dir / "airflow")  # before Airflow is imported
+    if problem := rejection(conf, args.output_dir / "airflow"):
         print(problem, file=sys.stderr)
         return 2
     from bonito_tasks.contracts import RunRef
