@@ -26,7 +26,8 @@ class RunConfig(BaseModel):
 
     # Where documents come from and where artifacts go.
     # NOT_BLANK: the form refuses an empty or blank value too (the validator below words the error).
-    source: str = Field(description="Folder, file or s3://bucket/prefix of documents (.txt .md .html .pdf .docx).",
+    source: str = Field(description="Folder, file or s3://bucket/prefix of documents (the formats: "
+                                    "docs/design.md, Extract and chunk).",
                         json_schema_extra=NOT_BLANK)
     store: str = Field(description="Artifact store root: a local folder or s3://bucket/prefix.",
                        json_schema_extra=NOT_BLANK)
