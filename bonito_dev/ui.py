@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -119,7 +120,8 @@ def ui_env(home: Path, store: Path, port: int, passwords: Path, base: dict[str, 
         "BONITO_ALLOWED_SOURCES": _prefixes(base.get("BONITO_ALLOWED_SOURCES"), str(SAMPLE_DOCS)),
         "BONITO_ALLOWED_STORES": _prefixes(base.get("BONITO_ALLOWED_STORES"), str(store)),
     })
-    for unset in ("BONITO_SOURCE", "BONITO_SCHEDULE_CONFIG"):  # no nightly sweep here
+    # No nightly sweep here; no async database URL of another setup.
+    for unset in ("BONITO_SOURCE", "BONITO_SCHEDULE_CONFIG", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"):
         env.pop(unset, None)
     return env
 
@@ -158,17 +160,20 @@ def wait_ready(services: Services, url: str, password: str) -> dict[str, Any]:
                 raise RuntimeError(f"airflow processes exited while starting: {exited}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Airflow was not ready after {READY_TIMEOUT_S} s")
-            if token is None and _healthy(http):
-                answer = http.post("/auth/token", json={"username": USERNAME, "password": password})
-                answer.raise_for_status()
-                token = answer.json()["access_token"]
-                http.headers["Authorization"] = f"Bearer {token}"
-            if token is not None:
-                errors = http.get("/api/v2/importErrors").json().get("import_errors", [])
-                if http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200 or errors:
-                    runs = http.get(f"/api/v2/dags/{DAG_ID}/dagRuns", params={"limit": 1})
-                    total = runs.json().get("total_entries", 0) if runs.status_code == 200 else 0
-                    return {"runs": total, "import_errors": errors}
+            try:
+                if token is None and _healthy(http):
+                    answer = http.post("/auth/token", json={"username": USERNAME, "password": password})
+                    answer.raise_for_status()
+                    token = answer.json()["access_token"]
+                    http.headers["Authorization"] = f"Bearer {token}"
+                if token is not None:
+                    errors = http.get("/api/v2/importErrors").raise_for_status().json()["import_errors"]
+                    if http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200 or errors:
+                        runs = http.get(f"/api/v2/dags/{DAG_ID}/dagRuns", params={"limit": 1})
+                        total = runs.json().get("total_entries", 0) if runs.status_code == 200 else 0
+                        return {"runs": total, "import_errors": errors}
+            except httpx.HTTPError:  # a component still starting; the deadline bounds the wait
+                pass
             time.sleep(1)
 
 
@@ -180,7 +185,8 @@ def banner(url: str, password: str, home: Path, store: Path, ready: dict[str, An
         f"Airflow UI:  {url}/dags/{DAG_ID}",
         f"Sign in as:  {USERNAME}  /  {password}    (a new password on every start)",
         "",
-        f"Runs so far: {ready['runs']} (those of `make demo` included; open one, then its Dataset tab).",
+        (f"Runs so far: {ready['runs']} (those of `make demo` included; open one, then its Dataset tab)."
+         if ready["runs"] else "No runs yet (`make demo` makes one, or trigger one)."),
         f"New run:     Trigger -> set source (e.g. {SAMPLE_DOCS}) -> Trigger; it publishes into {store}",
         f"Logs:        {home / LOG_DIR}/ (processes), {home / 'logs'}/ (tasks)",
         "Stop:        Ctrl-C",
@@ -246,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except RuntimeError as error:
         print(f"{error}\n{services.tails(20) if services else ''}", file=sys.stderr, flush=True)
+        return 1
+    except subprocess.CalledProcessError as error:  # setup_db: Airflow's own output is above
+        print(f"preparing the metadata database failed: {' '.join(map(str, error.cmd[1:]))} "
+              f"exited {error.returncode}", file=sys.stderr, flush=True)
         return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
