@@ -15,6 +15,7 @@ from bonito_tasks.compat import shutdown_vllm
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import sha256_hex
 from bonito_tasks.errors import PermanentFailure
+from bonito_tasks.generate.compile_cache import start_with_healing, use_compile_cache
 from bonito_tasks.model_ref import check_model_reachable
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,11 @@ class VllmEngine:
         )
         if self.max_num_seqs:
             engine_args["max_num_seqs"] = self.max_num_seqs
+        cache = use_compile_cache()  # before vLLM starts its worker processes: they inherit it
         _use_cached_compile_on_cpu()
-        log.info("starting vLLM engine: %s", engine_args)
+        log.info("starting vLLM engine (compile caches in %s): %s", cache.root, engine_args)
         try:
-            self.llm = LLM(**engine_args)
+            self.llm = start_with_healing(lambda: LLM(**engine_args), cache)
         except Exception as err:
             raise _as_engine_failure(err, c, self.max_num_seqs) from err
         return self

@@ -13,7 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from bonito_tasks.compat import hf_request_timeout, shutdown_vllm
+from bonito_tasks.compat import (
+    hf_request_timeout,
+    reset_torch_compile_state,
+    shutdown_vllm,
+    torch_precompiled_header_dir,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,6 +76,34 @@ def test_vllm_engine_core_shutdown_path_exists():
     engine_core = SimpleNamespace(shutdown=lambda: calls.append(1))
     shutdown_vllm(SimpleNamespace(llm_engine=SimpleNamespace(engine_core=engine_core)))
     assert calls == [1]
+
+
+def test_torch_precompiled_header_dir_is_where_inductor_builds_its_headers():
+    """torch's fixed folder for precompiled headers: under torch's default cache folder (not
+    TORCHINDUCTOR_CACHE_DIR), where `_precompile_header` writes."""
+    pytest.importorskip("torch")
+    from torch._inductor import codecache
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    folder = torch_precompiled_header_dir()
+    assert folder == Path(default_cache_dir()) / "precompiled_headers"
+    assert "specified_dir=_HEADER_DIR" in inspect.getsource(codecache._precompile_header)
+
+
+def test_reset_torch_compile_state_forgets_the_vector_isa_verdict_and_the_code_caches():
+    pytest.importorskip("torch")
+    from torch._inductor import codecache, cpu_vec_isa
+
+    valid = cpu_vec_isa.valid_vec_isa_list()  # probes (compiles) once, then remembers
+    assert cpu_vec_isa.valid_vec_isa_list.cache_info().currsize == 1
+    if valid:
+        bool(valid[0])
+        assert cpu_vec_isa.VecISA._VecISA__bool__impl.cache_info().currsize >= 1
+    codecache.CppCodeCache.cache["k"] = lambda: None
+    reset_torch_compile_state()
+    assert cpu_vec_isa.valid_vec_isa_list.cache_info().currsize == 0
+    assert cpu_vec_isa.VecISA._VecISA__bool__impl.cache_info().currsize == 0
+    assert "k" not in codecache.CppCodeCache.cache
 
 
 def test_airflow_redact_masks_the_secrets_airflow_knows_of():
