@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -144,6 +144,20 @@ def _schema(table: str, columns: list[str] | None) -> pa.Schema:
     return schema if columns is None else pa.schema([schema.field(c) for c in columns])
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, empty temp file next to `path` (to be renamed over it), created the way open()
+    creates files: mode 0666 less the process umask (0644 under the usual 022), so a consumer
+    running as another user can read what the store publishes. (mkstemp's files are 0600.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise StoreError(f"could not create a temp file next to {path}")
+
+
 class LocalStore(ArtifactStore):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
@@ -158,7 +172,7 @@ class LocalStore(ArtifactStore):
     def write_bytes(self, key: str, data: bytes) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _create_temp(path)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
