@@ -175,7 +175,7 @@ def engine_share(tmp: Path, n_chunks: int) -> dict:
         writer.begin()
         for first in range(0, n_chunks, 2048):
             writer.add("chunks", pa.Table.from_pylist(rows[first:first + 2048], CHUNKS))
-        partition = writer.commit(config_sha256=config.sha256(), metrics=ChunkMetrics(chunks=n_chunks))
+        partition = writer.commit(metrics=ChunkMetrics(chunks=n_chunks))
         chunks = plan_shards(store, run, config, [partition])
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             metrics = pool.submit(_generate_task, store, run, config, chunks, 0).result()

@@ -69,11 +69,11 @@ def build_run(store, n: int) -> None:
     extract.add("rejects", pa.Table.from_pylist([{"source_uri": f"s3://docs/{i}.pdf", "stage": "extract",
                                                    "reason": "corrupt_pdf", "detail": "no xref", "size_bytes": 10}
                                                   for i in range(20)], REJECTS))
-    extract.commit(config_sha256="c", metrics=ExtractMetrics(files=1020, documents=1000, rejects=20,
+    extract.commit(metrics=ExtractMetrics(files=1020, documents=1000, rejects=20,
                                                               rejects_by_reason={"corrupt_pdf": 20}))
     chunk = StageWriter(store, RUN, "chunk")
     chunk.begin()
-    chunk.commit(config_sha256="k", metrics=ChunkMetrics(chunks=n // 100 * 100, shards=100))
+    chunk.commit(metrics=ChunkMetrics(chunks=n // 100 * 100, shards=100))
     for shard in range(100):
         writer = StageWriter(store, RUN, "generate", partition=shard)
         writer.begin()
@@ -81,7 +81,7 @@ def build_run(store, n: int) -> None:
             "chunk_id": [f"{shard}-{i}" for i in range(500)], "task_type": ["exqa"] * 500,
             "sample_index": np.zeros(500, np.int32), "reason": ["no_pipe", "extra_pipe"] * 250,
             "generated_text": ["<|pipe|> garbled"] * 500}, schema=DROPPED_GENERATIONS))
-        writer.commit(config_sha256="g", metrics=GenerateMetrics(prompts=n // 100, generations=n // 100,
+        writer.commit(metrics=GenerateMetrics(prompts=n // 100, generations=n // 100,
                                                                        parse_failures={"no_pipe": 250,
                                                                                        "extra_pipe": 250}))
     validate = StageWriter(store, RUN, "validate")
@@ -93,7 +93,7 @@ def build_run(store, n: int) -> None:
     validate.add("examples", examples(n))
     quality = QualitySummary(rows=n + quarantined, passed=n, quarantined=quarantined, pass_rate=0.99)
     store.write_bytes(f"{validate.prefix}/report/summary.json", quality.model_dump_json().encode())
-    validate.commit(config_sha256="v", metrics=ValidateMetrics(
+    validate.commit(metrics=ValidateMetrics(
         examples_in=n + quarantined, passed=n, quarantined=quarantined, quality=quality,
         suite=SuiteRef(name="s", dataset_suite="d", version="1")))
     from bonito_tasks.config import RunConfig

@@ -23,16 +23,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from bonito_tasks.contracts import MANIFEST_NAME, SCHEMA_VERSION, TABLES, Manifest, RunRef
+from bonito_tasks.contracts import MANIFEST_NAME, SCHEMA_VERSION, TABLES, Manifest, RunRef, StageName
 from bonito_tasks.store import ArtifactStore, run_prefix
 
 # Where each table's parts live, in the order a person reads them. `examples` are the validated
 # rows once validate committed, else the generated ones (the parts of the generate shards).
-TABLE_STAGES: dict[str, tuple[str, ...]] = {
-    "rejects": ("extract",),
-    "examples": ("validate", "generate"),
-    "quarantine": ("validate",),
-    "dropped_generations": ("generate",),
+TABLE_STAGES: dict[str, tuple[StageName, ...]] = {
+    "rejects": (StageName.EXTRACT,),
+    "examples": (StageName.VALIDATE, StageName.GENERATE),
+    "quarantine": (StageName.VALIDATE,),
+    "dropped_generations": (StageName.GENERATE,),
 }
 # The column a table is filtered and counted by (the facet), and the columns a page shows.
 FACETS = {"rejects": "reason", "examples": "task_type", "quarantine": "failed_expectations",

@@ -10,12 +10,25 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+
+
+class StageName(StrEnum):
+    """The stages of a run, in order; each is the name of its folder under the run's folder."""
+
+    PLAN = "plan"
+    EXTRACT = "extract"
+    CHUNK = "chunk"
+    GENERATE = "generate"
+    VALIDATE = "validate"
+    PUBLISH = "publish"
+
 MANIFEST_NAME = "_manifest.json"
 FAILURE_NAME = "_failure.json"  # what a stage that failed left instead of a manifest (see StageFailure)
 
@@ -198,6 +211,10 @@ class ShardRef(BaseModel):
 class _Metrics(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Fields that differ between two attempts over the same data (timings): left out of the
+    # manifest's content fingerprint, so a stage redone with the same result keeps its readers reused.
+    VOLATILE: ClassVar[frozenset[str]] = frozenset({"wall_s"})
+
     def counts(self) -> dict[str, int]:
         """The integer fields: the few numbers that travel in XCom and asset events."""
         return {k: v for k, v in self if isinstance(v, int) and not isinstance(v, bool)}
@@ -268,6 +285,9 @@ def generate_shard_parts(chunks: Manifest, shard: int) -> range:
 
 
 class GenerateMetrics(_Metrics):
+    VOLATILE = frozenset({"resumed_prompts", "checkpoints", "attempt_wall_s", "engine_start_s", "generate_s",
+                          "output_tokens_per_s"})
+
     stage: Literal["generate"] = "generate"
     prompts: int = 0
     generations: int = 0
@@ -364,6 +384,8 @@ class QualitySummary(BaseModel):
 
 
 class ValidateMetrics(_Metrics):
+    VOLATILE = frozenset({"validation_s"})
+
     stage: Literal["validate"] = "validate"
     examples_in: int = 0
     passed: int = 0
@@ -443,9 +465,14 @@ class Manifest(BaseModel):
     shards: list[ShardRef] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)  # rows per table
     metrics: StageMetrics
+    # What the stage read and how, the parts of its reuse key (stage.py): the stages it declares it
+    # reads, the content fingerprints of the manifests it read, the hash of its slice of the run
+    # config, the hash of its code, and the key over all of them.
+    reads: list[str] = Field(default_factory=list)
     input_manifest_sha256: list[str] = Field(default_factory=list)
     config_sha256: str
     code_version: str
+    reuse_key: str = ""  # "": written before reuse keys (never reused)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def shards_of(self, table: str) -> list[ShardRef]:
@@ -461,6 +488,27 @@ class Manifest(BaseModel):
     def sha256(self) -> str:
         """Content hash of what the stage committed, independent of when it was written."""
         return sha256_hex(canonical_json(self.model_dump(exclude={"created_at", "metrics"})))
+
+    @property
+    def content_sha256(self) -> str:
+        """Fingerprint of what the stage committed (its parts and the non-volatile metrics), not of
+        how or when: a stage redone with the same result has the same fingerprint, so the stages
+        that read it stay reusable."""
+        metrics = self.metrics.model_dump(exclude=set(self.metrics.VOLATILE))
+        shards = [(s.table, s.path, s.rows, s.sha256) for s in self.shards]
+        return sha256_hex(canonical_json({"stage": self.stage, "shards": shards, "metrics": metrics}))
+
+
+class CheckpointMarker(BaseModel):
+    """`_checkpoint-NNNNN.json` of a generate shard, written after its parts: the prompts they hold,
+    valid for attempts with the same reuse key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reuse_key: str
+    prompts: list[int]
+    shards: list[ShardRef]
+    counts: dict[str, int]
 
 
 class StageFailure(BaseModel):

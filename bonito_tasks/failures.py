@@ -24,12 +24,13 @@ from bonito_tasks.contracts import (
     Manifest,
     RunRef,
     StageFailure,
+    StageName,
 )
 from bonito_tasks.store import ArtifactStore, run_prefix
 
 log = logging.getLogger(__name__)
 
-STAGES = ("extract", "chunk", "generate", "validate", "publish")
+STAGES = (StageName.EXTRACT, StageName.CHUNK, StageName.GENERATE, StageName.VALIDATE, StageName.PUBLISH)
 _OUTCOME_FIELDS = set(ExpectationOutcome.model_fields)
 
 
@@ -81,9 +82,9 @@ def _cause(store: ArtifactStore, run: RunRef, failure: StageFailure) -> FailureC
         for e in failed if isinstance(e, dict) and {"name", "level", "expectation", "success"} <= e.keys()
     ]
     cause.quarantined = {str(k): int(v) for k, v in (details.get("quarantined") or {}).items()}
-    if failure.stage == "extract":
-        cause.rejects_by_reason = _reasons(store, f"{run_prefix(run)}/extract", "rejects")
-    if failure.stage in ("generate", "validate"):
+    if failure.stage == StageName.EXTRACT:
+        cause.rejects_by_reason = _reasons(store, f"{run_prefix(run)}/{StageName.EXTRACT}", "rejects")
+    if failure.stage in (StageName.GENERATE, StageName.VALIDATE):
         dropped: Counter = Counter()
         for manifest in _generated(store, run):
             if isinstance(manifest.metrics, GenerateMetrics):

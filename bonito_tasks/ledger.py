@@ -45,8 +45,9 @@ import pyarrow.parquet as pq
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import TABLES, Manifest, RunRef, canonical_json, sha256_hex
-from bonito_tasks.stage import PACKAGE_DIR, code_version
-from bonito_tasks.store import ArtifactStore, StoreError, safe_segment
+from bonito_tasks.parts import PartsFolder, part_bytes
+from bonito_tasks.stage import code_version
+from bonito_tasks.store import ArtifactStore, safe_segment
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ DONE, REJECT = "done", "reject"
 NOT_REMEMBERED = frozenset({"unreadable"})  # I/O errors may pass: such files are tried every run
 REPLACES_KEY = b"bonito.ledger.replaces"  # compacted part's metadata: JSON list of the part names it replaces
 TARGETS_KEY = b"bonito.ledger.targets"  # JSON {target_key: target}: what the hashes in `scope` stand for
-SCAN_ATTEMPTS = 5  # a part may vanish under a reader when a compaction deletes it: list again
 
 LEDGER = pa.schema(
     [
@@ -110,7 +110,7 @@ def reject_scope(config: RunConfig) -> str:
     """What decides a reject besides the file: the settings and the extract stage's code. A
     changed `max_file_bytes` or `text_column`, or a new release of the readers, tries the
     remembered rejects once more."""
-    extract_code = code_version(PACKAGE_DIR / "extract")
+    extract_code = code_version("bonito_tasks.extract")
     return sha256_hex(canonical_json({"max_file_bytes": config.max_file_bytes, "text_column": config.text_column,
                                       "extract_code": extract_code}))
 
@@ -228,29 +228,6 @@ def load_ledger(store: ArtifactStore, dag_id: str, config: RunConfig) -> Known:
 # ---- Reading the parts
 
 
-class _Vanished(Exception):
-    """A listed part disappeared before it was read (a compaction deleted it)."""
-
-
-def _is_part(key: str) -> bool:
-    # Only committed parts: a local write in progress is a hidden temp file.
-    name = key.rsplit("/", 1)[-1]
-    return name.startswith(("part-", "compact-")) and name.endswith(".parquet")
-
-
-def _name(key: str) -> str:
-    return key.rsplit("/", 1)[-1]
-
-
-def _read(store: ArtifactStore, key: str) -> bytes:
-    try:
-        return store.read_bytes(key)
-    except Exception as err:
-        if not store.exists(key):
-            raise _Vanished(key) from err
-        raise
-
-
 def _table(data: bytes, columns: list[str] | None = None) -> tuple[pa.Table, list[str], dict[str, Any]]:
     """A part's rows in the current schema (only `columns`, when given), the part names it
     replaces and its targets."""
@@ -270,51 +247,23 @@ def _table(data: bytes, columns: list[str] | None = None) -> tuple[pa.Table, lis
     return table.select(names).cast(pa.schema([LEDGER.field(c) for c in names])), replaces, targets
 
 
-@dataclass
-class _Snapshot:
-    live: list[str]  # parts to read
-    covered: list[str]  # parts a present compacted part replaces (leftovers of a compaction)
-
-
-def _snapshot(store: ArtifactStore, dag_id: str) -> _Snapshot:
-    keys = [k for k in store.list(ledger_prefix(dag_id)) if _is_part(k)]
-    covered_names = {name for k in keys if _name(k).startswith("compact-") for name in _replaces(store, k)}
-    return _Snapshot(live=[k for k in keys if _name(k) not in covered_names],
-                     covered=[k for k in keys if _name(k) in covered_names])
-
-
-def _replaces(store: ArtifactStore, key: str) -> list[str]:
-    """The part names a compacted part replaces, from its Parquet footer only."""
-    try:
-        with store.open_read(key) as f:
-            metadata = pq.read_schema(f).metadata or {}
-    except Exception as err:
-        if not store.exists(key):
-            raise _Vanished(key) from err
-        raise
-    return json.loads(metadata.get(REPLACES_KEY, b"[]"))
+def _parts(store: ArtifactStore, dag_id: str) -> PartsFolder:
+    return PartsFolder(store, ledger_prefix(dag_id), REPLACES_KEY)
 
 
 T = TypeVar("T")
 
 
 def _scanned(store: ArtifactStore, dag_id: str, scan: Callable[[list[tuple[str, Callable[[], pa.Table]]]], T],
-             on_snapshot: Callable[[_Snapshot], None] | None = None, columns: list[str] | None = None) -> T:
+             columns: list[str] | None = None) -> T:
     """scan(parts) over the live parts, each read lazily (one in memory at a time, only `columns`);
     restarted from a new listing when a part vanished under it."""
-    for _ in range(SCAN_ATTEMPTS):
-        try:
-            snap = _snapshot(store, dag_id)
-            if on_snapshot:
-                on_snapshot(snap)
+    folder = _parts(store, dag_id)
 
-            def reader(key: str) -> Callable[[], pa.Table]:
-                return lambda: _table(_read(store, key), columns)[0]
+    def reader(key: str) -> Callable[[], pa.Table]:
+        return lambda: _table(folder.read(key), columns)[0]
 
-            return scan([(key, reader(key)) for key in snap.live])
-        except _Vanished as gone:
-            log.info("ledger part %s vanished while read (a compaction ran): reading again", gone)
-    raise StoreError(f"the ledger under {ledger_prefix(dag_id)} kept changing while it was read")
+    return folder.scanned(lambda snap: scan([(key, reader(key)) for key in snap.live]))
 
 
 def _dedupe(table: pa.Table) -> pa.Table:
@@ -340,20 +289,14 @@ def read_ledger(store: ArtifactStore, dag_id: str) -> pa.Table:
 
 def live_parts(store: ArtifactStore, dag_id: str) -> list[str]:
     """The keys of the parts a reader reads now (not those a compacted part replaces)."""
-    return _snapshot(store, dag_id).live
+    return _parts(store, dag_id).snapshot().live
 
 
 # ---- Writing
 
 
-def _part_bytes(table: pa.Table, targets: dict[str, Any], replaces: list[str] | None = None) -> bytes:
-    metadata = {TARGETS_KEY: canonical_json(targets).encode()}
-    if replaces is not None:
-        metadata[REPLACES_KEY] = json.dumps(replaces).encode()
-    table = table.replace_schema_metadata(metadata)
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+def _part_bytes(table: pa.Table, targets: dict[str, Any]) -> bytes:
+    return part_bytes(table, {TARGETS_KEY: canonical_json(targets).encode()})
 
 
 def write_part(store: ArtifactStore, run: RunRef, table: pa.Table, targets: dict[str, Any] | None = None) -> str:
@@ -365,8 +308,8 @@ def write_part(store: ArtifactStore, run: RunRef, table: pa.Table, targets: dict
     with pa.ipc.new_stream(sink, facts.schema) as stream:
         stream.write_table(facts)
     digest = sha256_hex(sink.getvalue().to_pybytes())
-    key = f"{ledger_prefix(run.dag_id)}/part-{safe_segment(run.run_id)}-{digest[:16]}.parquet"
-    return store.write_bytes(key, _part_bytes(table, targets or {}))
+    name = f"{safe_segment(run.run_id)}-{digest[:16]}"
+    return store.uri(_parts(store, run.dag_id).write(name, _part_bytes(table, targets or {})))
 
 
 def _read_shard(store: ArtifactStore, manifest: Manifest, table: str, shard: int, columns: list[str],
@@ -424,37 +367,16 @@ def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest, config
 
 
 def compact_ledger(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PARTS) -> dict:
-    """Replace the live parts by one compacted part when there are more than `max_parts`.
+    """Replace the live parts by one compacted part, the de-duplicated union of their facts, when
+    there are more than `max_parts` (the protocol of parts.py: any crash point leaves a correct ledger)."""
+    folder = _parts(store, dag_id)
 
-    Protocol (any crash point leaves a correct ledger): (1) write `compact-<digest>.parquet`, the
-    de-duplicated union of the live parts, whose metadata lists the names of every part it
-    replaces (the live ones and leftovers of an earlier compaction); (2) delete those parts. Before
-    (1) completes, readers see the old parts; after it, they ignore the parts it lists, whether
-    deleted yet or not. Leftovers of a crash in (2) are deleted by the next call, whatever the
-    number of parts."""
-    snap_holder: list[_Snapshot] = []
-
-    def scan(parts) -> dict:
-        snap = snap_holder[-1]
-        if len(snap.live) <= max_parts:
-            for key in snap.covered:  # a present compacted part holds their rows
-                store.delete(key)
-            return {"live_parts": len(snap.live), "compacted_parts": 0, "leftovers_deleted": len(snap.covered)}
+    def merge(live: list[str]) -> tuple[pa.Table, dict[bytes, bytes]]:
         tables, targets = [], {}
-        for key, _ in parts:
-            table, _, part_targets = _table(_read(store, key))
+        for key in live:
+            table, _, part_targets = _table(folder.read(key))
             tables.append(table)
             targets.update(part_targets)
-        merged = _dedupe(pa.concat_tables(tables))
-        replaces = sorted(_name(k) for k in snap.live + snap.covered)
-        key = f"{ledger_prefix(dag_id)}/compact-{sha256_hex(canonical_json(replaces))[:16]}.parquet"
-        store.write_bytes(key, _part_bytes(merged, targets, replaces))
-        for old in snap.live + snap.covered:
-            if old != key:
-                store.delete(old)
-        log.info("ledger: compacted %d part(s) (%d rows) into %s (%d rows)", len(replaces),
-                 sum(t.num_rows for t in tables), _name(key), merged.num_rows)
-        return {"live_parts": 1, "compacted_parts": len(replaces), "rows": merged.num_rows, "compact_part": key}
+        return _dedupe(pa.concat_tables(tables)), {TARGETS_KEY: canonical_json(targets).encode()}
 
-    return _scanned(store, dag_id, scan, on_snapshot=snap_holder.append)
-
+    return folder.compact(max_parts, merge)

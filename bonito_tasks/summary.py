@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import GenerateMetrics, GenerateSummary, Manifest, RunRef, RunSummary
+from bonito_tasks.contracts import GenerateMetrics, GenerateSummary, Manifest, RunRef, RunSummary, StageName
 from bonito_tasks.failures import failure_cause, format_cause
 from bonito_tasks.figures import record_figures
 from bonito_tasks.stage import StageWriter
@@ -29,8 +29,8 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
     died is not timed); GPU-hours are `tensor_parallel_size` GPUs x generate wall time, and are
     left out for the server backend, whose GPUs serve other clients too.
     """
-    extract, chunk, validate, publish = (StageWriter(store, run, stage).committed()
-                                         for stage in ("extract", "chunk", "validate", "publish"))
+    extract, chunk, validate, publish = (StageWriter(store, run, stage).committed() for stage in (
+        StageName.EXTRACT, StageName.CHUNK, StageName.VALIDATE, StageName.PUBLISH))
     shards = _generate_manifests(store, run, chunk.metrics.shards) if chunk else []
     generate = _generate(config, chunk.metrics.shards, shards) if chunk else None
     summary = RunSummary(
@@ -38,12 +38,12 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
         run_id=run.run_id,
         run_folder=store.uri(run_prefix(run)),
         stages={
-            "extract": _state(extract),
-            "chunk": _state(chunk),
-            "generate": (f"{generate.shards_committed}/{generate.shards} shards committed"
-                         if generate else "not started"),
-            "validate": _state(validate),
-            "publish": _state(publish),
+            StageName.EXTRACT: _state(extract),
+            StageName.CHUNK: _state(chunk),
+            StageName.GENERATE: (f"{generate.shards_committed}/{generate.shards} shards committed"
+                                 if generate else "not started"),
+            StageName.VALIDATE: _state(validate),
+            StageName.PUBLISH: _state(publish),
         },
         extracted=extract and extract.metrics,
         chunked=chunk and chunk.metrics,
@@ -76,7 +76,7 @@ def _state(manifest: Manifest | None) -> str:
 
 
 def _generate_manifests(store: ArtifactStore, run: RunRef, shards: int) -> list[Manifest]:
-    return [m for i in range(shards) if (m := StageWriter(store, run, "generate", partition=i).committed())]
+    return [m for i in range(shards) if (m := StageWriter(store, run, StageName.GENERATE, partition=i).committed())]
 
 
 def _generate(config: RunConfig, shards: int, manifests: list[Manifest]) -> GenerateSummary:

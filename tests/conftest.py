@@ -69,6 +69,19 @@ def make_config(tmp_path: Path, **overrides):
     return RunConfig(**values)
 
 
+def work_stage(name: str, work, *, reads: tuple[str, ...] = (), fields: frozenset[str] = frozenset(),
+               resumable: bool = False, check=None):
+    """A Stage subclass doing `work(writer)` (and `check(writer)`), for tests of the harness."""
+    from bonito_tasks.contracts import StageName
+    from bonito_tasks.stage import Stage
+
+    return type(f"{name.title()}Work", (Stage,), {
+        "name": StageName(name), "reads": tuple(StageName(r) for r in reads), "config_fields": frozenset(fields),
+        "resumable": resumable, "work": lambda self, writer: work(writer),
+        "check": (lambda self, writer: check(writer)) if check else Stage.check,
+    })
+
+
 @pytest.fixture(scope="session")
 def vllm_engine():
     """One real vLLM engine on the tiny model, shared by every test that generates (start: ~20 s)."""
@@ -92,7 +105,7 @@ def commit_chunks(store, run, rows: list[dict]):
     writer = StageWriter(store, run, "chunk")
     writer.begin()
     writer.add("chunks", pa.Table.from_pylist([{**defaults, **row} for row in rows], CHUNKS))
-    return writer.commit(config_sha256="test-chunks", metrics=ChunkMetrics(chunks=len(rows)))
+    return writer.commit(metrics=ChunkMetrics(chunks=len(rows)))
 
 
 def paragraph_chunks(store, run, n: int):

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import math
 import os
-import time
 from bisect import bisect_right
 from collections.abc import Iterator
 
@@ -27,15 +26,14 @@ from bonito_tasks.checks import check_chunks
 from bonito_tasks.chunk import neardup, quality
 from bonito_tasks.chunk.splitter import Chunker, load_tokenizer
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import CHUNKS, ChunkMetrics, GenerateFigures, Manifest, RunRef, sha256_hex
+from bonito_tasks.contracts import CHUNKS, ChunkMetrics, GenerateFigures, Manifest, RunRef, StageName, sha256_hex
 from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.figures import read_figures
-from bonito_tasks.stage import StageWriter, partition_view, run_stage
+from bonito_tasks.stage import Stage, StageWriter, partition_view
 from bonito_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
-STAGE = "chunk"
 PART_ROWS = 2048  # chunks per part: a generate shard is a run of parts, read one at a time
 SIGNATURE_PART_ROWS = 65_536  # signatures per part of the stage's chunk_signatures (32 MiB)
 # Airflow maps at most [core] max_map_length tasks (default 1024): more generate shards cannot run.
@@ -55,50 +53,42 @@ def _page(page_starts: list[int] | None, char_start: int) -> int | None:
     return bisect_right(page_starts, char_start) if page_starts else None
 
 
-def chunk_partition(
-    store: ArtifactStore, run: RunRef, config: RunConfig, documents: Manifest, partition: int
-) -> Manifest:
+# How chunks are cut and filtered (chunk_max_tokens is derived from the sampling budget by RunConfig).
+CHUNKING_FIELDS = frozenset({"model_id", "model_revision", "chunk_max_tokens", "chunk_overlap_tokens",
+                             "chunk_min_chars", "quality_filters"}
+                            | {name for name in RunConfig.model_fields if name.startswith("quality_")})
+# Which chunks earlier runs generated from, for the same processing target (ledger.processing_target).
+EARLIER_RUN_FIELDS = frozenset({"near_dup_threshold", "near_dup_across_runs", "task_types", "full_refresh",
+                                "model_id", "model_revision", "hub_repo_id", "export_s3_uri"})
+# How the chunks are cut into generate shards.
+SHARDING_FIELDS = frozenset({"chunk_shard_size", "gpu_slots", "target_shard_minutes", "task_types", "n", "backend",
+                             "tensor_parallel_size"})
+
+
+class ChunkPartition(Stage):
     """Chunk the documents of one extract partition (`chunk/shard-NNNNN/`), skipping those whose
     content an earlier partition holds. Memory: one documents part and one chunks part."""
-    extracted = partition_view(documents, partition)
 
-    def work(writer: StageWriter) -> ChunkMetrics:
-        started = time.monotonic()
-        skip = _duplicate_documents(store, documents, partition)
+    name = StageName.CHUNK
+    reads = (StageName.EXTRACT,)
+    config_fields = CHUNKING_FIELDS
+
+    def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig, documents: Manifest, partition: int):
+        super().__init__(store, run, config, [documents], partition=partition)
+        self.documents = documents
+        self.extracted = partition_view(documents, partition)
+
+    def work(self, writer: StageWriter) -> ChunkMetrics:
+        config, store, partition = self.config, self.store, self.partition
+        assert partition is not None
+        skip = _duplicate_documents(store, self.documents, partition)
         chunker = Chunker(load_tokenizer(config), config.chunk_max_tokens, config.chunk_overlap_tokens)
         metrics = ChunkMetrics(chunk_max_tokens=config.chunk_max_tokens,
                                chunk_overlap_tokens=config.chunk_overlap_tokens, chunk_min_chars=config.chunk_min_chars)
         thresholds = quality.Thresholds.from_config(config) if config.quality_filters else None
-        rows: list[dict] = []
-        next_index: dict[str, int] = {}  # the document being chunked -> index of its next kept chunk
-
-        def flush() -> None:
-            """Filter the buffered chunks, number them per document and write them with their signatures."""
-            nonlocal rows
-            texts = [r["text"] for r in rows]
-            shingled = minhash.shingles(texts)
-            reasons = quality.assess(texts, thresholds, shingled) if thresholds else [None] * len(rows)
-            keep = [i for i, reason in enumerate(reasons) if reason is None]
-            for reason in reasons:
-                if reason is not None:
-                    metrics.filtered[reason] = metrics.filtered.get(reason, 0) + 1
-            kept = [rows[i] for i in keep]
-            for row in kept:
-                if row["doc_id"] not in next_index:
-                    next_index.clear()
-                    next_index[row["doc_id"]] = 0
-                row["chunk_index"] = next_index[row["doc_id"]]
-                next_index[row["doc_id"]] += 1
-            if kept:
-                writer.add("chunks", pa.Table.from_pylist(kept, CHUNKS))
-                sigs = minhash.signatures(shingled.take(keep))
-                writer.add("chunk_signatures", neardup.chunk_signatures_table(
-                    [r["chunk_id"] for r in kept], sigs, [r["pending_task_types"] for r in kept]))
-                metrics.chunks += len(kept)
-            rows = []
-
-        for shard in range(len(extracted.shards_of("documents"))):
-            docs = store.read_shard(extracted, "documents", shard,
+        filtered = _Filtered(writer, metrics, thresholds)
+        for shard in range(len(self.extracted.shards_of("documents"))):
+            docs = store.read_shard(self.extracted, "documents", shard,
                                     columns=["doc_id", "text", "page_starts", "pending_task_types"])
             todo = [row for row in zip(*(docs[c].to_pylist() for c in docs.column_names)) if row[0] not in skip]
             # Many documents per tokenizer call (batches parallelize); each document's spans as soon as it is done.
@@ -107,25 +97,61 @@ def chunk_partition(
                 kept = [s for s in spans if len(text[s[0]:s[1]].strip()) >= config.chunk_min_chars]
                 metrics.short_chunks += len(spans) - len(kept)
                 for start, end, tokens in kept:
-                    rows.append({"chunk_id": sha256_hex(f"{doc_id}:{start}:{end}"), "doc_id": doc_id,
-                                 "chunk_index": 0, "char_start": start, "char_end": end, "n_tokens": tokens,
-                                 "text": text[start:end], "page": _page(page_starts, start),
-                                 "pending_task_types": pending, "also_in": []})
-                    if len(rows) >= PART_ROWS:
-                        flush()
-        if rows:
-            flush()
-        metrics.wall_s = round(time.monotonic() - started, 3)
+                    filtered.append({"chunk_id": sha256_hex(f"{doc_id}:{start}:{end}"), "doc_id": doc_id,
+                                     "chunk_index": 0, "char_start": start, "char_end": end, "n_tokens": tokens,
+                                     "text": text[start:end], "page": _page(page_starts, start),
+                                     "pending_task_types": pending, "also_in": []})
+        filtered.flush()
         log.info("chunk partition %d: %d document(s) into %d chunk(s), %d under %d chars dropped, %d failed the "
-                 "quality filters %s, in %.1f s", partition, metrics.documents, metrics.chunks, metrics.short_chunks,
-                 config.chunk_min_chars, sum(metrics.filtered.values()), metrics.filtered or "", metrics.wall_s)
+                 "quality filters %s", partition, metrics.documents, metrics.chunks, metrics.short_chunks,
+                 config.chunk_min_chars, sum(metrics.filtered.values()), metrics.filtered or "")
         return metrics
 
-    return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[documents], work=work,
-                     check=lambda writer: check_chunks(store, writer, extracted), partition=partition)
+    def check(self, writer: StageWriter) -> None:
+        check_chunks(self.store, writer, self.extracted)
 
 
-def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions: list[Manifest]) -> Manifest:
+class _Filtered:
+    """Chunks buffered a part at a time: filtered, numbered per document and written with their signatures."""
+
+    def __init__(self, writer: StageWriter, metrics: ChunkMetrics, thresholds: quality.Thresholds | None):
+        self.writer, self.metrics, self.thresholds = writer, metrics, thresholds
+        self.rows: list[dict] = []
+        self.next_index: dict[str, int] = {}  # the document being chunked -> index of its next kept chunk
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= PART_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        rows, metrics = self.rows, self.metrics
+        texts = [r["text"] for r in rows]
+        shingled = minhash.shingles(texts)
+        reasons = quality.assess(texts, self.thresholds, shingled) if self.thresholds else [None] * len(rows)
+        keep = [i for i, reason in enumerate(reasons) if reason is None]
+        for reason in reasons:
+            if reason is not None:
+                metrics.filtered[reason] = metrics.filtered.get(reason, 0) + 1
+        kept = [rows[i] for i in keep]
+        for row in kept:
+            if row["doc_id"] not in self.next_index:
+                self.next_index.clear()
+                self.next_index[row["doc_id"]] = 0
+            row["chunk_index"] = self.next_index[row["doc_id"]]
+            self.next_index[row["doc_id"]] += 1
+        if kept:
+            self.writer.add("chunks", pa.Table.from_pylist(kept, CHUNKS))
+            sigs = minhash.signatures(shingled.take(keep))
+            self.writer.add("chunk_signatures", neardup.chunk_signatures_table(
+                [r["chunk_id"] for r in kept], sigs, [r["pending_task_types"] for r in kept]))
+            metrics.chunks += len(kept)
+        self.rows = []
+
+
+class PlanShards(Stage):
     """The chunk stage: the partitions' chunks in order, exact duplicates and near-duplicates kept
     once (with every other place in `also_in`: a near-duplicate goes to the first kept chunk it
     matches), chunks an earlier run generated from dropped (or narrowed to the task types still
@@ -133,14 +159,21 @@ def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions
     Memory: the 128-bit digests of the distinct chunks (about 80 bytes each), the kept chunks'
     MinHash signatures and band keys (about 720 bytes each) and one part; never the texts."""
 
-    def work(writer: StageWriter) -> ChunkMetrics:
-        started = time.monotonic()
-        plan = _Dedup(config, neardup.load_earlier(store, run.dag_id, config))
+    name = StageName.CHUNK
+    reads = (StageName.CHUNK,)
+    config_fields = CHUNKING_FIELDS | EARLIER_RUN_FIELDS | SHARDING_FIELDS
+
+    def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig, partitions: list[Manifest]):
+        super().__init__(store, run, config, partitions)
+
+    def work(self, writer: StageWriter) -> ChunkMetrics:
+        config, store, partitions = self.config, self.store, self.inputs
+        plan = _Dedup(config, neardup.load_earlier(store, self.run.dag_id, config))
         columns = ["doc_id", "char_start", "char_end", "text", "pending_task_types"]
         for partition, part, sigs in _parts(store, partitions, columns, signatures=plan.near):
             plan.add_part(partition, part, sigs)
         kept = plan.kept
-        shard_size = generate_shard_size(kept, config, read_figures(store, run.dag_id, config))
+        shard_size = generate_shard_size(kept, config, read_figures(store, self.run, config))
         part_rows = min(shard_size, PART_ROWS)
         parts_per_shard = math.ceil(shard_size / part_rows)
         metrics = ChunkMetrics(partitions=len(partitions), chunk_max_tokens=config.chunk_max_tokens,
@@ -183,6 +216,7 @@ def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions
                 f"{math.ceil(kept / MAX_SHARDS)}, leave it empty (auto), or raise AIRFLOW__CORE__MAX_MAP_LENGTH.")
         metrics.shards, metrics.shard_size, metrics.chunks = len(metrics.shard_parts), shard_size, kept
         for manifest in partitions:
+            assert isinstance(manifest.metrics, ChunkMetrics)
             metrics.documents += manifest.metrics.documents
             metrics.short_chunks += manifest.metrics.short_chunks
             for reason, count in manifest.metrics.filtered.items():
@@ -191,7 +225,6 @@ def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions
         metrics.duplicate_chunks = sum(len(v) for v in plan.duplicates.values())
         metrics.near_duplicate_chunks = plan.near_duplicates
         metrics.earlier_run_duplicates = plan.earlier_duplicates
-        metrics.wall_s = round(time.monotonic() - started, 3)
         log.info("chunked %d documents into %d chunks in %d generate shard(s) of up to %d; dropped %d duplicate(s) "
                  "(%d near), %d chunk(s) an earlier run generated from, %d chunk(s) under %d chars and %d failing the "
                  "quality filters %s", metrics.documents, kept, metrics.shards, shard_size, metrics.duplicate_chunks,
@@ -199,7 +232,15 @@ def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions
                  config.chunk_min_chars, sum(metrics.filtered.values()), metrics.filtered or "")
         return metrics
 
-    return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=partitions, work=work)
+
+def chunk_partition(
+    store: ArtifactStore, run: RunRef, config: RunConfig, documents: Manifest, partition: int
+) -> Manifest:
+    return ChunkPartition(store, run, config, documents, partition).execute()
+
+
+def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions: list[Manifest]) -> Manifest:
+    return PlanShards(store, run, config, partitions).execute()
 
 
 EARLIER = (-1, -1)  # first[digest] of a text dropped because an earlier run generated from it

@@ -9,9 +9,8 @@ is dropped as already done only for the same target and only when an earlier run
 task type it needs; otherwise it goes on for the task types still missing (a run that adds `ynqa`
 to `[exqa]` still generates ynqa for the chunks it has seen). `full_refresh` ignores them.
 
-Past COMPACT_AFTER_PARTS parts, recording writes `compact-<digest>.parquet`, the union, whose
-Parquet metadata names the parts it replaces, then deletes them; readers ignore the parts a present
-compacted part names (the ledger's protocol: a crash at any point loses nothing).
+Past COMPACT_AFTER_PARTS parts, recording compacts them into one (parts.py, the ledger's protocol:
+a crash at any point loses nothing, and a part that vanishes under a reader makes it list again).
 
 Memory: the signatures (512 bytes each) and their LSH band keys (12 bytes per band), never texts.
 """
@@ -29,8 +28,9 @@ import pyarrow.parquet as pq
 
 from bonito_tasks import minhash
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import CHUNK_SIGNATURES, Manifest, RunRef, canonical_json, sha256_hex
+from bonito_tasks.contracts import CHUNK_SIGNATURES, Manifest, RunRef, StageName, canonical_json, sha256_hex
 from bonito_tasks.ledger import target_key
+from bonito_tasks.parts import PART, PartsFolder, Snapshot, name_of, part_bytes
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import ArtifactStore, safe_segment
 
@@ -99,21 +99,27 @@ def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig) -> Earlie
     off (no threshold, `near_dup_across_runs` false, or `full_refresh`)."""
     if config.near_dup_threshold is None or not config.near_dup_across_runs or config.full_refresh:
         return None
-    earlier = EarlierRuns(config.near_dup_threshold)
-    scope, kinds, kind_ids = target_key(config), {}, []
-    for key in _live_parts(store, dag_id):
-        table = pq.read_table(io.BytesIO(store.read_bytes(key)))
-        if json.loads((table.schema.metadata or {}).get(PARAMS_KEY, b"{}")) != PARAMS:
-            log.warning("near-duplicate signatures %s were made with other MinHash settings: ignored", key)
-            continue
-        table = table.filter(pc.equal(table["scope"], scope))
-        if not table.num_rows:
-            continue
-        earlier.index.add(signature_matrix(table["signature"]))
-        for types in table["task_types"].to_pylist():
-            kind_ids.append(kinds.setdefault(frozenset(types), len(kinds)))
-    earlier.kinds = list(kinds)
-    earlier.kind_of = np.asarray(kind_ids, dtype=np.int32)
+    scope = target_key(config)
+
+    def scan(snap: Snapshot) -> EarlierRuns:
+        earlier, kinds, kind_ids = EarlierRuns(config.near_dup_threshold), {}, []
+        for key in snap.live:
+            table = pq.read_table(io.BytesIO(folder.read(key)))
+            if json.loads((table.schema.metadata or {}).get(PARAMS_KEY, b"{}")) != PARAMS:
+                log.warning("near-duplicate signatures %s were made with other MinHash settings: ignored", key)
+                continue
+            table = table.filter(pc.equal(table["scope"], scope))
+            if not table.num_rows:
+                continue
+            earlier.index.add(signature_matrix(table["signature"]))
+            for types in table["task_types"].to_pylist():
+                kind_ids.append(kinds.setdefault(frozenset(types), len(kinds)))
+        earlier.kinds = list(kinds)
+        earlier.kind_of = np.asarray(kind_ids, dtype=np.int32)
+        return earlier
+
+    folder = _parts(store, dag_id)
+    earlier = folder.scanned(scan)
     if len(earlier):
         log.info("near-duplicates: %d chunk signature(s) of earlier runs for this target (%.1f MiB)", len(earlier),
                  earlier.index.nbytes / 2**20)
@@ -124,7 +130,7 @@ def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> d
     """Record the signatures of the chunks this run generated from (the chunk stage's
     `chunk_signatures`) for later runs. Call only after publish succeeded (the ledger task does).
     Idempotent: a retry writes the same part. Then compacts past COMPACT_AFTER_PARTS parts."""
-    chunks = StageWriter(store, run, "chunk").committed()
+    chunks = StageWriter(store, run, StageName.CHUNK).committed()
     if chunks is None or not chunks.shards_of("chunk_signatures"):
         return {"neardup_part": None, "signatures_recorded": 0}
     table = store.read_table(chunks, "chunk_signatures", columns=["signature", "task_types"])
@@ -136,11 +142,12 @@ def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> d
         "run_id": pa.array([run.run_id] * table.num_rows, pa.string()),
     }, schema=SIGNATURES)
     data = _part_bytes(part)
-    key = f"{neardup_prefix(run.dag_id)}/part-{safe_segment(run.run_id)}-{sha256_hex(data)[:16]}.parquet"
-    for old in store.list(neardup_prefix(run.dag_id)):  # an earlier attempt of this run that recorded otherwise
-        if old.rsplit("/", 1)[-1].startswith(f"part-{safe_segment(run.run_id)}-") and old != key:
+    folder = _parts(store, run.dag_id)
+    name = f"{safe_segment(run.run_id)}-{sha256_hex(data)[:16]}"
+    for old in store.list(folder.prefix):  # an earlier attempt of this run that recorded otherwise
+        if name_of(old).startswith(f"{PART}{safe_segment(run.run_id)}-") and name_of(old) != f"{PART}{name}.parquet":
             store.delete(old)
-    store.write_bytes(key, data)
+    key = folder.write(name, data)
     result = {"neardup_part": key, "signatures_recorded": part.num_rows}
     try:
         result["neardup_compaction"] = compact(store, run.dag_id)
@@ -151,50 +158,22 @@ def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> d
 
 
 def compact(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PARTS) -> dict:
-    """One compacted part for the live parts when there are more than `max_parts` (see the module docstring)."""
-    keys = _parts(store, dag_id)
-    live, covered = _split(store, keys)
-    if len(live) <= max_parts:
-        for key in covered:
-            store.delete(key)
-        return {"live_parts": len(live), "compacted_parts": 0}
-    tables = [pq.read_table(io.BytesIO(store.read_bytes(k))).cast(SIGNATURES) for k in live]
-    replaces = sorted(k.rsplit("/", 1)[-1] for k in live + covered)
-    key = f"{neardup_prefix(dag_id)}/compact-{sha256_hex(canonical_json(replaces))[:16]}.parquet"
-    store.write_bytes(key, _part_bytes(pa.concat_tables(tables), replaces))
-    for old in live + covered:
-        if old != key:
-            store.delete(old)
-    return {"live_parts": 1, "compacted_parts": len(replaces)}
+    """One compacted part for the live parts when there are more than `max_parts` (parts.py)."""
+    folder = _parts(store, dag_id)
+
+    def merge(live: list[str]) -> tuple[pa.Table, dict[bytes, bytes]]:
+        tables = [pq.read_table(io.BytesIO(folder.read(k))).cast(SIGNATURES) for k in live]
+        return pa.concat_tables(tables), {PARAMS_KEY: canonical_json(PARAMS).encode()}
+
+    return folder.compact(max_parts, merge)
 
 
-def _part_bytes(table: pa.Table, replaces: list[str] | None = None) -> bytes:
-    metadata = {PARAMS_KEY: canonical_json(PARAMS).encode()}
-    if replaces is not None:
-        metadata[REPLACES_KEY] = json.dumps(replaces).encode()
-    sink = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(metadata), sink, compression="zstd")
-    return sink.getvalue()
+def _part_bytes(table: pa.Table) -> bytes:
+    return part_bytes(table, {PARAMS_KEY: canonical_json(PARAMS).encode()})
 
 
-def _parts(store: ArtifactStore, dag_id: str) -> list[str]:
-    return sorted(k for k in store.list(neardup_prefix(dag_id))
-                  if k.endswith(".parquet") and k.rsplit("/", 1)[-1].startswith(("part-", "compact-")))
-
-
-def _split(store: ArtifactStore, keys: list[str]) -> tuple[list[str], list[str]]:
-    """(live parts, parts a present compacted part replaces)."""
-    replaced: set[str] = set()
-    for key in keys:
-        if key.rsplit("/", 1)[-1].startswith("compact-"):
-            with store.open_read(key) as f:
-                replaced.update(json.loads((pq.read_schema(f).metadata or {}).get(REPLACES_KEY, b"[]")))
-    live = [k for k in keys if k.rsplit("/", 1)[-1] not in replaced]
-    return live, [k for k in keys if k.rsplit("/", 1)[-1] in replaced]
-
-
-def _live_parts(store: ArtifactStore, dag_id: str) -> list[str]:
-    return _split(store, _parts(store, dag_id))[0]
+def _parts(store: ArtifactStore, dag_id: str) -> PartsFolder:
+    return PartsFolder(store, neardup_prefix(dag_id), REPLACES_KEY)
 
 
 def chunk_signatures_table(chunk_ids: list[str], sigs: np.ndarray, task_types: list[list[str] | None]) -> pa.Table:

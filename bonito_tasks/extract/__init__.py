@@ -11,7 +11,6 @@ identical files or rows are one document. Documents already in the ledger are sk
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from typing import Any
 
@@ -27,6 +26,7 @@ from bonito_tasks.contracts import (
     Manifest,
     RejectSample,
     RunRef,
+    StageName,
     sha256_hex,
 )
 from bonito_tasks.errors import PermanentFailure
@@ -34,12 +34,10 @@ from bonito_tasks.extract.plan import partition_files, plan
 from bonito_tasks.extract.readers import READERS, TABLE_READERS, Reject, read_hf_dataset
 from bonito_tasks.extract.sources import HF_DATASET, SourceFile, source_file
 from bonito_tasks.ledger import NOTHING_KNOWN, Known, load_ledger, reject_key
-from bonito_tasks.stage import StageWriter, combine_partitions, run_stage
+from bonito_tasks.stage import CombineStage, Stage, StageWriter
 from bonito_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
-
-STAGE = "extract"
 
 SHARD_TEXT_BYTES = 32 * 2**20  # flush a documents shard once it holds this much text
 REJECT_SAMPLES = 100  # rejects listed in the manifest (all are in the rejects table)
@@ -107,23 +105,35 @@ def _rows(file: SourceFile, media_type: str, texts, known: Known) -> tuple[list[
     return rows, skipped
 
 
-def extract_partition(
-    store: ArtifactStore, run: RunRef, config: RunConfig, plan_manifest: Manifest, partition: int,
-    s3_client_kwargs: dict[str, Any] | None = None,
-) -> Manifest:
+# What the ledger keys a document by (ledger.processing_target) and how it reads it.
+LEDGER_FIELDS = frozenset({"task_types", "full_refresh", "retry_rejects", "model_id", "model_revision", "hub_repo_id",
+                           "export_s3_uri", "max_file_bytes", "text_column"})
+
+
+class ExtractPartition(Stage):
     """The files of one partition of the plan into documents and rejects (`extract/shard-NNNNN/`).
     A partition whose files are all rejected commits with 0 documents: only the whole run fails."""
 
-    def work(writer: StageWriter) -> ExtractMetrics:
-        started = time.monotonic()
-        known = load_ledger(store, run.dag_id, config)  # empty with full_refresh; no rejects with retry_rejects
-        client = _s3_client(config, s3_client_kwargs)
+    name = StageName.EXTRACT
+    reads = (StageName.PLAN,)
+    config_fields = LEDGER_FIELDS | {"source"}
+
+    def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig, plan_manifest: Manifest, partition: int,
+                 s3_client_kwargs: dict[str, Any] | None = None):
+        super().__init__(store, run, config, [plan_manifest], partition=partition)
+        self.plan_manifest, self.s3_client_kwargs = plan_manifest, s3_client_kwargs
+
+    def work(self, writer: StageWriter) -> ExtractMetrics:
+        config, partition = self.config, self.partition
+        assert partition is not None
+        # Empty with full_refresh; no rejects with retry_rejects.
+        known = load_ledger(self.store, self.run.dag_id, config)
+        client = _s3_client(config, self.s3_client_kwargs)
         metrics = ExtractMetrics()
-        batch: list[dict] = []
-        batch_bytes = 0
+        documents = writer.buffer("documents", DOCUMENTS, max_bytes=SHARD_TEXT_BYTES)
         rejects: list[dict] = []
         seen: set[str] = set()
-        for row in partition_files(store, plan_manifest, partition):
+        for row in partition_files(self.store, self.plan_manifest, partition):
             file = source_file(row, client)
             metrics.files += 1
             try:
@@ -146,43 +156,42 @@ def extract_partition(
                 seen.add(row["doc_id"])
                 metrics.pages += len(row["page_starts"] or ())
                 metrics.furniture_lines += row.get("furniture_lines", 0)
-                batch.append(row)
-                batch_bytes += len(row["text"])
-                if batch_bytes >= SHARD_TEXT_BYTES:
-                    writer.add("documents", pa.Table.from_pylist(batch, DOCUMENTS))
-                    batch, batch_bytes = [], 0
-        if batch:
-            writer.add("documents", pa.Table.from_pylist(batch, DOCUMENTS))
+                documents.append(row, len(row["text"]))
+        documents.flush()
         if rejects:
             writer.add("rejects", pa.Table.from_pylist(rejects, REJECTS))
         metrics.documents, metrics.rejects = len(seen), len(rejects)
         metrics.rejects_by_reason = dict(sorted(Counter(r["reason"] for r in rejects).items()))
         metrics.reject_samples = [RejectSample(**{k: r[k] for k in ("source_uri", "reason", "detail")})
                                   for r in rejects[:REJECT_SAMPLES]]
-        metrics.wall_s = round(time.monotonic() - started, 3)
         log.info("extract partition %d: %d file(s), %d new document(s), %d already in the ledger, %d duplicate(s), "
-                 "%d reject(s) %s in %.1f s", partition, metrics.files, metrics.documents, metrics.skipped_known,
-                 metrics.duplicate_files, metrics.rejects, metrics.rejects_by_reason, metrics.wall_s)
+                 "%d reject(s) %s", partition, metrics.files, metrics.documents, metrics.skipped_known,
+                 metrics.duplicate_files, metrics.rejects, metrics.rejects_by_reason)
         for r in rejects:
             log.info("  reject %-20s %s: %s", r["reason"], r["source_uri"], r["detail"])
         return metrics
 
-    return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[plan_manifest], work=work,
-                     check=lambda writer: check_documents(store, writer), partition=partition)
+    def check(self, writer: StageWriter) -> None:
+        check_documents(self.store, writer)
 
 
-def collect_documents(store: ArtifactStore, run: RunRef, config: RunConfig, partitions: list[Manifest]) -> Manifest:
+class CollectDocuments(CombineStage):
     """The extract stage as one manifest over its partitions (in order). A document whose content
     an earlier partition holds is listed in `duplicate_documents` (chunk skips it), so N partitions
     keep the same documents as one. Raises NothingExtracted when no partition found a document."""
 
-    def work(writer: StageWriter) -> ExtractMetrics:
+    name = StageName.EXTRACT
+    reads = (StageName.EXTRACT,)
+    config_fields = frozenset({"source"})
+
+    def combine(self, writer: StageWriter) -> ExtractMetrics:
+        partitions = self.inputs
         total = _sum_metrics([m.metrics for m in partitions])
         seen: set[str] = set()  # doc ids: about 100 bytes per document
         duplicates = []
         for partition, manifest in enumerate(partitions):
             for i in range(len(manifest.shards_of("documents"))):
-                part = store.read_shard(manifest, "documents", i, columns=["doc_id", "source_uri"])
+                part = self.store.read_shard(manifest, "documents", i, columns=["doc_id", "source_uri"])
                 for doc_id, uri in zip(part["doc_id"].to_pylist(), part["source_uri"].to_pylist()):
                     if doc_id in seen:
                         duplicates.append({"doc_id": doc_id, "partition": partition, "source_uri": uri})
@@ -193,7 +202,7 @@ def collect_documents(store: ArtifactStore, run: RunRef, config: RunConfig, part
         if not seen and not total.skipped_known and not total.skipped_rejects:
             reasons = "; ".join(f"{r.source_uri}: {r.reason} ({r.detail})" for r in total.reject_samples[:20])
             raise NothingExtracted(
-                f"no document could be extracted from {config.source!r} "
+                f"no document could be extracted from {self.config.source!r} "
                 f"({total.rejects} file(s) rejected{': ' + reasons if reasons else ', none found'})"
             )
         log.info("extract: %d partition(s), %d file(s), %d new document(s), %d already in the ledger, "
@@ -201,7 +210,16 @@ def collect_documents(store: ArtifactStore, run: RunRef, config: RunConfig, part
                  total.skipped_known, total.duplicate_files, total.rejects, total.rejects_by_reason)
         return total
 
-    return combine_partitions(store, run, STAGE, partitions, config_sha256=config.sha256(), work=work)
+
+def extract_partition(
+    store: ArtifactStore, run: RunRef, config: RunConfig, plan_manifest: Manifest, partition: int,
+    s3_client_kwargs: dict[str, Any] | None = None,
+) -> Manifest:
+    return ExtractPartition(store, run, config, plan_manifest, partition, s3_client_kwargs).execute()
+
+
+def collect_documents(store: ArtifactStore, run: RunRef, config: RunConfig, partitions: list[Manifest]) -> Manifest:
+    return CollectDocuments(store, run, config, partitions).execute()
 
 
 def extract(

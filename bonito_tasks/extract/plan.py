@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,30 +17,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import SOURCE_FILES, Manifest, PlanMetrics, RunRef
+from bonito_tasks.contracts import SOURCE_FILES, Manifest, PlanMetrics, RunRef, StageName
 from bonito_tasks.extract.sources import SourceFile, iter_source
-from bonito_tasks.stage import StageWriter, run_stage
+from bonito_tasks.stage import Stage, StageWriter
 from bonito_tasks.store import ArtifactStore
 
-STAGE = "plan"
 LISTING_BATCH = 10_000  # listing rows spooled per write: memory stays bounded for any listing
 
 
-def plan(store: ArtifactStore, run: RunRef, config: RunConfig, s3_client_kwargs: dict[str, Any] | None = None
-         ) -> Manifest:
+class Plan(Stage):
     """List the source and split it into at most `max_partitions` partitions of about
     `partition_bytes` each (a file too large to read weighs nothing: it is rejected unread)."""
 
-    def work(writer: StageWriter) -> PlanMetrics:
-        started = time.monotonic()
-        store.probe_writable()  # before anything is read: an unwritable store fails at once
+    name = StageName.PLAN
+    config_fields = frozenset({"source", "include", "exclude", "max_file_bytes", "partition_bytes", "max_partitions"})
+
+    def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig,
+                 s3_client_kwargs: dict[str, Any] | None = None):
+        super().__init__(store, run, config)
+        self.s3_client_kwargs = s3_client_kwargs or {}
+
+    def work(self, writer: StageWriter) -> PlanMetrics:
+        config = self.config
+        self.store.probe_writable()  # before anything is read: an unwritable store fails at once
         metrics = PlanMetrics()
         with tempfile.TemporaryDirectory(prefix="bonito-plan-") as tmp:
             spool_path = os.path.join(tmp, "listing.parquet")
             spool_schema = SOURCE_FILES.remove(SOURCE_FILES.get_field_index("partition"))
             with pq.ParquetWriter(spool_path, spool_schema) as spool:
                 batch: list[dict] = []
-                for file in iter_source(config.source, config.include, config.exclude, **(s3_client_kwargs or {})):
+                for file in iter_source(config.source, config.include, config.exclude, **self.s3_client_kwargs):
                     metrics.files += 1
                     row = _row(file)
                     metrics.source_bytes += _weight(row, config)
@@ -56,10 +61,12 @@ def plan(store: ArtifactStore, run: RunRef, config: RunConfig, s3_client_kwargs:
                 sizes[index] = sum(_weight(r, config) for r in part.to_pylist())
                 writer.add("source_files", part)
         metrics.largest_partition_bytes = max(sizes)
-        metrics.wall_s = round(time.monotonic() - started, 3)
         return metrics
 
-    return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[], work=work)
+
+def plan(store: ArtifactStore, run: RunRef, config: RunConfig, s3_client_kwargs: dict[str, Any] | None = None
+         ) -> Manifest:
+    return Plan(store, run, config, s3_client_kwargs).execute()
 
 
 def partition_count(source_bytes: int, files: int, config: RunConfig) -> int:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -21,10 +22,11 @@ from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import (
     DROPPED_GENERATIONS,
     EXAMPLES,
+    CheckpointMarker,
     GenerateMetrics,
     Manifest,
     RunRef,
-    ShardRef,
+    StageName,
     canonical_json,
     generate_shard_parts,
     sha256_hex,
@@ -39,7 +41,8 @@ from bonito_tasks.generate.engine import (
     model_revision,
 )
 from bonito_tasks.generate.parse import ParseFailure, parse_generation
-from bonito_tasks.stage import StageWriter, code_version, run_stage
+from bonito_tasks.stage import Stage, StageWriter
+from bonito_tasks.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +61,34 @@ class ShardState:
     checkpoints: int = 0
 
 
-def generate_shard(
-    store, run: RunRef, config: RunConfig, chunks: Manifest, shard: int, engine: Engine | None = None
-) -> Manifest:
+class GenerateShard(Stage):
     """Generate examples for one generate shard of the chunk stage (a run of its parts, read one
     at a time). Pass a loaded `engine` (in-process or server) to share it across calls; without
     one, a vLLM engine is started when the shard has work left and shut down before returning."""
-    config_sha = config.sha256()
 
-    def work(writer: StageWriter) -> GenerateMetrics:
-        nonlocal engine
+    name = StageName.GENERATE
+    reads = (StageName.CHUNK,)
+    # What is generated: the prompts (task types), the model and the sampling.
+    config_fields = frozenset({"task_types", "n", "model_id", "model_revision", "max_model_len", "dtype",
+                               "quantization", "seed", "max_tokens", "temperature", "top_p"})
+    untracked_fields = frozenset({"backend", "served_model_name", "server_concurrency", "tensor_parallel_size",
+                                  "gpu_memory_utilization", "max_num_seqs", "checkpoint_prompts"})
+    resumable = True
+
+    def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig, chunks: Manifest, shard: int,
+                 engine: Engine | None = None):
+        super().__init__(store, run, config, [chunks], partition=shard)
+        self.chunks, self.shard, self.engine = chunks, shard, engine
+
+    def key_extra(self) -> dict[str, Any]:
+        # The prompt template and parser are code (format.py, parse.py); a local model folder is keyed by content.
+        return {"shard": self.shard, "model_revision": model_revision(self.config)}
+
+    def work(self, writer: StageWriter) -> GenerateMetrics:
+        config, store, chunks, shard = self.config, self.store, self.chunks, self.shard
+        key = self.reuse_key.sha256
         failures = _engine_failures(writer)  # before _resume, which may clear the folder
-        state = _resume(writer, config_sha, chunks)
+        state = _resume(writer, key)
         resumed = len(state.done)
         parts = generate_shard_parts(chunks, shard)
         refs = chunks.shards_of("chunks")
@@ -86,6 +105,7 @@ def generate_shard(
         attempt_tokens = 0
         engine_start_s = 0.0
         own_engine = None
+        engine = self.engine
         progress = _Progress(shard, n_prompts, len(state.done))
         try:
             offset = 0  # prompt index of the window's first job: prompts are numbered across the shard
@@ -104,7 +124,7 @@ def generate_shard(
                     engine_start_s = time.monotonic() - loading
                     log.info("generate shard %d: engine started in %.1f s", shard, engine_start_s)
                     progress.restart()
-                recorder = _Recorder(writer, run, config, chunks, jobs, state)
+                recorder = _Recorder(writer, self.run, config, key, jobs, state)
                 too_long = _too_long(engine, config, pending)
                 if too_long:
                     recorder.commit({i: None for i in too_long})
@@ -141,29 +161,32 @@ def generate_shard(
         log.info("generate shard %d: %s", shard, metrics.model_dump_json())
         return metrics
 
-    return run_stage(store, run, "generate", config_sha256=config_sha, inputs=[chunks], work=work,
-                     partition=shard, resumable=True)
+
+def generate_shard(
+    store: ArtifactStore, run: RunRef, config: RunConfig, chunks: Manifest, shard: int, engine: Engine | None = None
+) -> Manifest:
+    return GenerateShard(store, run, config, chunks, shard, engine).execute()
 
 
-def _resume(writer: StageWriter, config_sha: str, chunks: Manifest) -> ShardState:
-    """Reload the checkpoints of an earlier attempt with the same config, input and code; otherwise
-    (or when there are none) start the shard from an empty folder."""
+def _resume(writer: StageWriter, key: str) -> ShardState:
+    """Reload the checkpoints of an earlier attempt with the same reuse key; otherwise (or when
+    there are none) start the shard from an empty folder."""
     store = writer.store
     keys = store.list(writer.prefix)
-    markers = [json.loads(store.read_bytes(k)) for k in keys if k.rsplit("/", 1)[-1].startswith(CHECKPOINT_PREFIX)]
+    markers = [CheckpointMarker.model_validate_json(store.read_bytes(k)) for k in keys
+               if k.rsplit("/", 1)[-1].startswith(CHECKPOINT_PREFIX)]
     state = ShardState()
-    expected = (config_sha, chunks.sha256, code_version())
-    if not markers or any((m["config_sha256"], m["input_sha256"], m.get("code_version")) != expected for m in markers):
+    if not markers or any(m.reuse_key != key for m in markers):
         writer.begin()
         return state
-    writer.shards = [ShardRef(**ref) for m in markers for ref in m["shards"]]
+    writer.shards = [ref for m in markers for ref in m.shards]
     kept = {f"{writer.prefix}/{ref.path}" for ref in writer.shards}
     for key in keys:  # parts a dead attempt wrote after its last checkpoint
         if key not in kept and not key.rsplit("/", 1)[-1].startswith("_"):
             store.delete(key)
     for marker in markers:
-        state.done.update(marker["prompts"])
-        state.counts.update(marker["counts"])
+        state.done.update(marker.prompts)
+        state.counts.update(marker.counts)
     for ref in writer.shards:
         if ref.table == "examples":
             part = store.read_part(writer.prefix, ref, columns=["chunk_id", "input", "output"])
@@ -176,10 +199,9 @@ def _resume(writer: StageWriter, config_sha: str, chunks: Manifest) -> ShardStat
 class _Recorder:
     """Turns finished prompts into rows and commits them as one checkpoint."""
 
-    def __init__(self, writer: StageWriter, run: RunRef, config: RunConfig, chunks: Manifest,
+    def __init__(self, writer: StageWriter, run: RunRef, config: RunConfig, key: str,
                  jobs: dict[int, tuple[dict, str]], state: ShardState):
-        self.writer, self.run, self.config, self.jobs, self.state = writer, run, config, jobs, state
-        self.config_sha, self.input_sha = config.sha256(), chunks.sha256
+        self.writer, self.run, self.config, self.key, self.jobs, self.state = writer, run, config, key, jobs, state
         self.sampling = canonical_json(config.sampling_params())
         self.revision = model_revision(config)
 
@@ -200,16 +222,10 @@ class _Recorder:
             self.writer.add("examples", pa.Table.from_pylist(examples, EXAMPLES))
         if dropped:
             self.writer.add("dropped_generations", pa.Table.from_pylist(dropped, DROPPED_GENERATIONS))
-        marker = {
-            "config_sha256": self.config_sha,
-            "input_sha256": self.input_sha,
-            "code_version": code_version(),
-            "prompts": sorted(finished),
-            "shards": [ref.model_dump() for ref in self.writer.shards[before:]],
-            "counts": dict(counts),
-        }
+        marker = CheckpointMarker(reuse_key=self.key, prompts=sorted(finished),
+                                  shards=self.writer.shards[before:], counts=dict(counts))
         name = f"{CHECKPOINT_PREFIX}{self.state.checkpoints:05d}.json"
-        self.writer.store.write_bytes(f"{self.writer.prefix}/{name}", json.dumps(marker).encode())
+        self.writer.store.write_bytes(f"{self.writer.prefix}/{name}", marker.model_dump_json().encode())
         self.state.checkpoints += 1
         self.state.done.update(finished)
         self.state.counts.update(counts)

@@ -27,6 +27,7 @@ from bonito_tasks.contracts import (
     PublishMetrics,
     QualitySummary,
     RunRef,
+    StageName,
     ValidateMetrics,
     sha256_hex,
 )
@@ -49,60 +50,67 @@ from bonito_tasks.publish.layout import (
     task_splits,
 )
 from bonito_tasks.retry import RetryPolicy
-from bonito_tasks.stage import StageWriter, run_stage
+from bonito_tasks.stage import Stage, StageWriter
 from bonito_tasks.store import ArtifactStore, StoreError, open_store, safe_segment
 
-__all__ = ["DATASET_DIR", "STAGE", "HubCommit", "PublishError", "PublishRejected", "publish", "read_export",
+__all__ = ["DATASET_DIR", "Publish", "HubCommit", "PublishError", "PublishRejected", "publish", "read_export",
            "upload_dataset"]
 
 logger = logging.getLogger(__name__)
 
-STAGE = "publish"
 DATASET_DIR = "dataset"  # under the stage folder
 REPLACED = (f"{DATA_DIR}/", f"{ASSETS_DIR}/")  # folders a publish owns: stale files there are deleted
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 
 
-def publish(
-    store: ArtifactStore,
-    run: RunRef,
-    config: RunConfig,
-    examples: Manifest,
-    documents: Manifest,
-    token: str | None,
-    *,
-    endpoint: str | None = None,
-    retry: RetryPolicy = HUB_RETRY,
-    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
-    s3_client_kwargs: Mapping[str, Any] | None = None,
-    approval: Approval | None = None,
-) -> Manifest:
+class Publish(Stage):
     """Write the dataset folder `<stage>/dataset/`; when `config.hub_repo_id` is set make the Hub
     repo hold the same files (one commit, none when it already does); when `config.export_s3_uri`
-    is set copy them there too (with `s3_client_kwargs`). Returns the manifest.
+    is set copy them there too (with `s3_client_kwargs`).
 
     `approval` (the approval gate's decision) goes into the manifest and the card.
     `examples` is the validate stage's manifest (table "examples"; its quality summary goes into
-    the card), `documents` the extract stage's. `endpoint` defaults to HF_ENDPOINT.
-    A re-run with the same config and inputs returns the committed manifest and does nothing.
+    the card), `documents` the extract stage's; the chunk stage's manifest (filters, passages) is
+    read from the run's folder. `endpoint` defaults to HF_ENDPOINT.
+    A re-run with the same reuse key returns the committed manifest and does nothing.
     """
-    if config.hub_repo_id and not token:
-        raise PublishRejected(f"a Hugging Face token with write access to {config.hub_repo_id} is needed to upload")
-    if config.publish_mode == "pr" and not config.hub_repo_id:
-        raise PublishRejected("publish_mode 'pr' opens a pull request on the Hub: set hub_repo_id")
-    if config.export_s3_uri and not config.export_s3_uri.startswith("s3://"):
-        raise PublishRejected(f"export_s3_uri must be an s3://bucket/prefix URI, not {config.export_s3_uri!r}")
 
-    def work(writer: StageWriter) -> PublishMetrics:
+    name = StageName.PUBLISH
+    reads = (StageName.VALIDATE, StageName.EXTRACT, StageName.CHUNK)
+    config_fields = frozenset({"source", "task_types", "chunk_max_tokens", "hub_repo_id", "hub_private", "license",
+                               "license_name", "license_link", "dataset_language", "publish_mode", "export_s3_uri",
+                               "example_near_dup_threshold"})
+
+    def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig, examples: Manifest, documents: Manifest,
+                 token: str | None, *, endpoint: str | None = None, retry: RetryPolicy = HUB_RETRY,
+                 rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, s3_client_kwargs: Mapping[str, Any] | None = None,
+                 approval: Approval | None = None):
+        chunks = StageWriter(store, run, StageName.CHUNK).committed()
+        super().__init__(store, run, config, [examples, documents, *([chunks] if chunks else [])])
+        self.examples, self.documents, self.chunks, self.token = examples, documents, chunks, token
+        self.endpoint, self.retry, self.rows_per_shard = endpoint, retry, rows_per_shard
+        self.s3_client_kwargs, self.approval = dict(s3_client_kwargs or {}), approval
+        config = self.config
+        if config.hub_repo_id and not token:
+            raise PublishRejected(f"a Hugging Face token with write access to {config.hub_repo_id} is needed to upload")
+        if config.publish_mode == "pr" and not config.hub_repo_id:
+            raise PublishRejected("publish_mode 'pr' opens a pull request on the Hub: set hub_repo_id")
+        if config.export_s3_uri and not config.export_s3_uri.startswith("s3://"):
+            raise PublishRejected(f"export_s3_uri must be an s3://bucket/prefix URI, not {config.export_s3_uri!r}")
+
+
+    def work(self, writer: StageWriter) -> PublishMetrics:
+        store, run, config, examples, approval = self.store, self.run, self.config, self.examples, self.approval
+        retry, rows_per_shard, token = self.retry, self.rows_per_shard, self.token
         rows = store.read_table(examples, "examples")
         if rows.num_rows == 0:
             raise PublishRejected("the validated examples table is empty: nothing to publish")
-        sources = store.read_table(documents, "documents", columns=SOURCE_COLUMNS)
+        sources = store.read_table(self.documents, "documents", columns=SOURCE_COLUMNS)
         quality = examples.metrics.quality if isinstance(examples.metrics, ValidateMetrics) else None
         assets = quality_plots(store, quality)
-        export = open_store(config.export_s3_uri, **(s3_client_kwargs or {})) if config.export_s3_uri else None
+        export = open_store(config.export_s3_uri, **self.s3_client_kwargs) if config.export_s3_uri else None
         built: list[Snapshot] = []
-        chunked = StageWriter(store, run, "chunk").committed()  # this run's chunk stage: filters, passages
+        chunked = self.chunks  # this run's chunk stage: filters, passages
         chunking = chunked.metrics if chunked and isinstance(chunked.metrics, ChunkMetrics) else None
         contexts: dict[str, str] = {}
         if config.publish_mode == "append" and config.example_near_dup_threshold is not None and chunked:
@@ -150,7 +158,7 @@ def publish(
                 commit_message=f"Publish {rows.num_rows} Bonito examples ({run.run_id}, {config.publish_mode})",
                 commit_description=f"{run_line}\nMode: {config.publish_mode}",
                 create_pr=config.publish_mode == "pr",
-                endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None,
+                endpoint=self.endpoint or os.environ.get("HF_ENDPOINT") or None,
                 retry=retry,
             )
         else:
@@ -187,7 +195,13 @@ def publish(
             metrics.export_uri = export.root_uri
         return metrics
 
-    return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[examples, documents], work=work)
+
+
+def publish(store: ArtifactStore, run: RunRef, config: RunConfig, examples: Manifest, documents: Manifest,
+            token: str | None, **options: Any) -> Manifest:
+    """Publish the validated examples (see `Publish`); options: endpoint, retry, rows_per_shard,
+    s3_client_kwargs, approval."""
+    return Publish(store, run, config, examples, documents, token, **options).execute()
 
 
 def review_line(approval: Approval | None) -> str:

@@ -31,8 +31,8 @@ from bonito_tasks.checks.gx import (
     to_pandas,
 )
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import EXAMPLES, ExpectationOutcome, Manifest, RunRef, SuiteRef, ValidateMetrics
-from bonito_tasks.stage import StageWriter, run_stage
+from bonito_tasks.contracts import EXAMPLES, ExpectationOutcome, Manifest, RunRef, StageName, SuiteRef, ValidateMetrics
+from bonito_tasks.stage import Stage, StageWriter
 from bonito_tasks.store import ArtifactStore
 from bonito_tasks.validate.profile import row_profile
 from bonito_tasks.validate.report import quality_report
@@ -48,7 +48,6 @@ from bonito_tasks.validate.suites import (
     shape_tasks,
 )
 
-STAGE = "validate"
 SUITE = SuiteRef(name=EXAMPLES_SUITE, dataset_suite=DATASET_SUITE, version=SUITE_VERSION)
 RESULT_FILE = "validation_result.json"
 DOCS_DIR = "data_docs"
@@ -80,13 +79,22 @@ class ExamplesCheck:
         return not self.failed
 
 
-def validate(
-    store: ArtifactStore, run: RunRef, config: RunConfig, generated: list[Manifest], chunks: Manifest
-) -> Manifest:
+class Validate(Stage):
     """Validate the examples of all generate shards against the chunks they came from; quarantine
     failing rows and commit the rest if the dataset thresholds hold."""
 
-    def work(writer: StageWriter) -> ValidateMetrics:
+    name = StageName.VALIDATE
+    reads = (StageName.GENERATE, StageName.CHUNK)
+    config_fields = frozenset({"task_types", "min_output_tokens", "max_input_tokens", "max_output_tokens",
+                               "min_pass_rate", "min_rows", "max_duplicate_rate", "max_label_share"})
+
+    def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig, generated: list[Manifest],
+                 chunks: Manifest):
+        super().__init__(store, run, config, [*generated, chunks])
+        self.generated, self.chunks = generated, chunks
+
+    def work(self, writer: StageWriter) -> ValidateMetrics:
+        store, run, config, generated = self.store, self.run, self.config, self.generated
         shards = [store.read_table(m, "examples") for m in generated]
         examples = pa.concat_tables(shards) if shards else EXAMPLES.empty_table()
         summary = {
@@ -102,7 +110,7 @@ def validate(
             raise ValidationFailed(failure_message(summary), summary)
 
         started = time.perf_counter()
-        chunk_texts = store.read_table(chunks, "chunks", columns=["chunk_id", "text"])
+        chunk_texts = store.read_table(self.chunks, "chunks", columns=["chunk_id", "text"])
         with tempfile.TemporaryDirectory(prefix="bonito-gx-docs-") as tmp:
             check = check_examples(examples, chunk_texts, config, docs_dir=Path(tmp))
             validation_s = time.perf_counter() - started
@@ -142,7 +150,12 @@ def validate(
             quality=quality,
         )
 
-    return run_stage(store, run, STAGE, config_sha256=config.sha256(), inputs=[*generated, chunks], work=work)
+
+
+def validate(
+    store: ArtifactStore, run: RunRef, config: RunConfig, generated: list[Manifest], chunks: Manifest
+) -> Manifest:
+    return Validate(store, run, config, generated, chunks).execute()
 
 
 def check_examples(

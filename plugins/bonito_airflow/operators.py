@@ -30,7 +30,7 @@ from bonito_airflow.runtime import TaskRuntime, run_folder, stage_output, task_r
 from bonito_airflow.schedule import resolve_run_values
 from bonito_airflow.view.links import DataDocsLink, QualityReportLink
 from bonito_tasks.config import check_config
-from bonito_tasks.contracts import Approval, Manifest, PublishMetrics
+from bonito_tasks.contracts import Approval, Manifest, PublishMetrics, StageName
 from bonito_tasks.errors import PermanentFailure
 
 STAGE_OUTPUT_KEY = "stage_output"  # XCom key of a stage's own output when its return value lists what to map over
@@ -339,7 +339,7 @@ class BonitoLedgerOperator(BonitoOperator):
         from bonito_tasks.ledger import update_ledger
         from bonito_tasks.stage import StageWriter
 
-        published = rt.store.exists(StageWriter(rt.store, rt.run, "publish").manifest_key)
+        published = rt.store.exists(StageWriter(rt.store, rt.run, StageName.PUBLISH).manifest_key)
         result = update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]), rt.config,
                                published=published)
         if published:  # the chunks this run generated from, for later runs' near-duplicate check

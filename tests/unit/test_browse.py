@@ -38,7 +38,7 @@ def store(tmp_path):
             [{"chunk_id": f"{shard}-{i}", "task_type": "exqa", "sample_index": 0,
               "reason": "no_pipe" if i % 3 else "extra_pipe", "generated_text": f"text {shard}-{i}"}
              for i in range(ROWS)], DROPPED_GENERATIONS))
-        writer.commit(config_sha256="g", metrics=GenerateMetrics(prompts=ROWS, generations=ROWS))
+        writer.commit(metrics=GenerateMetrics(prompts=ROWS, generations=ROWS))
     return store
 
 

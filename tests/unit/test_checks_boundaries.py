@@ -42,7 +42,7 @@ def store(tmp_path):
 @pytest.fixture
 def documents(store):
     writer = written(store, "extract", "documents", [document()], DOCUMENTS)
-    return writer.commit(config_sha256="c", metrics=ExtractMetrics())
+    return writer.commit(metrics=ExtractMetrics())
 
 
 def test_clean_documents_and_chunks_pass(store, documents):

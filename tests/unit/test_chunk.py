@@ -61,7 +61,7 @@ def test_chunk_stage_shards_and_lineage(tmp_path):
     writer = StageWriter(store, RUN, "extract")
     writer.begin()
     writer.add("documents", pa.Table.from_pylist(docs, DOCUMENTS))
-    documents = writer.commit(config_sha256="x", metrics=ExtractMetrics())
+    documents = writer.commit(metrics=ExtractMetrics())
 
     config = make_config(tmp_path, chunk_max_tokens=64, chunk_shard_size=5)
     manifest = chunk(store, RUN, config, documents)

@@ -30,7 +30,7 @@ def commit_documents(store, docs):
     writer = StageWriter(store, RUN, "extract")
     writer.begin()
     writer.add("documents", pa.Table.from_pylist(rows, DOCUMENTS))
-    return writer.commit(config_sha256="x", metrics=ExtractMetrics()), rows
+    return writer.commit(metrics=ExtractMetrics()), rows
 
 
 def test_overlap_repeats_whole_trailing_sentences(tokenizer):
@@ -89,6 +89,6 @@ def test_no_documents_gives_no_chunks(tmp_path):
     store = LocalStore(tmp_path / "store")
     writer = StageWriter(store, RUN, "extract")
     writer.begin()
-    documents = writer.commit(config_sha256="x", metrics=ExtractMetrics())
+    documents = writer.commit(metrics=ExtractMetrics())
     manifest = chunk(store, RUN, make_config(tmp_path), documents)
     assert manifest.shards_of("chunks") == [] and manifest.metrics.documents == 0

@@ -10,10 +10,10 @@ import pytest
 from bonito_tasks.contracts import REJECTS, ExtractMetrics, RunRef
 from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.failures import failure_cause
-from bonito_tasks.stage import StageWriter, run_stage
+from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import open_store, run_prefix
 from bonito_tasks.summary import format_summary, run_summary
-from conftest import make_config
+from conftest import make_config, work_stage
 
 RUN = RunRef(dag_id="bonito_dataset", run_id="manual__2026-11-25T00:00:00+00:00")
 
@@ -32,7 +32,7 @@ def _rejecting_work(writer: StageWriter) -> ExtractMetrics:
 def test_a_failed_stage_names_its_cause_in_the_summary(tmp_path):
     store = open_store(str(tmp_path / "store"))
     with pytest.raises(NothingUsable):
-        run_stage(store, RUN, "extract", config_sha256="c", inputs=[], work=_rejecting_work)
+        work_stage("extract", _rejecting_work)(store, RUN, make_config(tmp_path)).execute()
 
     failure = StageWriter(store, RUN, "extract").failure()
     assert (failure.error, failure.permanent) == ("NothingUsable", True)
@@ -50,8 +50,8 @@ def test_a_failed_stage_names_its_cause_in_the_summary(tmp_path):
 def test_a_commit_clears_the_failure(tmp_path):
     store = open_store(str(tmp_path / "store"))
     with pytest.raises(NothingUsable):
-        run_stage(store, RUN, "extract", config_sha256="c", inputs=[], work=_rejecting_work)
-    run_stage(store, RUN, "extract", config_sha256="c", inputs=[], work=lambda writer: ExtractMetrics(documents=1))
+        work_stage("extract", _rejecting_work)(store, RUN, make_config(tmp_path)).execute()
+    work_stage("extract", lambda writer: ExtractMetrics(documents=1))(store, RUN, make_config(tmp_path)).execute()
     assert StageWriter(store, RUN, "extract").failure() is None and failure_cause(store, RUN) is None
 
 
@@ -62,6 +62,6 @@ def test_a_failed_partition_is_named_with_its_number(tmp_path):
         raise RuntimeError("engine died")
 
     with pytest.raises(RuntimeError):
-        run_stage(store, RUN, "generate", config_sha256="c", inputs=[], work=crash, partition=3, resumable=True)
+        work_stage("generate", crash, resumable=True)(store, RUN, make_config(tmp_path), partition=3).execute()
     cause = failure_cause(store, RUN)
     assert (cause.stage, cause.partition, cause.error, cause.message) == ("generate", 3, "RuntimeError", "engine died")

@@ -238,14 +238,20 @@ def test_figures_of_the_last_run_on_the_same_model_are_used(tmp_path):
 
     store = LocalStore(tmp_path / "store")
     config = make_config(tmp_path)
-    assert read_figures(store, "d", config) is None
+    later = RUN.model_copy(update={"run_id": "later"})
+    assert read_figures(store, later, config) is None
     shards = [GenerateMetrics(prompts=100, generations=100, engine_start_s=9.0, generate_s=20.0),
               GenerateMetrics(prompts=100, generations=100, engine_start_s=11.0, generate_s=30.0)]
     record_figures(store, RUN, config, shards)
-    figures = read_figures(store, "d", config)
+    figures = read_figures(store, later, config)
     assert (figures.engine_start_s, figures.seconds_per_generation) == (10.0, 0.25)
-    assert read_figures(store, "d", make_config(tmp_path, model_id="other/model")) is None
-    assert read_figures(store, "d", make_config(tmp_path, backend="server")) is None
+    assert read_figures(store, later, make_config(tmp_path, model_id="other/model")) is None
+    assert read_figures(store, later, make_config(tmp_path, backend="server")) is None
+    # A retried run sizes its shards as its first attempt did: never by its own figures.
+    assert read_figures(store, RUN, config) is None
+    record_figures(store, later, config, shards[:1])
+    assert read_figures(store, later, config).run_id == RUN.run_id
+    assert read_figures(store, RUN.model_copy(update={"run_id": "third"}), config).run_id == "later"
 
 
 def test_more_fixed_shards_than_airflow_can_map_fail_fast(tmp_path, monkeypatch):

@@ -79,8 +79,8 @@ def make_inputs(
     validate = StageWriter(store, run, "validate")
     validate.add("examples", pa.Table.from_pylist(examples, schema=EXAMPLES))
     return (
-        validate.commit(config_sha256="c", metrics=ValidateMetrics(suite=SUITE, quality=quality or QualitySummary())),
-        extract.commit(config_sha256="c", metrics=ExtractMetrics()),
+        validate.commit(metrics=ValidateMetrics(suite=SUITE, quality=quality or QualitySummary())),
+        extract.commit(metrics=ExtractMetrics()),
     )
 
 

@@ -104,7 +104,7 @@ def test_publish_counts_near_duplicates_and_the_card_lists_the_chunk_filters(tmp
     examples, documents = make_inputs(store)
     chunks = StageWriter(store, RUN, "chunk")
     chunks.begin()
-    chunks.commit(config_sha256="c", metrics=ChunkMetrics(
+    chunks.commit(metrics=ChunkMetrics(
         chunks=7, documents=3, filtered={"too_few_words": 2, "boilerplate": 1}, duplicate_chunks=4,
         near_duplicate_chunks=3, earlier_run_duplicates=5))
     manifest = publish(store, RUN, make_config(tmp_path, publish_mode="append"), examples, documents, token=None)

@@ -78,7 +78,7 @@ def commit_chunks(store, n: int) -> Manifest:
              "char_end": 200 * i + len(context(i)), "n_tokens": 30, "text": context(i), "also_in": []}
             for i in range(n)]
     writer.add("chunks", pa.Table.from_pylist(rows, CHUNKS))
-    return writer.commit(config_sha256="chunk-config", metrics=ChunkMetrics(chunks=n))
+    return writer.commit(metrics=ChunkMetrics(chunks=n))
 
 
 def chunk_stage(store) -> Manifest:
@@ -96,7 +96,7 @@ def commit_generate_shard(store, rows: list[dict], shard: int = 0, parse_failure
         ]
         writer.add("dropped_generations", pa.Table.from_pylist(failures, schema=DROPPED_GENERATIONS))
     metrics = GenerateMetrics(parse_failures={"no_pipe": parse_failures} if parse_failures else {})
-    return writer.commit(config_sha256="generate-config", metrics=metrics)
+    return writer.commit(metrics=metrics)
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_clean_examples_pass_with_docs_and_report_and_a_rerun_reuses_the_manifes
     expected = pa.concat_tables([store.read_table(m, "examples") for m in shards])
     assert store.read_table(manifest, "examples").equals(expected)
     assert manifest.counts == {"examples": 50} and manifest.metrics.examples_in == 50
-    assert manifest.input_manifest_sha256 == [m.sha256 for m in [*shards, chunk_stage(store)]]
+    assert manifest.input_manifest_sha256 == [m.content_sha256 for m in [*shards, chunk_stage(store)]]
     assert manifest.metrics.suite.name == EXAMPLES_SUITE and manifest.metrics.suite.version == SUITE_VERSION
     assert all(e.success for e in manifest.metrics.expectations)
     names = [e.name for e in manifest.metrics.expectations]
@@ -297,7 +297,7 @@ def test_the_chunks_are_an_input_of_validate(store, tmp_path):
     assert validate(store, RUN, config, [shard], chunk_stage(store)) == first
     rechunked = commit_chunks(store, 100)
     again = validate(store, RUN, config, [shard], rechunked)
-    assert again.input_manifest_sha256[-1] == rechunked.sha256 != first.input_manifest_sha256[-1]
+    assert again.input_manifest_sha256[-1] == rechunked.content_sha256 != first.input_manifest_sha256[-1]
 
 
 def test_expectation_names_are_unique_and_cover_every_column(tmp_path):
@@ -324,7 +324,7 @@ def commit_markup_chunk(store) -> Manifest:
     row = {"chunk_id": "chunk-markup", "doc_id": "doc-1", "chunk_index": 0, "char_start": 0,
            "char_end": len(MARKUP_PASSAGE), "n_tokens": 40, "text": MARKUP_PASSAGE, "also_in": []}
     writer.add("chunks", pa.Table.from_pylist([row], CHUNKS))
-    return writer.commit(config_sha256="chunk-config", metrics=ChunkMetrics(chunks=1))
+    return writer.commit(metrics=ChunkMetrics(chunks=1))
 
 
 def test_markup_in_the_chunk_text_passes_markup_in_the_generated_text_is_quarantined(tmp_path):

@@ -46,14 +46,14 @@ def failed_validate_run(store, run: RunRef, tmp_path) -> None:
     chunk.add("chunks", pa.Table.from_pylist([{"chunk_id": "chunk-0", "doc_id": "doc-0", "chunk_index": 0,
                                                 "char_start": 0, "char_end": len(CONTEXT), "n_tokens": 25,
                                                 "text": CONTEXT, "page": None, "also_in": []}], CHUNKS))
-    chunks = chunk.commit(config_sha256="c", metrics=ChunkMetrics(chunks=1, shards=1))
+    chunks = chunk.commit(metrics=ChunkMetrics(chunks=1, shards=1))
     shard = StageWriter(store, run, "generate", partition=0)
     shard.begin()
     shard.add("examples", pa.Table.from_pylist([_row(i, good=i >= 10) for i in range(60)], EXAMPLES))
     shard.add("dropped_generations", pa.Table.from_pylist(
         [{"chunk_id": "chunk-0", "task_type": "exqa", "sample_index": i, "reason": "no_pipe",
           "generated_text": f"garbled {i}"} for i in range(3)], DROPPED_GENERATIONS))
-    generated = shard.commit(config_sha256="g", metrics=GenerateMetrics(prompts=63, parse_failures={"no_pipe": 3}))
+    generated = shard.commit(metrics=GenerateMetrics(prompts=63, parse_failures={"no_pipe": 3}))
     config = RunConfig(source=str(tmp_path), store=store.root_uri, task_types=["exqa", "ynqa"], min_pass_rate=0.99,
                        max_duplicate_rate=1.0, max_label_share=1.0)
     with pytest.raises(ValidationFailed):
