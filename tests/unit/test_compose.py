@@ -197,6 +197,17 @@ def test_settings_in_env_example_are_the_compose_defaults():
     assert compose(BONITO_SOURCE="")["services"]["airflow-dag-processor"]["environment"]["BONITO_SOURCE"] == ""
 
 
+def test_each_worker_keeps_its_compile_cache_in_its_own_filesystem():
+    """BONITO_COMPILE_CACHE_DIR is set for the workers and lies on no volume: two workers never
+    share (or heal) one cache, and a restart keeps it."""
+    services = compose()["services"]
+    for name in ("airflow-worker", "airflow-worker-gpu"):
+        folder = services[name]["environment"]["BONITO_COMPILE_CACHE_DIR"]
+        assert folder == "/opt/airflow/compile-cache", name
+        mounts = [m.split(":")[1] if isinstance(m, str) else m["target"] for m in services[name]["volumes"]]
+        assert not any(folder == m or folder.startswith(m.rstrip("/") + "/") for m in mounts), (name, mounts)
+
+
 def test_no_credentials_committed():
     text = COMPOSE_FILE.read_text()
     assert not re.search(r"^[A-Z_]*(PASSWORD|SECRET|TOKEN|_KEY)[A-Z_]*=\S", ENV_EXAMPLE.read_text(), re.MULTILINE)
