@@ -511,6 +511,28 @@ class CheckpointMarker(BaseModel):
     counts: dict[str, int]
 
 
+class CheckFindings(BaseModel):
+    """What a failed check found, structured (`ValidationFailed.findings`, `StageFailure.details`):
+    the failed expectations (GX outcomes: name, level, expectation, observed value, bound...) and,
+    for the validate gate, the rows it saw, what it quarantined and where the reports are."""
+
+    model_config = ConfigDict(extra="ignore")  # _failure.json files of older releases hold other keys
+
+    suite: str | None = None  # the suite's name
+    suite_version: str | None = None
+    dag_id: str | None = None
+    run_id: str | None = None
+    rows: int = 0
+    generate_shards: int = 0
+    dropped_generations: int = 0
+    failed: list[dict[str, Any]] = Field(default_factory=list)
+    schema_problems: list[str] = Field(default_factory=list)  # the examples table breaks the contract
+    quarantined: dict[str, int] = Field(default_factory=dict)  # expectation -> rows quarantined
+    quarantine_uri: str | None = None
+    data_docs_uri: str | None = None
+    result_uri: str | None = None
+
+
 class StageFailure(BaseModel):
     """Why a stage (or one partition of it) did not commit: `_failure.json` in its folder, written by
     the stage harness when the stage's work raised, removed when an attempt commits."""
@@ -522,7 +544,7 @@ class StageFailure(BaseModel):
     error: str  # the exception's type
     message: str
     permanent: bool  # a PermanentFailure: a retry cannot fix it
-    details: dict[str, Any] = Field(default_factory=dict)  # structured findings (validate: failed expectations)
+    details: CheckFindings = Field(default_factory=CheckFindings)  # what a failed check found
     failed_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 

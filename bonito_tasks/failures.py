@@ -73,15 +73,14 @@ def _generated(store: ArtifactStore, run: RunRef) -> list[Manifest]:
 
 
 def _cause(store: ArtifactStore, run: RunRef, failure: StageFailure) -> FailureCause:
-    details = failure.details or {}
+    details = failure.details
     cause = FailureCause(stage=failure.stage, partition=failure.partition, error=failure.error,
                          message=failure.message)
-    failed = details.get("failed") or []
     cause.failed_expectations = [
         ExpectationOutcome(**{k: v for k, v in e.items() if k in _OUTCOME_FIELDS})
-        for e in failed if isinstance(e, dict) and {"name", "level", "expectation", "success"} <= e.keys()
+        for e in details.failed if {"name", "level", "expectation", "success"} <= e.keys()
     ]
-    cause.quarantined = {str(k): int(v) for k, v in (details.get("quarantined") or {}).items()}
+    cause.quarantined = dict(details.quarantined)
     if failure.stage == StageName.EXTRACT:
         cause.rejects_by_reason = _reasons(store, f"{run_prefix(run)}/{StageName.EXTRACT}", "rejects")
     if failure.stage in (StageName.GENERATE, StageName.VALIDATE):

@@ -34,6 +34,7 @@ from bonito_tasks.contracts import (
     FAILURE_NAME,
     MANIFEST_NAME,
     TABLES,
+    CheckFindings,
     CombinedMetrics,
     Manifest,
     RunRef,
@@ -80,13 +81,11 @@ class StageWriter:
 
     def record_failure(self, error: BaseException, partition: int | None = None) -> None:
         """Leave the cause of a failed attempt next to its parts (never raises: the error itself matters)."""
-        import json
-
-        details = getattr(error, "summary", None)
+        findings = getattr(error, "findings", None)
         try:
             failure = StageFailure(stage=self.stage, partition=partition, error=type(error).__name__,
                                    message=str(error)[:20_000], permanent=isinstance(error, PermanentFailure),
-                                   details=json.loads(json.dumps(details, default=str)) if details else {})
+                                   details=findings if isinstance(findings, CheckFindings) else CheckFindings())
             self.store.write_bytes(self.failure_key, failure.model_dump_json(indent=2).encode())
         except Exception as err:  # an unreachable store: the task fails with the original error
             log.warning("could not record the failure of %s: %s", self.prefix, err)

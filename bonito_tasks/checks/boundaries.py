@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bonito_tasks.checks.gx import ValidationFailed, describe, ephemeral_context, present_probe, run_suite, to_pandas
-from bonito_tasks.contracts import CHUNKS, DOCUMENTS, FORBIDDEN_CHARS_PATTERN, Manifest
+from bonito_tasks.contracts import CHUNKS, DOCUMENTS, FORBIDDEN_CHARS_PATTERN, CheckFindings, Manifest
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import ArtifactStore
 
@@ -78,7 +78,7 @@ def _check(suite_name: str, what: str, uri: str, columns: pa.Table, expectations
             failure.pop("unexpected_index_list", None)
         lines = [f"{what} at {uri} break the {suite_name} contract; the stage was not committed:"]
         raise ValidationFailed("\n".join(lines + [describe(f) for f in outcome.failed]),
-                               {"suite": suite_name, "failed": outcome.failed})
+                               CheckFindings(suite=suite_name, failed=outcome.failed))
 
 
 def check_documents(store: ArtifactStore, writer: StageWriter) -> None:

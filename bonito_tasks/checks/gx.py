@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bonito_tasks.contracts import CheckFindings
 from bonito_tasks.errors import PermanentFailure
 
 # Importing Great Expectations logs one INFO line per function it skips registering ("Skipping registering
@@ -31,14 +32,14 @@ _DOMAIN_KWARGS = ("batch_id", "column", "column_list")
 
 class ValidationFailed(PermanentFailure):
     """Data failed a suite (the gate or a stage contract); the same data fails the same way.
-    `summary` holds the same findings as the message, structured."""
+    `findings` holds the same findings as the message, structured."""
 
-    def __init__(self, message: str, summary: dict[str, Any]):
+    def __init__(self, message: str, findings: CheckFindings):
         super().__init__(message)
-        self.summary = summary
+        self.findings = findings
 
     def __reduce__(self):
-        return type(self), (str(self), self.summary)
+        return type(self), (str(self), self.findings)
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,10 @@ with every language, and it is about 5x slower per chunk here; chunks are long e
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import StrEnum
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,8 +55,23 @@ import pyarrow.compute as pc
 from bonito_tasks.config import RunConfig
 from bonito_tasks.minhash import Shingles, shingles
 
-REASONS = ("too_few_words", "digit_ratio", "symbol_ratio", "mean_word_length", "boilerplate",
-           "unpunctuated_lines", "repeated_lines", "repeated_ngrams", "language")
+
+class QualityReason(StrEnum):
+    """Why a chunk is dropped: the filters, in the order they run (a chunk counts for the first it fails)."""
+
+    TOO_FEW_WORDS = "too_few_words"
+    DIGIT_RATIO = "digit_ratio"
+    SYMBOL_RATIO = "symbol_ratio"
+    MEAN_WORD_LENGTH = "mean_word_length"
+    BOILERPLATE = "boilerplate"
+    UNPUNCTUATED_LINES = "unpunctuated_lines"
+    REPEATED_LINES = "repeated_lines"
+    REPEATED_NGRAMS = "repeated_ngrams"
+    LANGUAGE = "language"
+
+
+REASONS = tuple(QualityReason)
+_CODE = {reason: code for code, reason in enumerate(REASONS)}
 LANGUAGE_SAMPLE_CHARS = 600  # langid reads this much of a chunk (its cost grows with the length)
 MIN_LINES = 3  # unpunctuated_lines applies to chunks of at least this many non-blank lines
 UNSPACED_SHARE = 0.3  # above this share of characters in unspaced scripts, word-based filters are skipped
@@ -98,34 +115,31 @@ NAVIGATION_SEPARATORS = re.compile(r"\s[|•·›»/]\s")  # "Home | About | Con
 LINE_MARKERS = ">*-#•·+ \t"  # quote, list and heading marks a line may start with (Markdown, lists)
 
 
+def _default(param: str) -> Any:
+    """The default of a RunConfig param: the one place the thresholds' defaults are written."""
+    return RunConfig.model_fields[param].default
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """The filters' thresholds (RunConfig's quality_* params)."""
+    """The filters' thresholds: RunConfig's quality_* params (their defaults unless given)."""
 
-    min_words: int = 5
-    max_digit_ratio: float = 0.25
-    max_symbol_ratio: float = 0.1
-    min_mean_word_length: float = 3.0
-    max_mean_word_length: float = 12.0
-    max_boilerplate_lines: float = 0.4
-    max_unpunctuated_lines: float = 0.85
-    max_repeated_lines: float = 0.3
-    max_repeated_ngrams: float = 0.3
+    min_words: int = _default("quality_min_words")
+    max_digit_ratio: float = _default("quality_max_digit_ratio")
+    max_symbol_ratio: float = _default("quality_max_symbol_ratio")
+    min_mean_word_length: float = _default("quality_min_mean_word_length")
+    max_mean_word_length: float = _default("quality_max_mean_word_length")
+    max_boilerplate_lines: float = _default("quality_max_boilerplate_lines")
+    max_unpunctuated_lines: float = _default("quality_max_unpunctuated_lines")
+    max_repeated_lines: float = _default("quality_max_repeated_lines")
+    max_repeated_ngrams: float = _default("quality_max_repeated_ngrams")
     languages: tuple[str, ...] = ()  # empty: any language
 
     @classmethod
     def from_config(cls, config: RunConfig) -> Thresholds:
-        return cls(
-            min_words=config.quality_min_words, max_digit_ratio=config.quality_max_digit_ratio,
-            max_symbol_ratio=config.quality_max_symbol_ratio,
-            min_mean_word_length=config.quality_min_mean_word_length,
-            max_mean_word_length=config.quality_max_mean_word_length,
-            max_boilerplate_lines=config.quality_max_boilerplate_lines,
-            max_unpunctuated_lines=config.quality_max_unpunctuated_lines,
-            max_repeated_lines=config.quality_max_repeated_lines,
-            max_repeated_ngrams=config.quality_max_repeated_ngrams,
-            languages=tuple(config.quality_languages),
-        )
+        """quality_<field> for every field (languages from quality_languages)."""
+        values = {f.name: getattr(config, f"quality_{f.name}") for f in fields(cls)}
+        return cls(**{**values, "languages": tuple(values["languages"])})
 
 
 @dataclass(frozen=True)
@@ -166,36 +180,37 @@ def assess(texts: list[str], thresholds: Thresholds, shingled: Shingles | None =
     n = len(texts)
     reason = np.full(n, -1, dtype=np.int64)  # index into REASONS, -1: kept so far
 
-    def fail(code: int, rows: np.ndarray, failed: np.ndarray) -> None:
+    def fail(why: QualityReason, rows: np.ndarray, failed: np.ndarray) -> None:
         rows = rows[failed & (reason[rows] < 0)]
-        reason[rows] = code
+        reason[rows] = _CODE[why]
 
     batch = _Batch(texts)
     c = _char_features(batch)
     everyone = np.arange(n)
     word_based = ~c.unspaced
-    fail(0, everyone, word_based & (c.words < thresholds.min_words))
-    fail(1, everyone, c.digit_ratio > thresholds.max_digit_ratio)
-    fail(2, everyone, c.symbol_ratio > thresholds.max_symbol_ratio)
-    fail(3, everyone, word_based & ((c.mean_word_length < thresholds.min_mean_word_length)
+    fail(QualityReason.TOO_FEW_WORDS, everyone, word_based & (c.words < thresholds.min_words))
+    fail(QualityReason.DIGIT_RATIO, everyone, c.digit_ratio > thresholds.max_digit_ratio)
+    fail(QualityReason.SYMBOL_RATIO, everyone, c.symbol_ratio > thresholds.max_symbol_ratio)
+    fail(QualityReason.MEAN_WORD_LENGTH, everyone, word_based & ((c.mean_word_length < thresholds.min_mean_word_length)
                                     | (c.mean_word_length > thresholds.max_mean_word_length)))
     rows = np.flatnonzero(reason < 0)
     boilerplate, lines, unpunctuated, repeated = _line_features(batch, rows)
-    fail(4, rows, boilerplate > thresholds.max_boilerplate_lines)
-    fail(5, rows, (lines >= MIN_LINES) & (unpunctuated > thresholds.max_unpunctuated_lines))
-    fail(6, rows, repeated > thresholds.max_repeated_lines)
+    fail(QualityReason.BOILERPLATE, rows, boilerplate > thresholds.max_boilerplate_lines)
+    fail(QualityReason.UNPUNCTUATED_LINES, rows,
+         (lines >= MIN_LINES) & (unpunctuated > thresholds.max_unpunctuated_lines))
+    fail(QualityReason.REPEATED_LINES, rows, repeated > thresholds.max_repeated_lines)
     rows = np.flatnonzero(reason < 0)
     if len(rows):  # the shingles of the texts left (all of them when the caller has them: no copy)
         shares = shingles([texts[i] for i in rows]).duplicate_share() if shingled is None else \
             shingled.duplicate_share()[rows]
-        fail(7, rows, shares > thresholds.max_repeated_ngrams)
+        fail(QualityReason.REPEATED_NGRAMS, rows, shares > thresholds.max_repeated_ngrams)
     reasons: list[str | None] = [REASONS[r] if r >= 0 else None for r in reason.tolist()]
     if thresholds.languages:
         identifier = language_identifier()
         wanted = set(thresholds.languages)
         for i, text in enumerate(texts):
             if reasons[i] is None and language_share(identifier, text, wanted) < 0.5:
-                reasons[i] = "language"
+                reasons[i] = QualityReason.LANGUAGE
     return reasons
 
 

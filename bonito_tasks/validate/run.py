@@ -31,7 +31,16 @@ from bonito_tasks.checks.gx import (
     to_pandas,
 )
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import EXAMPLES, ExpectationOutcome, Manifest, RunRef, StageName, SuiteRef, ValidateMetrics
+from bonito_tasks.contracts import (
+    EXAMPLES,
+    CheckFindings,
+    ExpectationOutcome,
+    Manifest,
+    RunRef,
+    StageName,
+    SuiteRef,
+    ValidateMetrics,
+)
 from bonito_tasks.stage import Stage, StageWriter
 from bonito_tasks.store import ArtifactStore
 from bonito_tasks.validate.profile import row_profile
@@ -97,17 +106,14 @@ class Validate(Stage):
         store, run, config, generated = self.store, self.run, self.config, self.generated
         shards = [store.read_table(m, "examples") for m in generated]
         examples = pa.concat_tables(shards) if shards else EXAMPLES.empty_table()
-        summary = {
-            "dag_id": run.dag_id,
-            "run_id": run.run_id,
-            "suite": SUITE.model_dump(),
-            "rows": examples.num_rows,
-            "generate_shards": len(generated),
-            "dropped_generations": sum(m.rows_of("dropped_generations") for m in generated),
-        }
+        findings = CheckFindings(
+            dag_id=run.dag_id, run_id=run.run_id, suite=SUITE.name, suite_version=SUITE.version,
+            rows=examples.num_rows, generate_shards=len(generated),
+            dropped_generations=sum(m.rows_of("dropped_generations") for m in generated),
+        )
         if examples.num_rows == 0 or (schema_errors := _schema_errors(examples.schema)):
-            summary["failed"] = [] if examples.num_rows == 0 else [{"name": "schema", "problems": schema_errors}]
-            raise ValidationFailed(failure_message(summary), summary)
+            findings.schema_problems = schema_errors if examples.num_rows else []
+            raise ValidationFailed(failure_message(findings), findings)
 
         started = time.perf_counter()
         chunk_texts = store.read_table(self.chunks, "chunks", columns=["chunk_id", "text"])
@@ -132,12 +138,12 @@ class Validate(Stage):
         })
         if quarantine.num_rows:
             quarantine_ref = writer.add("quarantine", quarantine)
-            summary["quarantine_uri"] = store.uri(f"{writer.prefix}/{quarantine_ref.path}")
+            findings.quarantine_uri = store.uri(f"{writer.prefix}/{quarantine_ref.path}")
 
         if not check.success:
-            summary |= {"failed": check.failed, "quarantined": quality.failed_expectations,
-                        "data_docs_uri": docs_uri, "result_uri": result_uri}
-            raise ValidationFailed(failure_message(summary), summary)
+            findings = findings.model_copy(update={"failed": check.failed, "quarantined": quality.failed_expectations,
+                                                   "data_docs_uri": docs_uri, "result_uri": result_uri})
+            raise ValidationFailed(failure_message(findings), findings)
 
         writer.add("examples", examples.filter(pa.array(passed)))
         return ValidateMetrics(
@@ -241,30 +247,30 @@ def _definition(suite) -> str:
     return f"{suite.name}-v{SUITE_VERSION}"
 
 
-def failure_message(summary: dict[str, Any]) -> str:
+def failure_message(findings: CheckFindings) -> str:
     """What the on-call reads first: what failed, by how much against which threshold, and where to look."""
-    where = f"{summary['dag_id']} / {summary['run_id']}"
-    if summary["rows"] == 0:
+    where = f"{findings.dag_id} / {findings.run_id}"
+    if findings.rows == 0:
         return (
             f"validate failed for {where}: no example rows to validate. "
-            f"The {summary['generate_shards']} generate shard(s) produced 0 examples "
-            f"({summary['dropped_generations']} generations dropped): nothing was generated, or every "
+            f"The {findings.generate_shards} generate shard(s) produced 0 examples "
+            f"({findings.dropped_generations} generations dropped): nothing was generated, or every "
             "generation failed to parse. Check the generate logs and the dropped_generations tables."
         )
-    failed = summary["failed"]
-    if failed and failed[0]["name"] == "schema":
-        problems = "; ".join(failed[0]["problems"])
+    if findings.schema_problems:
+        problems = "; ".join(findings.schema_problems)
         return f"validate failed for {where}: the examples table breaks the contract: {problems}"
-    suite = f"{summary['suite']['name']} v{summary['suite']['version']}"
+    failed = findings.failed
     lines = [
-        f"validate failed for {where}: {len(failed)} expectation(s) of suite {suite} failed on "
-        f"{summary['rows']} example rows; nothing was committed and publish will not run.",
+        f"validate failed for {where}: {len(failed)} expectation(s) of suite {findings.suite} "
+        f"v{findings.suite_version} failed on {findings.rows} example rows; nothing was committed and publish "
+        "will not run.",
         *(describe(f) for f in failed),
     ]
-    if summary.get("quarantined"):
-        counts = ", ".join(f"{name}: {count}" for name, count in summary["quarantined"].items())
+    if findings.quarantined:
+        counts = ", ".join(f"{name}: {count}" for name, count in findings.quarantined.items())
         lines.append(f"Rows quarantined by expectation: {counts}")
-    if summary.get("quarantine_uri"):
-        lines.append(f"Quarantined rows: {summary['quarantine_uri']}")
-    lines += [f"Data Docs: {summary['data_docs_uri']}", f"Full GX result: {summary['result_uri']}"]
+    if findings.quarantine_uri:
+        lines.append(f"Quarantined rows: {findings.quarantine_uri}")
+    lines += [f"Data Docs: {findings.data_docs_uri}", f"Full GX result: {findings.result_uri}"]
     return "\n".join(lines)

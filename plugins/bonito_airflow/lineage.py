@@ -178,5 +178,5 @@ def failed_stage_lineage(operator, task_instance=None):
     stage = getattr(operator, "stage_name", None) or operator.task_id
     failures: list[StageFailure] = stage_failures(rt.store, rt.run, stage) if stage == "validate" else []
     failed = [ExpectationOutcome(**{k: v for k, v in e.items() if k in ExpectationOutcome.model_fields})
-              for f in failures for e in f.details.get("failed", []) if isinstance(e, dict) and "expectation" in e]
+              for f in failures for e in f.details.failed if "expectation" in e]
     return OperatorLineage(inputs=_with_assertions(inputs, failed))

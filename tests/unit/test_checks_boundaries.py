@@ -65,7 +65,7 @@ def test_a_broken_document_fails_the_extract_contract(store, row, failed):
     with pytest.raises(ValidationFailed, match=f"(?s)break the bonito_documents contract.*- {failed} ") as caught:
         check_documents(store, writer)
 
-    assert [f["name"] for f in caught.value.summary["failed"]] == [failed]
+    assert [f["name"] for f in caught.value.findings.failed] == [failed]
 
 
 @pytest.mark.parametrize("row, failed", [
@@ -81,4 +81,4 @@ def test_a_broken_chunk_fails_the_chunk_contract(store, documents, row, failed):
     with pytest.raises(ValidationFailed, match=f"(?s)break the bonito_chunks contract.*- {failed} ") as caught:
         check_chunks(store, writer, documents)
 
-    assert [f["name"] for f in caught.value.summary["failed"]] == [failed]
+    assert [f["name"] for f in caught.value.findings.failed] == [failed]

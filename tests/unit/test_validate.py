@@ -200,8 +200,8 @@ def test_each_defect_quarantines_exactly_its_row(store, tmp_path):
 def assert_failed_without_commit(store, err: ValidationFailed) -> None:
     writer = StageWriter(store, RUN, "validate")
     assert writer.committed() is None
-    assert Path(err.summary["data_docs_uri"]).is_file() and err.summary["data_docs_uri"] in str(err)
-    assert json.loads(Path(err.summary["result_uri"]).read_text())["dataset"]["success"] is False
+    assert Path(err.findings.data_docs_uri).is_file() and err.findings.data_docs_uri in str(err)
+    assert json.loads(Path(err.findings.result_uri).read_text())["dataset"]["success"] is False
 
 
 def test_below_the_pass_rate_the_run_fails_and_commits_nothing(store, tmp_path):
@@ -215,12 +215,12 @@ def test_below_the_pass_rate_the_run_fails_and_commits_nothing(store, tmp_path):
 
     err = caught.value
     message = str(err)
-    assert [f["name"] for f in err.summary["failed"]] == ["min_pass_rate"]
+    assert [f["name"] for f in err.findings.failed] == ["min_pass_rate"]
     assert ("min_pass_rate (expect_column_mean_to_be_between on passed): "
             "observed 0.8 against threshold min_value=0.9") in message
     assert "Rows quarantined by expectation: output_length: 4" in message and "publish will not run" in message
     assert_failed_without_commit(store, err)
-    assert pickle.loads(pickle.dumps(err)).summary == err.summary
+    assert pickle.loads(pickle.dumps(err)).findings == err.findings
 
 
 def test_duplicate_rate_min_rows_and_label_share_thresholds(store, tmp_path):
@@ -232,7 +232,7 @@ def test_duplicate_rate_min_rows_and_label_share_thresholds(store, tmp_path):
     with pytest.raises(ValidationFailed) as caught:
         validate(store, RUN, config, [shard], chunk_stage(store))
 
-    failed = {f["name"]: f for f in caught.value.summary["failed"]}
+    failed = {f["name"]: f for f in caught.value.findings.failed}
     assert set(failed) == {"min_rows", "max_duplicate_rate", "max_label_share:ynqa"}
     assert failed["min_rows"]["observed_value"] == 29
     assert failed["max_label_share:ynqa"]["observed_value"] == 1.0
@@ -262,7 +262,7 @@ def test_a_null_breaks_the_contract_and_fails_the_run(tmp_path):
     with pytest.raises(ValidationFailed) as caught:
         validate(store, RUN, run_config(tmp_path), [shard], chunk_stage(store))
 
-    assert [f["name"] for f in caught.value.summary["failed"]] == ["not_null:model_revision"]
+    assert [f["name"] for f in caught.value.findings.failed] == ["not_null:model_revision"]
     assert "on model_revision__present" in str(caught.value)
     assert StageWriter(store, RUN, "validate").committed() is None
 
