@@ -64,7 +64,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from bonito_tasks.config import RunConfig
+from bonito_tasks.tokens import load_tokenizer  # noqa: F401 - the chunk stage's, now shared with validate
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +89,6 @@ PROBE = (
 # record of a text or after a HARD stretch), a stretch without cuts, the text's end, a whole paragraph.
 PARA, SENT, CHAIN, HARD, END, WHOLE = 1, 2, 4, 8, 16, 32
 BY_PARAGRAPH, BY_SENTENCE, BY_RECORD = 0, 1, 2  # how the current paragraph is cut into units
-
-
-def load_tokenizer(config: RunConfig) -> Any:
-    from bonito_tasks.model_ref import check_model_reachable
-
-    check_model_reachable(config.model_id)  # ModelNotFound (no retries) for a path that does not exist
-    from transformers import PreTrainedTokenizerFast
-
-    try:
-        # The model's tokenizer.json as it is: the same tokens as its AutoTokenizer class (which only adds
-        # special-token handling, unused here), without importing torch (about 480 MiB of the task's memory).
-        return PreTrainedTokenizerFast.from_pretrained(config.model_id, revision=config.model_revision)
-    except (OSError, ValueError):  # no tokenizer.json: only the model's own (slow) tokenizer class reads it
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(config.model_id, revision=config.model_revision)
 
 
 def _backend_of(tokenizer: Any) -> Any:

@@ -43,6 +43,7 @@ from bonito_tasks.contracts import (
 )
 from bonito_tasks.stage import Stage, StageWriter
 from bonito_tasks.store import ArtifactStore
+from bonito_tasks.tokens import count_tokens, tokenizer_name
 from bonito_tasks.validate.profile import row_profile
 from bonito_tasks.validate.report import quality_report
 from bonito_tasks.validate.suites import (
@@ -95,7 +96,8 @@ class Validate(Stage):
     name = StageName.VALIDATE
     reads = (StageName.GENERATE, StageName.CHUNK)
     config_fields = frozenset({"task_types", "min_output_tokens", "max_input_tokens", "max_output_tokens",
-                               "min_pass_rate", "min_rows", "max_duplicate_rate", "max_label_share"})
+                               "min_pass_rate", "min_rows", "max_duplicate_rate", "max_label_share",
+                               "model_id", "model_revision"})  # the report's lengths: the model's tokens
 
     def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig, generated: list[Manifest],
                  chunks: Manifest):
@@ -127,7 +129,9 @@ class Validate(Stage):
         result = {"rows": check.rows.result, "dataset": check.dataset.result if check.dataset else None}
         result_uri = store.write_bytes(f"{writer.prefix}/{RESULT_FILE}",
                                        json.dumps(result, indent=2, default=str).encode())
-        quality, files = quality_report(check.profile, passed, check.failed_by_row, generated, label_tasks(config))
+        quality, files = quality_report(check.profile, passed, check.failed_by_row, generated, label_tasks(config),
+                                        output_tokens=count_tokens(config, examples["output"]),
+                                        tokenizer=tokenizer_name(config))
         report_uris = {name: store.write_bytes(f"{writer.prefix}/{REPORT_DIR}/{name}", data)
                        for name, data in files.items()}
         quality = quality.model_copy(update={
