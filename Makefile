@@ -18,7 +18,7 @@ else
   CONSTRAINTS := -c constraints.txt
 endif
 
-.PHONY: venv demo ui run test lint test-deployment lock clean-demo params-table
+.PHONY: venv demo ui run test test-fast lint test-deployment lock clean-demo params-table
 
 venv: $(BIN)/.installed
 
@@ -58,12 +58,17 @@ clean-demo:
 params-table: venv
 	$(BIN)/python -m bonito_dev.params_table
 
-# Lint first (ruff, configured in pyproject.toml), then the whole suite.
+# Lint first (ruff, configured in pyproject.toml), then the whole suite on 2 workers (pytest-xdist;
+# the vLLM tests share one worker and one engine, the deployment tests another: tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: venv
 	$(BIN)/ruff check .
+
+# The quick loop before a commit: the unit tests on every core (pytest-xdist); `make test` is the whole suite.
+test-fast: venv
+	$(BIN)/python -m pytest -n auto -q -p no:cacheprovider tests/unit
 
 # Only the real-deployment tests (PostgreSQL, Redis, Celery, api-server, scheduler, UI in chromium).
 test-deployment: venv

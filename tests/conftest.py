@@ -133,3 +133,14 @@ def alert_webhook(monkeypatch):
     with WebhookReceiver() as receiver:
         monkeypatch.setenv("AIRFLOW_CONN_BONITO_ALERTS", json.dumps({"conn_type": "http", "host": receiver.url}))
         yield receiver
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), the tests that share an expensive
+    fixture run on one worker: every vLLM test shares one engine (and two engines never compile at
+    once), the deployment tests share one Airflow stack. The rest spread over the workers."""
+    for item in items:
+        if item.get_closest_marker("deployment"):
+            item.add_marker(pytest.mark.xdist_group("deployment"))
+        elif item.get_closest_marker("vllm"):
+            item.add_marker(pytest.mark.xdist_group("vllm"))
