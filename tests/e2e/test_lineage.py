@@ -144,7 +144,8 @@ def test_stages_emit_datasets_with_schema_statistics_and_assertions(lineage):
     _, events, out = lineage
     store = str((out / "store").resolve())
     (extract,) = _completes(events, "collect_documents")
-    (documents,) = [d for d in extract["outputs"] if d["name"].endswith("/extract/documents")]
+    (documents,) = [d for d in extract["outputs"]
+                    if "/extract/" in d["name"] and d["name"].endswith(".documents.parquet")]
     assert documents["namespace"] == "file" and documents["name"].startswith(store)
     assert [f["name"] for f in documents["facets"]["schema"]["fields"]] == TABLES["documents"].names
     stats = documents["outputFacets"]["outputStatistics"]
@@ -155,8 +156,8 @@ def test_stages_emit_datasets_with_schema_statistics_and_assertions(lineage):
     assert {(d["namespace"], d["name"]) for d in plan["inputs"]} >= {("file", str(SAMPLE_DOCS))}
 
     (validate,) = _completes(events, "validate")
-    assert {d["name"].rsplit("/", 1)[1] for d in validate["outputs"]} >= {"examples"}
-    checked = [d for d in validate["inputs"] if d["name"].endswith("/examples")]
+    assert {d["name"].rsplit(".", 2)[-2] for d in validate["outputs"]} >= {"examples"}
+    checked = [d for d in validate["inputs"] if d["name"].endswith(".examples.parquet")]
     assert checked and all("dataQualityAssertions" in d["inputFacets"] for d in checked)
     assertions = {a["name"]: a for a in checked[0]["inputFacets"]["dataQualityAssertions"]["assertions"]}
     assert assertions["min_pass_rate"]["severity"] == "error" and "min_value" in assertions["min_pass_rate"]["expected"]
@@ -164,7 +165,28 @@ def test_stages_emit_datasets_with_schema_statistics_and_assertions(lineage):
 
     (publish,) = _completes(events, "publish")
     assert any(d["name"].endswith("/publish/dataset") for d in publish["outputs"])
-    assert {d["name"].rsplit("/", 2)[-2] for d in publish["inputs"]} >= {"validate", "extract"}
+    assert {stage for d in publish["inputs"] for stage in ("validate", "extract") if f"/{stage}/" in d["name"]} == {
+        "validate", "extract"}
     for task in ("chunk", "generate"):
         for event in _completes(events, task):
             assert event["inputs"] and event["outputs"], task
+
+
+def test_facets_match_the_data(lineage):
+    """Names are what is on disk, assertions name schema columns, every output has statistics."""
+    _, events, out = lineage
+    for event in (e for e in events if e["eventType"] == "COMPLETE"):
+        for dataset in event.get("inputs", []) + event.get("outputs", []):
+            if dataset["namespace"] == "file":
+                assert list(Path("/").glob(dataset["name"].lstrip("/"))), (event["job"]["name"], dataset["name"])
+            assertions = (dataset.get("inputFacets") or {}).get("dataQualityAssertions")
+            if assertions:
+                columns = {f["name"] for f in dataset["facets"]["schema"]["fields"]}
+                named = {a["column"] for a in assertions["assertions"] if a.get("column")}
+                assert named and named <= columns, named - columns
+        for dataset in event.get("outputs", []):
+            assert "outputStatistics" in (dataset.get("outputFacets") or {}), dataset["name"]
+    (publish,) = _completes(events, "publish")
+    published = [d for d in publish["outputs"] if d["name"].endswith("/publish/dataset")]
+    assert published and "schema" in published[0]["facets"]
+    assert published[0]["outputFacets"]["outputStatistics"]["rowCount"] > 0
