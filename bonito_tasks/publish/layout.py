@@ -119,14 +119,20 @@ def task_splits(
             )
             for i in range(n_shards)
         }
-        splits.append(TaskSplit(task_type, rows.num_rows, shards, arrow_bytes(rows)))
+        splits.append(TaskSplit(task_type, rows.num_rows, shards, sum(map(parquet_arrow_bytes, shards.values()))))
     return splits
 
 
+def parquet_arrow_bytes(data: bytes) -> int:
+    """Bytes the rows of one Parquet shard take in memory as Arrow once read back: what `datasets`
+    adds up as a split's num_bytes (it reads a shard a row group at a time)."""
+    return pq.read_table(io.BytesIO(data)).nbytes
+
+
 def arrow_bytes(table: pa.Table) -> int:
-    """Bytes the rows take in memory as Arrow (what `datasets` reports as a split's num_bytes;
-    `nbytes` counts only the buffer ranges the rows use, so slices are not over-counted)."""
-    return table.nbytes
+    """`parquet_arrow_bytes` of the shard `table` makes. Not `table.nbytes`: `take` and `sort_by`
+    leave slack in string buffers, which a card's num_bytes would count and `datasets` does not."""
+    return parquet_arrow_bytes(parquet_bytes(table))
 
 
 def append_snapshot(
