@@ -185,7 +185,7 @@ class RunConfig(BaseModel):
     license_link: str | None = Field(
         None, pattern=r"^(https?://\S+|LICENSE|LICENSE\.md)$",
         description="With license 'other': URL of the license text, or LICENSE / LICENSE.md in the repo "
-                    "(the Hub asks for one); empty: none.")
+                    "(the Hub asks for one); empty: the card's License section, which says no text was given.")
     dataset_language: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]] = Field(
         default=["en"],
         description="Language codes (ISO 639-1 or 639-3, e.g. en, de) of the dataset's text, for the card's "

@@ -22,6 +22,7 @@ from bonito_tasks.task_types import TASK_TYPES
 SAMPLE_ROWS = 3  # example rows shown per config
 SAMPLE_CHARS = 160  # a sample's input and output are clipped to this many characters
 UNSPECIFIED_LICENSE = "unspecified"  # license_name of license "other" when the run names none
+OWN_LICENSE_SECTION = "README.md#license"  # license_link of license "other" when the run gives none
 
 BONITO_CITATION = """\
 @inproceedings{bonito:aclfindings24,
@@ -148,8 +149,8 @@ def render_card(
     metadata |= {"license": config.license}
     if config.license == "other":  # the Hub asks for a name and a link of a license it does not list
         metadata["license_name"] = config.license_name or UNSPECIFIED_LICENSE
-        if config.license_link:
-            metadata["license_link"] = config.license_link
+        # without a link of its own, the card's License section, which says that no text was given
+        metadata["license_link"] = config.license_link or OWN_LICENSE_SECTION
     metadata |= {
         "pretty_name": title,
         "task_categories": ["text-generation"],
@@ -291,8 +292,10 @@ def _license(config: RunConfig) -> str:
     if config.license != "other":
         return f"`{config.license}`"
     name = f"`{config.license_name}`" if config.license_name else "not named (`license_name` was not set)"
-    link = f" ({config.license_link})" if config.license_link else ""
-    return f"Other: {name}{link}."
+    if config.license_link:
+        return f"Other: {name} ({config.license_link})."
+    return (f"Other: {name}. No license text was given (`license_link` was not set when this dataset was "
+            "published): ask its publisher under which terms it may be used.")
 
 
 def _samples(examples: pa.Table, task_type: str) -> str:

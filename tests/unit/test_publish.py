@@ -315,8 +315,10 @@ def test_card_of_an_unnamed_other_license_says_so(tmp_path):
     card = card_of(store, publish(store, RUN, make_config(tmp_path, license="other", dataset_language=[]),
                                   *make_inputs(store), token=None))
     meta = front_matter(card)
-    assert meta["license_name"] == "unspecified" and "license_link" not in meta and "language" not in meta
-    assert "`license_name` was not set" in card
+    assert meta["license_name"] == "unspecified" and "language" not in meta
+    # the Hub asks for a link: the card's own License section, which says that no text was given
+    assert meta["license_link"] == "README.md#license" and "\n## License\n" in card
+    assert "`license_name` was not set" in card and "`license_link` was not set" in card
 
 
 def test_license_params_are_checked():
