@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-import httpx
 import pytest
 
 from bonito_dev.processes import free_port, marked_processes, port_free
 from conftest import REPO, SAMPLE_DOCS
-from deployment.stack import wait_until
+from deployment.stack import AirflowApi, wait_until
 from deployment.test_ui import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.deployment, pytest.mark.timeout(2400)]
@@ -206,17 +205,9 @@ def _in_the_browser(page, url, username, password, demo_run, output, artifacts):
     run_id = unquote(page.url.rsplit("/runs/", 1)[1])
     assert run_id != demo_run
 
-    api = httpx.Client(base_url=url, timeout=60)
-    token = api.post("/auth/token", json={"username": username, "password": password}).raise_for_status().json()
-    api.headers["Authorization"] = f"Bearer {token['access_token']}"
-
-    def ended():
-        run = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}").raise_for_status().json()
-        return run if run["state"] in ("success", "failed") else None
-
-    run = wait_until(ended, 1200, f"run {run_id}", interval=5)
-    tis = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances").json()["task_instances"]
-    assert run["state"] == "success", [(t["task_id"], t["map_index"], t["state"]) for t in tis]
+    api = AirflowApi(url, username, password)
+    api.login()
+    run = api.wait_for_run(DAG_ID, run_id, timeout=1200)  # fails with the failed tasks' logs
     assert run["conf"]["source"] == str(SAMPLE_DOCS)
 
     view = open_dataset_tab(page, url, run_id)
