@@ -6,8 +6,8 @@ Turns unlabeled documents into an instruction-tuning dataset with Bonito: **chec
 (Hugging Face Hub layout) -> **update_ledger**; **summarize** reports the run, whatever happened.
 Each task's Docs tab holds its runbook (`dags/runbooks/<task_id>.md`).
 
-Every stage commits Parquet shards and a `_manifest.json` under `<store>/<dag_id>/<run_id>/<stage>/`, the run
-id sanitised (`:`, `+` become `_`; each task logs its `run folder`); XCom carries only manifest URIs and counts.
+Every stage commits Parquet shards and a `_manifest.json` under `<run folder>/<stage>/` (`<run folder>`: the
+`run folder:` line of every task's log); XCom carries only manifest URIs and counts.
 Connections: `aws_default`, `huggingface_default`, `bonito_alerts` (optional webhook), `bonito_vllm_default`
 (backend `server`). With `BONITO_SOURCE` set, a nightly run (`BONITO_SCHEDULE`) processes the documents
 missing from the ledger.
