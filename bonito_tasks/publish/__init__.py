@@ -34,6 +34,7 @@ from bonito_tasks.contracts import (
 from bonito_tasks.publish.card import render_card
 from bonito_tasks.publish.export import READ_NOTE as EXPORT_READ_NOTE
 from bonito_tasks.publish.export import ExportFiles, export_files, read_export
+from bonito_tasks.publish.history import HIDDEN_DIR
 from bonito_tasks.publish.hub import HUB_RETRY, HubCommit, PublishError, PublishRejected, upload_dataset
 from bonito_tasks.publish.layout import (
     ASSETS_DIR,
@@ -44,7 +45,9 @@ from bonito_tasks.publish.layout import (
     SOURCES_FILE,
     ExistingFiles,
     Snapshot,
+    append_indexed,
     append_snapshot,
+    merged_sources,
     public_sources,
     sources_jsonl,
     task_splits,
@@ -59,7 +62,8 @@ __all__ = ["DATASET_DIR", "Publish", "HubCommit", "PublishError", "PublishReject
 logger = logging.getLogger(__name__)
 
 DATASET_DIR = "dataset"  # under the stage folder
-REPLACED = (f"{DATA_DIR}/", f"{ASSETS_DIR}/")  # folders a publish owns: stale files there are deleted
+# Folders a snapshot publish owns: stale files there are deleted (an append's index goes with the data it indexed).
+REPLACED = (f"{DATA_DIR}/", f"{ASSETS_DIR}/", f"{HIDDEN_DIR}/")
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 
 
@@ -120,10 +124,21 @@ class Publish(Stage):
                 contexts.update((c, t) for c, t in zip(*(part[n].to_pylist() for n in part.column_names))
                                 if c in wanted)
 
+        # Append to the Hub or the store: against the dataset's index, writing only the night's files
+        # (history.py). An S3 export is a complete snapshot behind a pointer: it appends the old way.
+        indexed = config.publish_mode == "append" and export is None
+        tag = safe_segment(run.run_id)
+
         def build(existing: ExistingFiles) -> dict[str, bytes]:
-            """The dataset's files: this run's snapshot, or (append) the existing dataset plus this run."""
-            if config.publish_mode == "append":
-                snapshot = append_snapshot(existing, rows, sources, safe_segment(run.run_id), rows_per_shard,
+            """The dataset's files: this run's snapshot; (append) the files this run adds to it."""
+            appended = None
+            if indexed:
+                appended = append_indexed(existing, rows, sources, tag, rows_per_shard,
+                                          config.example_near_dup_threshold, contexts)
+                snapshot = Snapshot(appended.splits, appended.fresh, merged_sources(existing, sources),
+                                    appended.skipped, appended.near_duplicates)
+            elif config.publish_mode == "append":
+                snapshot = append_snapshot(existing, rows, sources, tag, rows_per_shard,
                                            config.example_near_dup_threshold, contexts)
             else:
                 snapshot = Snapshot(task_splits(rows, rows_per_shard), rows, sources)
@@ -132,15 +147,18 @@ class Publish(Stage):
             built.append(snapshot)
             if snapshot.skipped == rows.num_rows and CARD_FILE in existing.paths:
                 # An append that adds no row changes nothing, the card included.
+                if indexed:
+                    return {}
                 kept = [p for p in existing.paths if p in (CARD_FILE, SOURCES_FILE) or p.startswith(REPLACED)]
                 return {p: existing.read(p) for p in kept}
             card = render_card(
                 run=run, config=config, splits=snapshot.splits, examples=snapshot.examples,
                 documents=snapshot.sources, quality=quality, plots=[(label, path) for label, path, _ in assets],
                 export_note=EXPORT_READ_NOTE if export else "", review=review_line(approval),
-                chunking=chunking,
+                chunking=chunking, history=appended,
             )
-            files = {path: data for split in snapshot.splits for path, data in split.shards.items()}
+            files = appended.files if appended else {}
+            files |= {path: data for split in snapshot.splits for path, data in split.shards.items()}
             files |= {path: data for _, path, data in assets}
             files[SOURCES_FILE] = sources_jsonl(snapshot.sources)
             files[CARD_FILE] = card.encode()
@@ -154,7 +172,7 @@ class Publish(Stage):
                 repo_id=config.hub_repo_id,
                 token=token,
                 private=config.hub_private,
-                replace_folders=REPLACED,
+                replace_folders=() if indexed else REPLACED,
                 commit_message=f"Publish {rows.num_rows} Bonito examples ({run.run_id}, {config.publish_mode})",
                 commit_description=f"{run_line}\nMode: {config.publish_mode}",
                 create_pr=config.publish_mode == "pr",
@@ -176,7 +194,7 @@ class Publish(Stage):
         metrics = PublishMetrics(
             dataset_uri=store.uri(dataset_key),
             publish_mode=config.publish_mode,
-            examples=snapshot.examples.num_rows,
+            examples=sum(split.rows for split in snapshot.splits),
             examples_added=added,
             duplicates_skipped=snapshot.skipped - snapshot.near_duplicates,
             near_duplicates_skipped=snapshot.near_duplicates,

@@ -4,7 +4,7 @@ how the data was made, from which sources, under which license, and how to cite 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from string import Template
 from typing import Any
@@ -16,7 +16,7 @@ import yaml
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import ChunkMetrics, QualitySummary, RunRef
 from bonito_tasks.model_ref import looks_like_path
-from bonito_tasks.publish.layout import DATA_DIR, PUBLISHED, SOURCES_FILE, SPLIT, TaskSplit
+from bonito_tasks.publish.layout import DATA_DIR, PUBLISHED, SOURCES_FILE, SPLIT, Appended, TaskSplit
 from bonito_tasks.task_types import TASK_TYPES
 
 SAMPLE_ROWS = 3  # example rows shown per config
@@ -132,10 +132,11 @@ def render_card(
     examples: pa.Table,
     documents: pa.Table,
     quality: QualitySummary | None = None,
-    plots: list[tuple[str, str]] = (),
+    plots: Sequence[tuple[str, str]] = (),
     export_note: str = "",
     review: str = "",
     chunking: ChunkMetrics | None = None,
+    history: Appended | None = None,
 ) -> str:
     """The card; `quality` is validate's quality summary of this run, `plots` (label, path in the
     dataset) its images, `export_note` a paragraph on reading an S3 export (publish/export.py), `review`
@@ -163,12 +164,17 @@ def render_card(
     config_rows = [f"| `default` | all | {n_examples} |"] + [
         f"| `{s.task_type}` | {TASK_TYPES.get(s.task_type, s.task_type)} | {s.rows} |" for s in splits
     ]
-    models = sorted(
-        (m["model_id"], m["model_revision"])
-        for m in examples.group_by(["model_id", "model_revision"]).aggregate([]).to_pylist()
-    )
-    sampling = sorted(pc.unique(examples["sampling_params"]).to_pylist())
-    n_runs = pc.count_distinct(examples["run_id"]).as_py()
+    if history is not None:  # an indexed append: the whole dataset's figures come from its stats
+        models, sampling, n_runs = [tuple(m) for m in history.totals.models], history.totals.sampling, history.runs
+        n_contributing = history.totals.contributing
+    else:
+        models = sorted(
+            (m["model_id"], m["model_revision"])
+            for m in examples.group_by(["model_id", "model_revision"]).aggregate([]).to_pylist()
+        )
+        sampling = sorted(pc.unique(examples["sampling_params"]).to_pylist())
+        n_runs = pc.count_distinct(examples["run_id"]).as_py()
+        n_contributing = pc.count_distinct(examples["doc_id"]).as_py()
     media_types = Counter(documents.column("media_type").to_pylist())
     return CARD_TEMPLATE.substitute(
         metadata=yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True),
@@ -176,14 +182,14 @@ def render_card(
         n_examples=n_examples,
         n_task_types=len(splits),
         n_documents=documents.num_rows,
-        n_contributing=pc.count_distinct(examples["doc_id"]).as_py(),
+        n_contributing=n_contributing,
         config_rows="\n".join(config_rows),
         load_path=config.hub_repo_id or "path/to/this/folder",
         first_config=splits[0].task_type,
         split=SPLIT,
         export_note=export_note,
         sample_chars=SAMPLE_CHARS,
-        samples="".join(_samples(examples, s.task_type) for s in splits).rstrip("\n"),
+        samples="".join(_samples(examples, t) for t in sorted(set(examples["task_type"].to_pylist()))).rstrip("\n"),
         models=", ".join(_model(model, revision) for model, revision in models),
         sampling=", ".join(f"`{params}`" for params in sampling),
         task_types=", ".join(f"{TASK_TYPES.get(t, t)} (`{t}`)" for t in config.task_types),
@@ -256,7 +262,7 @@ def size_category(n: int) -> str:
     return next((label for exponent, label in enumerate(labels, start=3) if n < 10**exponent), "n>1T")
 
 
-def _quality_section(quality: QualitySummary | None, plots: list[tuple[str, str]], run_id: str) -> str:
+def _quality_section(quality: QualitySummary | None, plots: Sequence[tuple[str, str]], run_id: str) -> str:
     """Validate's quality summary: pass rate, row counts, label distributions, why rows failed, plots."""
     if (quality is None or not quality.rows) and not plots:
         return ""

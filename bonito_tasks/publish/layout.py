@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -33,9 +34,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bonito_tasks.contracts import DOCUMENTS, EXAMPLES, canonical_json, sha256_hex
+from bonito_tasks.publish import history
 from bonito_tasks.publish.hub import PublishError
 from bonito_tasks.publish.neardup import near_duplicates
 from bonito_tasks.store import parquet_bytes
+
+log = logging.getLogger(__name__)
 
 SPLIT = "train"
 DATA_DIR = "data"
@@ -71,8 +75,9 @@ class TaskSplit:
 
     task_type: str
     rows: int
-    shards: dict[str, bytes]  # path in the dataset -> Parquet bytes
+    shards: dict[str, bytes]  # path in the dataset -> Parquet bytes (an indexed append: its new shards)
     num_bytes: int = 0  # size of the rows in memory (Arrow), as `datasets` records a split's num_bytes
+    stored_size: int = 0  # Parquet bytes of the shards the dataset already holds and keeps (indexed append)
 
     @property
     def folder(self) -> str:
@@ -80,7 +85,7 @@ class TaskSplit:
 
     @property
     def download_size(self) -> int:
-        return sum(len(data) for data in self.shards.values())
+        return self.stored_size + sum(len(data) for data in self.shards.values())
 
 
 @dataclass(frozen=True)
@@ -170,15 +175,149 @@ def append_snapshot(
         rows = sum(old_tables[p].num_rows for p in paths) + new.rows
         num_bytes = sum(arrow_bytes(old_tables[p]) for p in paths) + new.num_bytes
         splits.append(TaskSplit(task_type, rows, {p: old_shards[p] for p in paths} | new.shards, num_bytes))
-    old_sources = _read_sources(existing)
-    all_sources = pa.concat_tables([old_sources, sources.select(SOURCE_COLUMNS).cast(old_sources.schema)])
     return Snapshot(
         splits=splits,
         examples=pa.concat_tables([old, fresh]),
-        sources=_unique_sources(all_sources),
+        sources=merged_sources(existing, sources),
         skipped=examples.num_rows - fresh.num_rows,
         near_duplicates=exact_fresh - fresh.num_rows,
     )
+
+
+@dataclass(frozen=True)
+class Appended:
+    """An indexed append (history.py): the files it adds and the dataset it makes."""
+
+    files: dict[str, bytes]  # new shards, this run's index part, the stats (and, once, a migrated history)
+    splits: list[TaskSplit]  # every task type of the dataset: its totals, this run's new shards
+    fresh: pa.Table  # the rows added
+    totals: history.RunStats  # the dataset after this append
+    runs: int  # publishes whose rows the dataset holds
+    skipped: int = 0
+    near_duplicates: int = 0
+    rows_scanned: int = 0  # index rows read
+
+
+def append_indexed(
+    existing: ExistingFiles, examples: pa.Table, sources: pa.Table, tag: str, rows_per_shard: int,
+    near_dup_threshold: float | None = None, contexts: Mapping[str, str] | None = None,
+) -> Appended:
+    """This run's rows that the dataset does not hold yet, checked against its index (history.py)
+    and never against its data: the existing shards are neither read nor rewritten. A dataset
+    without an index (published before it existed) is indexed once, here. Re-publishing a run
+    (`tag`) yields the same files: its own shards, index part and stats entry count as not there."""
+    files: dict[str, bytes] = {}
+    if history.STATS_FILE in existing.paths:
+        stats = history.DatasetStats.model_validate_json(existing.read(history.STATS_FILE)).without(tag)
+    else:
+        stats, files = index_existing(existing, tag)
+    own_part = history.index_part_path(tag)
+    new = examples.select(EXAMPLES.names).cast(EXAMPLES).sort_by("example_id")
+    sketched = history.sketches(new, contexts or {})
+    seen = history.check_history(_index_parts(existing, stats, files), new, sketched, near_dup_threshold)
+    keep = ~(seen.ids | seen.pairs) & _first_of_each(new)
+    exact_fresh = int(keep.sum())
+    if near_dup_threshold is not None and exact_fresh:
+        keep &= ~seen.near
+        keep &= ~history.near_within(sketched, keep, near_dup_threshold)
+    fresh, fresh_sketches = new.filter(pa.array(keep)), sketched[keep]
+    new_splits = task_splits(fresh, rows_per_shard, tag)
+    added = history.RunStats(
+        splits={s.task_type: history.SplitStats(rows=s.rows, num_bytes=s.num_bytes, download_size=s.download_size,
+                                                shards=sorted(s.shards)) for s in new_splits},
+        models=sorted({(m, r) for m, r in zip(fresh["model_id"].to_pylist(), fresh["model_revision"].to_pylist())}),
+        sampling=sorted(set(fresh["sampling_params"].to_pylist())),
+        contributing=len({d for d, known in zip(fresh["doc_id"].to_pylist(), seen.docs[keep]) if not known}),
+    )
+    if fresh.num_rows:
+        stats = stats.with_run(tag, added)
+        files[own_part] = history.index_bytes(history.index_table(fresh, fresh_sketches))
+    totals = stats.totals()
+    by_type = {s.task_type: s for s in new_splits}
+    splits = [TaskSplit(t, split.rows, by_type[t].shards if t in by_type else {}, split.num_bytes,
+                        split.download_size - (by_type[t].download_size if t in by_type else 0))
+              for t, split in totals.splits.items()]
+    files |= {path: data for split in new_splits for path, data in split.shards.items()}
+    files[history.STATS_FILE] = stats.to_bytes()
+    log.info("append: %d of %d new row(s) kept after checking %d indexed row(s); the dataset holds %d",
+             fresh.num_rows, new.num_rows, seen.rows_scanned, sum(s.rows for s in splits))
+    return Appended(files=files, splits=splits, fresh=fresh, totals=totals,
+                    runs=sum(1 for run in stats.runs.values() if run.splits), skipped=new.num_rows - fresh.num_rows,
+                    near_duplicates=exact_fresh - fresh.num_rows, rows_scanned=seen.rows_scanned)
+
+
+def _index_parts(existing: ExistingFiles, stats: history.DatasetStats, rebuilt: dict[str, bytes]) -> Iterator[bytes]:
+    """The index part of every run the stats list; one that is missing or unreadable is rebuilt from
+    the shards it indexes (and goes into `rebuilt`, so the commit repairs it): never skipped."""
+    migrated = {p: data for p, data in rebuilt.items() if p.startswith(f"{history.INDEX_DIR}/")}
+    yield from migrated.values()
+    for tag, run in stats.runs.items():
+        path = history.index_part_path(tag)
+        if path in migrated:
+            continue
+        data = existing.read(path) if path in existing.paths else None
+        if data is not None and history.readable(data):
+            yield data
+            continue
+        shards = [p for split in run.splits.values() for p in split.shards]
+        log.warning("index part %s is %s: rebuilding it from its %d shard(s)", path,
+                    "unreadable" if data is not None else "missing", len(shards))
+        rows = pa.concat_tables([_read_examples(p, existing.read(p)) for p in shards]) if shards else \
+            EXAMPLES.empty_table()
+        data = rebuilt[path] = history.index_bytes(history.index_table(rows, history.sketches(rows, {})))
+        yield data
+
+
+def index_existing(existing: ExistingFiles, tag: str) -> tuple[history.DatasetStats, dict[str, bytes]]:
+    """Index a dataset published before the index existed (once: its stats say so from then on).
+    Its shards are read this one time; a shard without `messages` gets it (one schema per dataset)."""
+    own = f"{SPLIT}-{tag}-"
+    paths = sorted(p for p in existing.paths if p.startswith(f"{DATA_DIR}/") and p.endswith(".parquet")
+                   and not p.rsplit("/", 1)[-1].startswith(own))
+    if not paths:
+        return history.DatasetStats(), {}
+    log.info("indexing the published dataset once (it has no %s yet): %d shard(s)", history.STATS_FILE, len(paths))
+    files: dict[str, bytes] = {}
+    indexed = history.RunStats()
+    tables = []
+    for path in paths:
+        data = existing.read(path)
+        rows = with_messages(_read_examples(path, data))
+        if "messages" not in pq.read_schema(io.BytesIO(data)).names:
+            data = files[path] = parquet_bytes(rows)
+        split = indexed.splits.setdefault(path.split("/")[1], history.SplitStats())
+        split.rows += rows.num_rows
+        split.num_bytes += parquet_arrow_bytes(data)
+        split.download_size += len(data)
+        split.shards.append(path)
+        tables.append(rows.select(EXAMPLES.names))
+    old = pa.concat_tables(tables)
+    indexed.models = sorted({(m, r) for m, r in zip(old["model_id"].to_pylist(), old["model_revision"].to_pylist())})
+    indexed.sampling = sorted(set(old["sampling_params"].to_pylist()))
+    indexed.contributing = len(set(old["doc_id"].to_pylist()))
+    files[history.index_part_path("_published-before-the-index")] = history.index_bytes(
+        history.index_table(old, history.sketches(old, {})))
+    log.info("indexed %d published row(s)", old.num_rows)
+    return history.DatasetStats(runs={"_published-before-the-index": indexed}), files
+
+
+def _first_of_each(rows: pa.Table) -> np.ndarray:
+    """Per row: whether no earlier row has its example_id or its (input, output) pair."""
+    ids = history.key64(rows["example_id"].to_pylist())
+    pairs = history.pair_keys(rows["input"].to_pylist(), rows["output"].to_pylist())
+    first = np.ones(rows.num_rows, dtype=bool)
+    for keys in (ids, pairs):
+        _, index = np.unique(keys, return_index=True)
+        mask = np.zeros(rows.num_rows, dtype=bool)
+        mask[index] = True
+        first &= mask
+    return first
+
+
+def merged_sources(existing: ExistingFiles, sources: pa.Table) -> pa.Table:
+    """The dataset's sources (sources.jsonl) and this run's, one row each."""
+    old = _read_sources(existing)
+    return _unique_sources(pa.concat_tables([old, sources.select(SOURCE_COLUMNS).cast(old.schema)]))
 
 
 def pair_key(input_text: str, output_text: str) -> str:

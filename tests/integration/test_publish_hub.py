@@ -184,7 +184,7 @@ def main_rows(hub) -> dict[str, int]:
     files = hub.repo(REPO).resolve("main").files
     counts: dict[str, int] = {}
     for path, data in files.items():
-        if path.endswith(".parquet"):
+        if path.startswith("data/") and path.endswith(".parquet"):  # not the index under .bonito/
             for task_type in pq.read_table(io.BytesIO(data)).column("task_type").to_pylist():
                 counts[task_type] = counts.get(task_type, 0) + 1
     return counts
@@ -366,3 +366,62 @@ def test_republish_of_files_the_repo_holds_adds_nothing(hub, setup):
     again = run_publish(hub, store, config, inputs)
     assert again.metrics.hub_new_commit is False and again.metrics.examples_added == 0
     assert again.metrics.examples == 6
+
+
+# Append against the dataset's index (bonito_tasks/publish/history.py).
+
+DATA_DOWNLOADS = r"/resolve/[^/]+/data/"
+
+
+def test_an_append_reads_the_index_not_the_data_and_commits_only_its_files(hub, tmp_path):
+    nightly(hub, tmp_path, "night1", rows=range(0, 3))
+    before = dict(hub.repo(REPO).resolve("main").files)
+    downloads = hub.count("GET", DATA_DOWNLOADS)
+    _, second, _ = nightly(hub, tmp_path, "night2", rows=range(2, 5))  # row 2 again: skipped by its keys
+
+    assert hub.count("GET", DATA_DOWNLOADS) == downloads  # no data shard was read
+    after = hub.repo(REPO).resolve("main").files
+    assert {p for p in after if after[p] != before.get(p)} == {
+        "data/exqa/train-scheduled__night2-00000-of-00001.parquet",
+        "data/qa/train-scheduled__night2-00000-of-00001.parquet",
+        ".bonito/index/part-scheduled__night2.parquet", ".bonito/stats.json", "README.md"}
+    assert second.metrics.duplicates_skipped == 2 and second.metrics.examples_added == 4
+    assert second.metrics.examples == 10 and card_counts(after["README.md"]) == {"default": 10, "exqa": 5, "qa": 5}
+    stats = json.loads(after[".bonito/stats.json"])
+    assert list(stats["runs"]) == ["scheduled__night1", "scheduled__night2"]
+    assert load_rows(hub, tmp_path) == 10  # the configs load data/ only, not the index
+
+
+def test_a_dataset_published_without_an_index_is_indexed_once(hub, tmp_path, caplog):
+    store = LocalStore(tmp_path / "first")
+    run_publish(hub, store, make_config(tmp_path, hub_repo_id=REPO), make_inputs(store, rows=range(0, 3)))
+    assert not any(p.startswith(".bonito/") for p in hub.repo(REPO).resolve("main").files)  # a snapshot publish
+
+    caplog.set_level(logging.INFO, logger="bonito_tasks.publish.layout")
+    _, first_append, _ = nightly(hub, tmp_path, "night1", rows=range(2, 4))
+    assert "indexing the published dataset once" in caplog.text
+    assert first_append.metrics.examples_added == 2 and first_append.metrics.examples == 8
+    caplog.clear()
+    downloads = hub.count("GET", DATA_DOWNLOADS)
+    _, second_append, _ = nightly(hub, tmp_path, "night2", rows=range(0, 5))
+    assert "indexing" not in caplog.text and hub.count("GET", DATA_DOWNLOADS) == downloads
+    assert second_append.metrics.examples_added == 2 and main_rows(hub) == {"exqa": 5, "qa": 5}
+
+    # A snapshot publish replaces the dataset and its index together: no stale index is left behind.
+    run_publish(hub, store, make_config(tmp_path, hub_repo_id=REPO, license="mit"), make_inputs(store, rows=range(1)))
+    assert not any(p.startswith(".bonito/") for p in hub.repo(REPO).resolve("main").files)
+
+
+def test_two_runs_appending_at_once_both_land_each_row_once(hub, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    nightly(hub, tmp_path, "night0", rows=range(0, 2))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda args: nightly(hub, tmp_path, *args, retry=RetryPolicy(
+            attempts=6, base_delay_s=0.01, max_delay_s=0.1, timeout_s=5)), [("nightA", range(1, 4)),
+                                                                              ("nightB", range(3, 6))]))
+    added = sum(manifest.metrics.examples_added for _, manifest, _ in results)
+    assert main_rows(hub) == {"exqa": 6, "qa": 6} and added == 8  # rows 0-5 once each, whichever won
+    stats = json.loads(hub.repo(REPO).resolve("main").files[".bonito/stats.json"])
+    assert set(stats["runs"]) == {"scheduled__night0", "scheduled__nightA", "scheduled__nightB"}
+    assert len(publish_commits(hub)) == 3

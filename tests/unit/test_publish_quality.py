@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from test_publish import make_inputs
 
 from bonito_tasks.contracts import EXAMPLES, ChunkMetrics, RunRef, sha256_hex
 from bonito_tasks.publish import publish
-from bonito_tasks.publish.layout import PUBLISHED, append_snapshot, task_splits, with_messages
+from bonito_tasks.publish.history import readable
+from bonito_tasks.publish.layout import PUBLISHED, append_indexed, append_snapshot, task_splits, with_messages
 from bonito_tasks.publish.neardup import near_duplicates
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore, parquet_bytes
@@ -112,3 +114,50 @@ def test_publish_counts_near_duplicates_and_the_card_lists_the_chunk_filters(tmp
     card = store.read_bytes(store.key(manifest.metrics.dataset_uri) + "/README.md").decode()
     assert "## Chunk filtering" in card and "| quality filter: `too_few_words` | 2 |" in card
     assert "| already generated from by an earlier run | 5 |" in card and "| of which near duplicates | 3 |" in card
+
+
+def test_an_indexed_append_finds_near_duplicates_of_published_rows_without_their_passage():
+    """The same near-duplicates as above, found through the index of the published rows (sketches
+    without the passage), and the old shards are never read."""
+    first = pa.Table.from_pylist([row(0, "Who keeps the register of every vessel?", "The harbour master")],
+                                 schema=EXAMPLES)
+    sources = pa.table({"doc_id": ["x"], "source_uri": ["a.txt"], "media_type": ["text/plain"], "size_bytes": [1]})
+    published = append_indexed(Files({}), first, sources, "r1", 100, 0.9, {"c1": PASSAGE}).files
+    reads: list[str] = []
+
+    class Watched(Files):
+        def read(self, path: str) -> bytes:
+            reads.append(path)
+            return super().read(path)
+
+    new = pa.Table.from_pylist([
+        row(1, "Who keeps the register of every vessel ?", "The harbour master", run_id="r2"),  # near: skipped
+        row(2, "When is the register open to the public?", "On weekdays", run_id="r2"),  # same passage, new question
+        row(3, "When is the register open to the public ?", "On weekdays.", run_id="r2"),  # repeats row 2
+    ], schema=EXAMPLES)
+    appended = append_indexed(Watched(published), new, sources, "r2", 100, 0.9, {"c1": PASSAGE})
+    assert (appended.skipped, appended.near_duplicates) == (2, 2)
+    [kept] = appended.fresh["input"].to_pylist()  # one of rows 2 and 3 (the first by example_id)
+    assert "open to the public" in kept
+    assert not [p for p in reads if p.startswith("data/")]
+    assert sorted(appended.files) == [".bonito/index/part-r2.parquet", ".bonito/stats.json",
+                                      "data/exqa/train-r2-00000-of-00001.parquet"]
+    assert [(s.task_type, s.rows) for s in appended.splits] == [("exqa", 2)]
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_missing_or_corrupt_index_part_is_rebuilt_from_its_shards_never_skipped(damage, caplog):
+    first = pa.Table.from_pylist([row(0, "Who keeps the register of every vessel?", "The harbour master")],
+                                 schema=EXAMPLES)
+    sources = pa.table({"doc_id": ["x"], "source_uri": ["a.txt"], "media_type": ["text/plain"], "size_bytes": [1]})
+    published = append_indexed(Files({}), first, sources, "r1", 100, 0.9, {"c1": PASSAGE}).files
+    if damage == "missing":
+        del published[".bonito/index/part-r1.parquet"]
+    else:
+        published[".bonito/index/part-r1.parquet"] = b"not parquet"
+    again = pa.Table.from_pylist([row(1, "Who keeps the register of every vessel?", "The harbour master",
+                                      run_id="r2")], schema=EXAMPLES)
+    appended = append_indexed(Files(published), again, sources, "r2", 100, None)
+    assert appended.skipped == 1 and appended.fresh.num_rows == 0  # the duplicate did not slip through
+    assert "rebuilding it from its 1 shard(s)" in caplog.text
+    assert readable(appended.files[".bonito/index/part-r1.parquet"])  # the commit repairs it
