@@ -3,10 +3,11 @@ dataset card, sources sidecar, quality plots), written to the store and uploaded
 exported to S3 when the run config names a repo or an export prefix.
 
 Modes (`publish_mode`): "overwrite" makes the dataset this run's snapshot; "append" adds this run's
-rows that the dataset does not hold yet (see layout.py) and the card counts everything; "pr" opens a
-Hub pull request with the snapshot instead of committing to main. The store folder always holds the
-complete dataset as published. The S3 export writes a complete snapshot, then a pointer to it
-(export.py): readers never see a partial export.
+rows that the dataset does not hold yet, checked against the dataset's index, never its data
+(history.py, layout.append_indexed), and the card counts everything; "pr" opens a Hub pull request
+with the snapshot instead of committing to main. The store folder holds what the publish wrote (the
+whole dataset, or an append's new files). The S3 export writes a complete snapshot, then a pointer
+to it (export.py): readers never see a partial export.
 """
 
 from __future__ import annotations
