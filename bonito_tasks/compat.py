@@ -10,7 +10,6 @@ Heavy imports (vllm, huggingface_hub) stay inside the functions: DAG parsing imp
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,24 +69,3 @@ def torch_precompiled_header_dir() -> Path | None:
         return None
     return Path(_HEADER_DIR)
 
-
-def reset_torch_compile_state() -> None:
-    """Forget what torch inductor remembers in this process about compiled kernels, so a retry
-    after broken cache entries were removed builds them again instead of reusing a failed load.
-    Does nothing where torch inductor was never imported (vLLM compiled in its worker processes).
-
-    torch 2.13: `torch._inductor.utils.clear_caches()` clears the in-memory code caches (what
-    `fresh_cache()` uses); the CPU vector-ISA probe, which compiles and loads a test library from
-    the cache, keeps its verdict in `cpu_vec_isa.valid_vec_isa_list` and `VecISA.__bool__impl`
-    (functools caches, private). A truncated probe library makes it "no vector ISA", and kernels
-    then fail to compile ("'at::vec' has not been declared") until the process ends.
-    """
-    if "torch._inductor.codecache" not in sys.modules:
-        return
-    import torch._dynamo
-    from torch._inductor import cpu_vec_isa, utils
-
-    utils.clear_caches()
-    cpu_vec_isa.valid_vec_isa_list.cache_clear()
-    cpu_vec_isa.VecISA._VecISA__bool__impl.cache_clear()
-    torch._dynamo.reset()

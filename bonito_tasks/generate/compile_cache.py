@@ -5,7 +5,8 @@ vLLM's own torch.compile cache) and later starts load what it wrote. A start kil
 writing (SIGKILL, out-of-memory kill, a worker restart) can leave a truncated entry (a 0-byte
 `.so`) that every later start on that worker trips over, so Airflow's retries cannot fix it.
 `start_with_healing` removes such entries (logging each one) before a start, and when a start
-fails on one all the same, removes it once and starts again; a second failure is raised with its cause.
+fails on one all the same, removes it once and starts again (where the engine compiles in other
+processes; else the task's retry does); a second failure is raised with its cause.
 
 The caches live under `$BONITO_COMPILE_CACHE_DIR` (default `~/.cache/bonito-etl/compile`):
 `inductor/` (TORCHINDUCTOR_CACHE_DIR), `vllm/` (VLLM_CACHE_ROOT) and `triton/` (TRITON_CACHE_DIR).
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from bonito_tasks.compat import reset_torch_compile_state, torch_precompiled_header_dir
+from bonito_tasks.compat import torch_precompiled_header_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +45,10 @@ _PATH = re.compile(r"/[^\s'\":;,()\[\]]+")
 
 class CompileCacheStillFailing(RuntimeError):
     """The start failed again after the broken cache entries were removed: the cause is not (only) the cache."""
+
+
+class CompileCacheHealed(RuntimeError):
+    """The start failed on broken cache entries, now removed; a retry in a fresh process starts clean."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ def find_broken(cache: CompileCache, now: float | None = None) -> dict[Path, str
     return found
 
 
-def _error_text(err: BaseException) -> str:
+def _error_text(err: BaseException | None) -> str:
     texts, seen = [], set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -178,12 +183,18 @@ def _remove_all(broken: dict[Path, str]) -> str:
     return "; ".join(f"{path} ({reason})" for path, reason in sorted(broken.items()))
 
 
-def start_with_healing(start: Callable[[], T], cache: CompileCache) -> T:
+def start_with_healing(start: Callable[[], T], cache: CompileCache, retry_here: bool = True) -> T:
     """`start()`, with the compile caches healed: broken entries (a killed start's leftovers) are
     removed before it. When it fails anyway and the caches now hold broken entries (or the error
-    names one), those are removed (each one logged), torch's in-process compile state is reset, and
-    `start()` runs once more. Without broken entries the first error is raised as it is; a second
-    failure raises CompileCacheStillFailing from its cause. Never more than two starts."""
+    names one), those are removed, each one logged, and `start()` runs once more; a second failure
+    raises CompileCacheStillFailing from its cause. Without broken entries the first error is raised
+    as it is. Never more than two starts.
+
+    `retry_here=False` (the engine compiles in this process): the removal is not followed by a
+    second start but by CompileCacheHealed, for a retry in a fresh process. torch remembers a failed
+    load in the process that tried it (the CPU build's vector-ISA probe, the loaded kernels); an
+    engine started again in that process either failed the same way or, with torch's caches
+    cleared, answered a greedy prompt with an empty string where a fresh process answered text."""
     broken = find_broken(cache)
     if broken:
         log.warning("removed %d broken compile-cache entries before the engine start (left by a start that "
@@ -194,9 +205,18 @@ def start_with_healing(start: Callable[[], T], cache: CompileCache) -> T:
         broken = {**find_broken(cache), **named_in_error(cache, err)}
         if not broken:
             raise
-        log.warning("engine start failed (%s: %s); removed %d broken compile-cache entries, starting again: %s",
-                    type(err).__name__, str(err)[:300], len(broken), _remove_all(broken))
-        reset_torch_compile_state()  # an in-process engine remembers the failed loads
+        cause = f"{type(err).__name__}: {str(err)[:300]}"
+        listing = _remove_all(broken)
+        if not retry_here:
+            log.warning("engine start failed (%s); removed %d broken compile-cache entries; the next try starts "
+                        "in a fresh process: %s", cause, len(broken), listing)
+            raise CompileCacheHealed(
+                f"the engine start failed on its compile cache under {cache.root}; {len(broken)} broken entries "
+                f"were removed (listed in the log). The engine compiles in this process, which keeps the failed "
+                f"load, so the retry (a fresh process) starts clean ({cause})."
+            ) from err
+        log.warning("engine start failed (%s); removed %d broken compile-cache entries, starting again: %s",
+                    cause, len(broken), listing)
     try:
         return start()
     except Exception as err:

@@ -66,6 +66,15 @@ def _use_cached_compile_on_cpu() -> None:
         os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
+def _compiles_elsewhere() -> bool:
+    """Whether vLLM runs its engine core (and so compiles) in child processes: its default, unless
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 (set by the operator under Airflow's task supervisor)."""
+    try:
+        return bool(int(os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1")))  # read as vLLM reads it
+    except ValueError:
+        return True
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
@@ -121,7 +130,7 @@ class VllmEngine:
         _use_cached_compile_on_cpu()
         log.info("starting vLLM engine (compile caches in %s): %s", cache.root, engine_args)
         try:
-            self.llm = start_with_healing(lambda: LLM(**engine_args), cache)
+            self.llm = start_with_healing(lambda: LLM(**engine_args), cache, retry_here=_compiles_elsewhere())
         except Exception as err:
             raise _as_engine_failure(err, c, self.max_num_seqs) from err
         return self

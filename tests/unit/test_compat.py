@@ -15,7 +15,6 @@ import pytest
 
 from bonito_tasks.compat import (
     hf_request_timeout,
-    reset_torch_compile_state,
     shutdown_vllm,
     torch_precompiled_header_dir,
 )
@@ -88,22 +87,6 @@ def test_torch_precompiled_header_dir_is_where_inductor_builds_its_headers():
     folder = torch_precompiled_header_dir()
     assert folder == Path(default_cache_dir()) / "precompiled_headers"
     assert "specified_dir=_HEADER_DIR" in inspect.getsource(codecache._precompile_header)
-
-
-def test_reset_torch_compile_state_forgets_the_vector_isa_verdict_and_the_code_caches():
-    pytest.importorskip("torch")
-    from torch._inductor import codecache, cpu_vec_isa
-
-    valid = cpu_vec_isa.valid_vec_isa_list()  # probes (compiles) once, then remembers
-    assert cpu_vec_isa.valid_vec_isa_list.cache_info().currsize == 1
-    if valid:
-        bool(valid[0])
-        assert cpu_vec_isa.VecISA._VecISA__bool__impl.cache_info().currsize >= 1
-    codecache.CppCodeCache.cache["k"] = lambda: None
-    reset_torch_compile_state()
-    assert cpu_vec_isa.valid_vec_isa_list.cache_info().currsize == 0
-    assert cpu_vec_isa.VecISA._VecISA__bool__impl.cache_info().currsize == 0
-    assert "k" not in codecache.CppCodeCache.cache
 
 
 def test_airflow_redact_masks_the_secrets_airflow_knows_of():

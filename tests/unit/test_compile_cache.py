@@ -17,6 +17,7 @@ import pytest
 from bonito_tasks.generate import compile_cache
 from bonito_tasks.generate.compile_cache import (
     CompileCache,
+    CompileCacheHealed,
     CompileCacheStillFailing,
     broken_reason,
     cache_root,
@@ -104,14 +105,7 @@ def test_compile_cache_heal_removes_a_killed_starts_leftovers_before_the_start_a
     assert str(whole) not in message
 
 
-@pytest.fixture
-def resets(monkeypatch):
-    calls = []
-    monkeypatch.setattr(compile_cache, "reset_torch_compile_state", lambda: calls.append(1))
-    return calls
-
-
-def test_compile_cache_heal_after_a_failed_start_removes_once_resets_and_starts_again(cache, caplog, resets):
+def test_compile_cache_heal_after_a_failed_start_removes_once_and_starts_again(cache, caplog):
     starts = []
 
     def start():
@@ -123,7 +117,7 @@ def test_compile_cache_heal_after_a_failed_start_removes_once_resets_and_starts_
 
     with caplog.at_level(logging.WARNING, logger=compile_cache.__name__):
         assert start_with_healing(start, cache) == "engine"
-    assert len(starts) == 2 and resets == [1]
+    assert len(starts) == 2
     assert not (cache.folders[0] / "ab" / "cab.so").exists()
     (record,) = [r for r in caplog.records if r.name == compile_cache.__name__]
     message = record.getMessage()
@@ -132,7 +126,7 @@ def test_compile_cache_heal_after_a_failed_start_removes_once_resets_and_starts_
         in message
 
 
-def test_compile_cache_heal_raises_the_first_error_when_nothing_is_broken(cache, resets):
+def test_compile_cache_heal_raises_the_first_error_when_nothing_is_broken(cache):
     _write(cache.folders[0] / "cd" / "ccd.so", A_REAL_SO.read_bytes())
     starts = []
 
@@ -142,10 +136,10 @@ def test_compile_cache_heal_raises_the_first_error_when_nothing_is_broken(cache,
 
     with pytest.raises(ValueError, match="max_model_len"):
         start_with_healing(start, cache)
-    assert len(starts) == 1 and resets == []
+    assert len(starts) == 1
 
 
-def test_compile_cache_heal_is_tried_once_and_a_second_failure_names_its_cause(cache, resets):
+def test_compile_cache_heal_is_tried_once_and_a_second_failure_names_its_cause(cache):
     starts = []
 
     def start():
@@ -156,13 +150,32 @@ def test_compile_cache_heal_is_tried_once_and_a_second_failure_names_its_cause(c
     _write(cache.folders[0] / "ab" / "c0.so", b"")
     with pytest.raises(CompileCacheStillFailing, match=r"failed again after 1 broken compile-cache entries") as info:
         start_with_healing(start, cache)
-    assert len(starts) == 2 and resets == [1]
+    assert len(starts) == 2
     assert "RuntimeError: start 2 failed" in str(info.value)
     assert str(cache.root) in str(info.value)
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
-def test_compile_cache_heal_removes_what_the_error_names_as_unloadable(cache, resets):
+def test_compile_cache_heal_in_a_process_that_compiled_removes_and_leaves_the_start_to_a_fresh_process(cache, caplog):
+    """retry_here=False (vLLM's engine core in this process): no second start in the process that
+    remembers the failed load; CompileCacheHealed says the retry starts clean."""
+    starts = []
+
+    def start():
+        starts.append(1)
+        _write(cache.folders[0] / "ab" / "cab.so", b"")
+        raise RuntimeError("C++ compile error: 'at::vec' has not been declared")
+
+    with caplog.at_level(logging.WARNING, logger=compile_cache.__name__), \
+            pytest.raises(CompileCacheHealed, match="retry \\(a fresh process\\) starts clean") as info:
+        start_with_healing(start, cache, retry_here=False)
+    assert len(starts) == 1 and not (cache.folders[0] / "ab" / "cab.so").exists()
+    assert "at::vec" in str(info.value) and isinstance(info.value.__cause__, RuntimeError)
+    assert f"{cache.folders[0] / 'ab' / 'cab.so'} (empty)" in caplog.text
+    assert "the next try starts in a fresh process" in caplog.text
+
+
+def test_compile_cache_heal_removes_what_the_error_names_as_unloadable(cache):
     """In-process errors name the file: a recent one is removed too, and for a precompiled header
     that cannot be read, its .gch (the command includes the .h)."""
     so = _write(cache.folders[0] / "ab" / "cab.so", A_REAL_SO.read_bytes(), old=False)
@@ -196,18 +209,27 @@ def test_use_compile_cache_points_every_cache_under_the_root(tmp_path):
     assert cache_root({"BONITO_COMPILE_CACHE_DIR": " "}).parts[-2:] == ("bonito-etl", "compile")
 
 
-def test_engine_load_reports_a_second_failure_as_engine_failure_with_the_cause(tmp_path, monkeypatch, caplog):
-    """VllmEngine.load with vLLM's LLM replaced by one that fails every start: one heal, then an
-    EngineFailure that says so and names the cause."""
+@pytest.mark.parametrize(("multiprocessing", "starts_expected", "message"), [
+    (None, 2, "failed again after 1 broken compile-cache entries"),
+    ("0", 1, "the retry (a fresh process) starts clean"),
+])
+def test_engine_load_reports_a_failed_heal_as_engine_failure_with_the_cause(
+        tmp_path, monkeypatch, caplog, multiprocessing, starts_expected, message):
+    """VllmEngine.load with vLLM's LLM replaced by one that fails every start: with vLLM's engine
+    core in child processes one heal and a second start, in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0,
+    as under Airflow) none; either way an EngineFailure that Airflow retries, naming the cause."""
     from bonito_tasks.generate.engine import EngineFailure, VllmEngine
     from conftest import make_config
 
     root = tmp_path / "cc"
     monkeypatch.setenv("BONITO_COMPILE_CACHE_DIR", str(root))
+    if multiprocessing is None:
+        monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", multiprocessing)
     for var in compile_cache.CACHE_ENV:
         monkeypatch.setenv(var, "")  # put back after the test
     monkeypatch.setattr(compile_cache, "torch_precompiled_header_dir", lambda: tmp_path / "pch")
-    monkeypatch.setattr(compile_cache, "reset_torch_compile_state", lambda: None)
     starts = []
 
     class FailingLLM:  # each start leaves a broken kernel behind, as a start killed mid-compile does
@@ -222,9 +244,9 @@ def test_engine_load_reports_a_second_failure_as_engine_failure_with_the_cause(t
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     with caplog.at_level(logging.WARNING), pytest.raises(EngineFailure) as info:
         VllmEngine(make_config(tmp_path)).load()
-    assert starts == [str(root / "inductor")] * 2
+    assert starts == [str(root / "inductor")] * starts_expected
     assert str(root / "inductor" / "ab" / "c1.so") in caplog.text
     assert info.value.kind == "engine_died"
-    assert "failed again after 1 broken compile-cache entries" in str(info.value)
+    assert message in str(info.value)
     assert "ImportError: cannot load kernel: undefined symbol" in str(info.value)
     shutil.rmtree(root)
