@@ -110,6 +110,7 @@ class HubServer:
         self.token, self.read_token = token, read_token
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        self.sent: list[tuple[str, str, int]] = []  # (method, path, body bytes) of every answer
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
         self._in_flight = 0
@@ -155,6 +156,12 @@ class HubServer:
 
     def repo(self, repo_id: str, repo_type: str = "dataset") -> Repo:
         return self.repos[(repo_type, repo_id)]
+
+    def seed(self, repo_id: str, files: dict[str, bytes], repo_type: str = "dataset") -> None:
+        """Create a repo holding `files` in one commit, without HTTP (a benchmark's history)."""
+        with self._lock:
+            repo = self.repos[(repo_type, repo_id)] = Repo(repo_id, repo_type, private=True)
+            self._commit(repo, "seeded", "", {".gitattributes": GITATTRIBUTES, **files}, parent=None)
 
     def merge(self, repo_id: str, num: int, repo_type: str = "dataset") -> None:
         """Merge pull request `num` into main (its tree becomes main's), as a reviewer would."""
@@ -485,6 +492,8 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     hub._idle.notify_all()
 
         def _send(self, status: int, headers: dict, payload: bytes) -> None:
+            with hub._lock:
+                hub.sent.append((self.command, urlsplit(self.path).path, 0 if self.command == "HEAD" else len(payload)))
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
