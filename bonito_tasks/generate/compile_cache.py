@@ -95,6 +95,16 @@ def _elf_complete(head: bytes, size: int) -> bool:
     return phoff + phnum * phentsize <= size and shoff + shnum * shentsize <= size
 
 
+# torch inductor's cache entries without a suffix that are pickles (other binary entries, such as
+# vLLM's compiled artifacts, are never judged by their bytes).
+_PICKLE_FOLDERS = {"fxgraph", "aotautograd"}
+
+
+def _is_pickle(path: Path) -> bool:
+    return path.suffix in (".pkl", ".pickle") or (
+        path.suffix == "" and any(part in _PICKLE_FOLDERS for part in path.parent.parts))
+
+
 def broken_reason(path: Path) -> str | None:
     """Why a cache file cannot be what it claims to be (truncated or empty), or None."""
     name, suffix = path.name, path.suffix
@@ -111,7 +121,7 @@ def broken_reason(path: Path) -> str | None:
         return None if _elf_complete(head, size) else "truncated shared object"
     if suffix == ".gch":
         return None if head.startswith(b"gpch") else "not a precompiled header"
-    if suffix in ("", ".pkl", ".pickle") and head[:1] == b"\x80" and last != b".":
+    if _is_pickle(path) and head[:1] == b"\x80" and last != b".":
         return "truncated pickle"  # protocol 2+ pickles start with PROTO and end with STOP (".")
     if suffix in (".json", ".py"):
         try:

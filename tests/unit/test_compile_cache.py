@@ -56,8 +56,11 @@ def test_broken_reason_tells_truncated_entries_from_whole_ones(tmp_path):
         "half.so": (so[: len(so) // 2], "truncated shared object"),
         "head_only.so": (so[:40], "truncated shared object"),
         "not_elf.so": (b"#!/bin/sh\n" * 10, "truncated shared object"),
-        "entry": (pickle.dumps({"graph": list(range(100))}, protocol=4), None),
-        "cut_entry": (pickle.dumps({"graph": list(range(100))}, protocol=4)[:-20], "truncated pickle"),
+        "fxgraph/ab/entry": (pickle.dumps({"graph": list(range(100))}, protocol=4), None),
+        "fxgraph/ab/cut_entry": (pickle.dumps({"graph": list(range(100))}, protocol=4)[:-20], "truncated pickle"),
+        "aotautograd/ab/cut": (pickle.dumps(list(range(100)), protocol=5)[:-1], "truncated pickle"),
+        "graph.pkl": (pickle.dumps(list(range(100)), protocol=2)[:-3], "truncated pickle"),
+        "vllm/artifact_subgraph_0": (b"\x80\x04" + b"\1" * 100, None),  # binary, not a pickle: never judged
         "k.json": (b'{"a": 1}', None),
         "cut.json": (b'{"a": ', "unreadable json (JSONDecodeError)"),
         "kernel.py": (b"def f(x):\n    return x\n", None),
