@@ -328,13 +328,47 @@ def open_store(uri: str, **s3_client_kwargs: Any) -> ArtifactStore:
 
 
 def safe_segment(value: str) -> str:
-    """A run id or dag id as one path segment (Airflow run ids hold ':' and '+')."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", value)
+    """A run id or dag id as one path segment (Airflow run ids hold ':' and '+'); never '', '.' or
+    '..' (those get a leading '_'). Several values may give the same segment: a run's folder is
+    `run_segment`, which no two run ids share."""
+    segment = re.sub(r"[^A-Za-z0-9._-]", "_", value)
+    return f"_{segment}" if segment in ("", ".", "..") else segment
+
+
+# Airflow's own run ids, `<run type>__<run_after.isoformat()>[_<8 random letters or digits>]`: their
+# folder is the id with ':' and '+' as '_' (the fixed places of the timestamp, so it maps back).
+_AIRFLOW_RUN_ID = re.compile(
+    r"[a-z][a-z_]*__\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?\+\d\d:\d\d(_[A-Za-z0-9]{8})?")
+_AIRFLOW_RUN_FOLDER = re.compile(
+    r"[a-z][a-z_]*__\d{4}-\d\d-\d\dT\d\d_\d\d_\d\d(\.\d{1,6})?_\d\d_\d\d(_[A-Za-z0-9]{8})?")
+_PLAIN_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def run_segment(run_id: str) -> str:
+    """The run's folder name: one path segment that no other run id gets.
+
+    - Airflow's own ids (`manual__2026-11-28T19:28:29.682375+00:00`): ':' and '+' become '_'
+      (`manual__2026-11-28T19_28_29.682375_00_00`);
+    - ids of letters, digits, '.', '_' and '-' that start with a letter or digit and do not look
+      like the folder of an Airflow id: the id itself;
+    - any other id (`.`, `..`, empty, `_ledger`, `a:b`, one with '/' or spaces, or shaped like an
+      Airflow id's folder): its characters as above, then '~' and 16 hex digits of its sha256
+      (`..` -> `_..~<hash>`), so it never names another run's folder, the DAG's folder or the
+      DAG's own `_ledger`, `_neardup`, `_figures`.
+
+    The three kinds never meet: only the third holds '~', and only the first is shaped like an
+    Airflow id's folder; within each, different ids give different folders."""
+    if _AIRFLOW_RUN_ID.fullmatch(run_id):
+        return run_id.replace(":", "_").replace("+", "_")
+    if _PLAIN_RUN_ID.fullmatch(run_id) and not _AIRFLOW_RUN_FOLDER.fullmatch(run_id):
+        return run_id
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:120]
+    return f"{'_' if not readable[:1].isalnum() else ''}{readable}~{sha256_hex(run_id.encode())[:16]}"
 
 
 def run_prefix(run: RunRef) -> str:
-    """The key prefix under which one run's stages live."""
-    return f"{safe_segment(run.dag_id)}/{safe_segment(run.run_id)}"
+    """The key prefix under which one run's stages live: `<dag id>/<run_segment(run id)>`."""
+    return f"{safe_segment(run.dag_id)}/{run_segment(run.run_id)}"
 
 
 # Rows per Parquet row group: a reader pages through a table one row group at a time (the Dataset view).

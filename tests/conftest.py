@@ -123,6 +123,15 @@ def paragraph_chunks(store, run, n: int):
     return commit_chunks(store, run, rows), rows
 
 
+@pytest.fixture(autouse=True)
+def allow_any_location(monkeypatch):
+    """Tests run their stages on folders of their own: the deployment's allowed locations
+    (bonito_airflow.access) are `*` here; tests of those settings set their own."""
+    for name in ("BONITO_ALLOWED_SOURCES", "BONITO_ALLOWED_STORES", "BONITO_ALLOWED_EXPORTS"):
+        monkeypatch.setenv(name, "*")
+    monkeypatch.delenv("AIRFLOW_VAR_BONITO_ALLOWED_LOCATIONS", raising=False)
+
+
 @pytest.fixture
 def alert_webhook(monkeypatch):
     """A loopback webhook receiver, configured as connection `bonito_alerts`."""

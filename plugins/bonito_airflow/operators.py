@@ -22,6 +22,7 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from bonito_airflow.access import allowed_locations
 from bonito_airflow.alerts import Deadline
 from bonito_airflow.compat import under_task_supervisor
 from bonito_airflow.hooks import HuggingFaceHook, VllmServerHook
@@ -375,8 +376,9 @@ class BonitoCheckParamsOperator(BaseOperator):
     """The run's first task, quick and reading no data: resolves the run's values (a scheduled run's
     settings over its params; see schedule.py) and checks them as one RunConfig: every field's
     bounds and the rules between fields (chunk + prompt + max_tokens within max_model_len, overlap
-    under half a chunk). A rejection names each param at fault, with its value, and fails the task
-    without retries, so nothing downstream runs.
+    under half a chunk), and that its source, store and export are where the deployment allows
+    (bonito_airflow.access). A rejection names each param at fault, with its value, and fails the
+    task without retries, so nothing downstream runs.
 
     Returns `{"run_type", "settings" (what was laid over the params), "config_sha256"}`; the later
     tasks of a scheduled run read `settings` from it."""
@@ -395,6 +397,7 @@ class BonitoCheckParamsOperator(BaseOperator):
             values, settings = resolve_run_values(context, self.schedule_settings)
             origin = "scheduled run (params + scheduled settings)" if settings else "params"
             config = check_config(values, origin)
+            allowed_locations().check(config, dag_run.dag_id)  # source, store, export: where the deployment allows
         except PermanentFailure as failure:
             raise AirflowFailException(str(failure)) from failure
         self.log.info("run folder: %s", run_folder(config, dag_run.dag_id, dag_run.run_id))

@@ -28,10 +28,21 @@ class TaskRuntime:
         return self.store.uri(run_prefix(self.run))
 
 
-def task_runtime(context: dict, aws_conn_id: str = "aws_default") -> TaskRuntime:
-    """The task's runtime. Its config is the run's params (with a scheduled run's settings, see
-    schedule.py); a config RunConfig rejects raises ConfigRejected, which is not retried."""
+def checked_config(context: dict) -> RunConfig:
+    """The run's config (its params, with a scheduled run's settings, see schedule.py), checked
+    again in this task: a config RunConfig rejects raises ConfigRejected, a source, store or export
+    outside the deployment's allowed locations LocationRefused (bonito_airflow.access); neither is
+    retried. check_params refused them first; this keeps a task run on its own from going around it."""
+    from bonito_airflow.access import allowed_locations
+
     config = check_config(run_values(context))
+    allowed_locations().check(config, context["dag_run"].dag_id)
+    return config
+
+
+def task_runtime(context: dict, aws_conn_id: str = "aws_default") -> TaskRuntime:
+    """The task's runtime, from `checked_config`."""
+    config = checked_config(context)
     dag_run = context["dag_run"]
     base_url = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
     run = RunRef(dag_id=dag_run.dag_id, run_id=dag_run.run_id,

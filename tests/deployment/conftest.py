@@ -71,6 +71,8 @@ def _airflow_env(home: Path, db: str, redis_db: int, port: int, passwords: Path,
 
     home.mkdir(parents=True)
     env = dict(os.environ) | airflow_env(home)  # dags and plugins folders, PYTHONPATH, VLLM_CPU_KVCACHE_SPACE=1
+    for name in ("BONITO_ALLOWED_SOURCES", "BONITO_ALLOWED_STORES", "BONITO_ALLOWED_EXPORTS"):
+        env.pop(name, None)  # the defaults: BONITO_SOURCE and the samples, BONITO_STORE, no export
     env.update({
         MARKER: uuid.uuid4().hex,
         # psycopg 3 serves both of Airflow's engines; left alone, the async URL would name asyncpg.

@@ -83,3 +83,71 @@ def test_publish_records_the_approval_in_manifest_and_card(tmp_path):
     assert manifest.metrics.approval == approval
     card = (tmp_path / "store" / store.key(manifest.metrics.dataset_uri) / "README.md").read_text()
     assert "Reviewed before publishing: approved by reviewer on 2026-11-28 (note: spot-checked 20 rows)" in card
+
+
+# --- approval as the deployment's decision, a separate duty ------------------------------------------
+
+@pytest.mark.parametrize(("policy", "hub", "scheduled", "param", "needed"), [
+    ("scheduled-hub", "org/ds", True, False, True),   # the default: a nightly run publishing to the Hub
+    ("scheduled-hub", "org/ds", False, False, False),
+    ("scheduled-hub", None, True, False, False),
+    ("hub", "org/ds", False, False, True),
+    ("hub", None, False, False, False),
+    ("always", None, False, False, True),
+    ("never", "org/ds", True, False, False),
+    ("never", None, False, True, True),               # the param can turn it on ...
+])
+def test_the_deployment_decides_and_the_param_can_only_add_it(tmp_path, policy, hub, scheduled, param, needed):
+    from bonito_airflow.approval import approval_required
+    from bonito_tasks.config import RunConfig
+
+    config = RunConfig(source=str(tmp_path), store=str(tmp_path), hub_repo_id=hub, require_approval=param)
+    assert bool(approval_required(config, scheduled, policy)) is needed
+
+
+def test_a_run_conf_cannot_turn_off_what_the_deployment_requires(tmp_path, monkeypatch):
+    import airflow.providers.standard.operators.hitl as hitl
+    from airflow.sdk.exceptions import TaskAwaitingInput
+
+    monkeypatch.setenv("BONITO_REQUIRE_APPROVAL", "always")  # ... and not off
+    monkeypatch.setattr(hitl, "upsert_hitl_detail", lambda **kw: None)
+    with pytest.raises(TaskAwaitingInput):
+        _operator().execute(_context(tmp_path, require_approval=False))
+
+
+def test_a_bad_policy_names_the_variable(tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("BONITO_REQUIRE_APPROVAL", "sometimes")
+    with pytest.raises(AirflowFailException, match="BONITO_REQUIRE_APPROVAL='sometimes': must be one of always, hub"):
+        _operator().execute(_context(tmp_path))
+
+
+def test_approvers_are_assigned_less_the_user_who_triggered_the_run(tmp_path, monkeypatch):
+    import airflow.providers.standard.operators.hitl as hitl
+    from airflow.sdk.exceptions import AirflowFailException, TaskAwaitingInput
+
+    asked = {}
+    monkeypatch.setattr(hitl, "upsert_hitl_detail", lambda **kw: asked.update(kw))
+    monkeypatch.setenv("BONITO_APPROVERS", "alice, bob")
+    context = _context(tmp_path, require_approval=True)
+    context["dag_run"].triggering_user_name = "bob"
+    with pytest.raises(TaskAwaitingInput):
+        _operator().execute(context)
+    assert asked["assigned_users"] == [{"id": "alice", "name": "alice"}]
+    monkeypatch.setenv("BONITO_APPROVERS", "bob")
+    with pytest.raises(AirflowFailException, match="names only 'bob', who triggered this run and cannot approve it"):
+        _operator().execute(context)
+
+
+@pytest.mark.parametrize("option", ["Approve", "Reject"])
+def test_the_user_who_triggered_the_run_cannot_decide_on_it(tmp_path, option):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    context = _context(tmp_path)
+    context["dag_run"].triggering_user_name = "reviewer"  # the responder of _event
+    with pytest.raises(AirflowFailException, match="reviewer triggered this run and cannot also approve or reject"):
+        _operator().execute_complete(context, _event(option, "mine"))
+    context["dag_run"].triggering_user_name = "someone-else"
+    if option == "Approve":
+        assert _operator().execute_complete(context, _event(option, None))["decision"] == "approved"
