@@ -117,7 +117,7 @@ def read_page(store: ArtifactStore, run: RunRef, table: str, *, offset: int = 0,
         wanted.append((part, local if matching is None else matching[local]))
     for rows in _parallel(lambda item: _read_rows(store, item[0], item[1], COLUMNS[table]), wanted):
         page.rows += [_clip(row) for row in rows]
-    if known:
+    if known and known_counts is not None:
         counts, page.total = Counter(known_counts), sum(known_counts.values())
     page.facet_counts = dict(counts.most_common())
     return page

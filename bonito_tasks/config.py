@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
 from bonito_tasks.contracts import canonical_json, sha256_hex
@@ -16,7 +17,7 @@ from bonito_tasks.task_types import normalize_task_type
 TRAINING_INPUT_TOKENS = 1024
 PROMPT_OVERHEAD_TOKENS = 32
 DEFAULT_MODEL = "BatsResearch/bonito-v1"
-NOT_BLANK = {"minLength": 1, "pattern": r"\S"}
+NOT_BLANK: JsonDict = {"minLength": 1, "pattern": r"\S"}
 
 
 class RunConfig(BaseModel):
@@ -227,7 +228,8 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _fit_budget(self) -> RunConfig:
         # Cross-field rules: each error names the params in conflict and their values (check_config).
-        if self.chunk_max_tokens is None:
+        chunk_max_tokens = self.chunk_max_tokens
+        if chunk_max_tokens is None:
             budget = min(TRAINING_INPUT_TOKENS, self.max_model_len) - PROMPT_OVERHEAD_TOKENS - self.max_tokens
             if budget <= 16:
                 raise _conflict(f"max_tokens ({self.max_tokens}) leaves no room for a chunk: "
@@ -235,17 +237,18 @@ class RunConfig(BaseModel):
                                 f"({PROMPT_OVERHEAD_TOKENS}) - max_tokens = {budget} tokens (more than 16 needed)",
                                 max_tokens=self.max_tokens, max_model_len=self.max_model_len)
             object.__setattr__(self, "chunk_max_tokens", budget)
-        needed = self.chunk_max_tokens + PROMPT_OVERHEAD_TOKENS + self.max_tokens
+            chunk_max_tokens = budget
+        needed = chunk_max_tokens + PROMPT_OVERHEAD_TOKENS + self.max_tokens
         if needed > self.max_model_len:
             raise _conflict(
                 f"chunk_max_tokens ({self.chunk_max_tokens}) + prompt ({PROMPT_OVERHEAD_TOKENS}) + "
                 f"max_tokens ({self.max_tokens}) = {needed} exceeds max_model_len ({self.max_model_len})",
-                chunk_max_tokens=self.chunk_max_tokens, max_tokens=self.max_tokens, max_model_len=self.max_model_len,
+                chunk_max_tokens=chunk_max_tokens, max_tokens=self.max_tokens, max_model_len=self.max_model_len,
             )
-        if self.chunk_overlap_tokens >= self.chunk_max_tokens // 2:
+        if self.chunk_overlap_tokens >= chunk_max_tokens // 2:
             raise _conflict(f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be under half of "
                             f"chunk_max_tokens ({self.chunk_max_tokens})",
-                            chunk_overlap_tokens=self.chunk_overlap_tokens, chunk_max_tokens=self.chunk_max_tokens)
+                            chunk_overlap_tokens=self.chunk_overlap_tokens, chunk_max_tokens=chunk_max_tokens)
         return self
 
     def sampling_params(self) -> dict:

@@ -11,7 +11,7 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -445,6 +445,8 @@ class CombinedMetrics(_Metrics):
     partitions: int = 0
 
 
+MetricsT = TypeVar("MetricsT", bound=_Metrics)
+
 StageMetrics = Annotated[
     PlanMetrics | ExtractMetrics | ChunkMetrics | GenerateMetrics | ValidateMetrics | PublishMetrics
     | CombinedMetrics,
@@ -480,6 +482,13 @@ class Manifest(BaseModel):
 
     def rows_of(self, table: str) -> int:
         return sum(s.rows for s in self.shards_of(table))
+
+    def metrics_as(self, kind: type[MetricsT]) -> MetricsT:
+        """This manifest's metrics as the model its stage writes (`kind`); a manifest of another
+        stage is a TypeError naming both."""
+        if not isinstance(self.metrics, kind):
+            raise TypeError(f"{self.uri} holds {type(self.metrics).__name__}, not {kind.__name__}")
+        return self.metrics
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

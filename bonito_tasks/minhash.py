@@ -70,7 +70,7 @@ class Shingles:
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def take(self, rows: np.ndarray) -> Shingles:
+    def take(self, rows: np.ndarray | list[int]) -> Shingles:
         """The shingles of the texts `rows` (indices, in that order)."""
         rows = np.asarray(rows, dtype=np.int64)
         counts = self.counts()[rows]
@@ -189,10 +189,10 @@ def _ngrams(words: np.ndarray, word_counts: np.ndarray, ngram: int) -> Shingles:
             else:
                 out[:] = acc[inside]
         for i in short:  # a short text: one shingle of its words
-            acc = np.uint64(word_counts[i])
+            shingle = np.uint64(word_counts[i])
             for w in words[word_offsets[i]:word_offsets[i + 1]]:
-                acc = acc * _Q + w
-            out[offsets[i]] = _mix(np.array([acc], dtype=np.uint64))[0]
+                shingle = shingle * _Q + w
+            out[offsets[i]] = _mix(np.array([shingle], dtype=np.uint64))[0]
     return Shingles(out, offsets)
 
 

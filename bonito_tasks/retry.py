@@ -58,12 +58,20 @@ class RetryPolicy:
 
         backoff = tenacity.wait_random_exponential(multiplier=self.base_delay_s, max=self.max_delay_s)
 
+        def failure(state: tenacity.RetryCallState) -> BaseException:
+            # Tenacity waits only after an attempt that raised (retry_if_exception): its outcome holds the error.
+            assert state.outcome is not None
+            err = state.outcome.exception()
+            assert err is not None
+            return err
+
         def wait(state: tenacity.RetryCallState) -> float:
-            hint = retry_after(state.outcome.exception())
+            hint = retry_after(failure(state))
             return max(backoff(state), min(hint or 0.0, self.max_retry_after_s))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
-            on_retry(state.attempt_number, state.outcome.exception(), state.next_action.sleep)
+            assert state.next_action is not None  # set before before_sleep is called
+            on_retry(state.attempt_number, failure(state), state.next_action.sleep)
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),

@@ -7,6 +7,7 @@ holds nothing committed.
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import re
@@ -108,19 +109,21 @@ class ArtifactStore(ABC):
         key = self.key(uri_or_key) if "://" in uri_or_key or uri_or_key.startswith("/") else uri_or_key
         return Manifest.model_validate_json(self.read_bytes(key))
 
-    def read_shard(self, manifest: Manifest, table: str, index: int, columns: list[str] | None = None) -> pa.Table:
+    # builtins.list: in this class `list` is the method that lists keys.
+    def read_shard(self, manifest: Manifest, table: str, index: int,
+                   columns: builtins.list[str] | None = None) -> pa.Table:
         """One Parquet shard of a table of a committed stage, cast to the contract schema."""
         stage_key = self.key(manifest.uri).rsplit("/", 1)[0]
         return self.read_part(stage_key, manifest.shards_of(table)[index], columns)
 
-    def read_part(self, stage_key: str, ref: ShardRef, columns: list[str] | None = None) -> pa.Table:
+    def read_part(self, stage_key: str, ref: ShardRef, columns: builtins.list[str] | None = None) -> pa.Table:
         """One Parquet part of a stage folder, checked against its sha256 and the contract schema."""
         data = self.read_bytes(f"{stage_key}/{ref.path}")
         if sha256_hex(data) != ref.sha256:
             raise StoreError(f"{stage_key}/{ref.path} does not match its recorded sha256")
         return pq.read_table(io.BytesIO(data), columns=columns).cast(_schema(ref.table, columns))
 
-    def read_table(self, manifest: Manifest, table: str, columns: list[str] | None = None) -> pa.Table:
+    def read_table(self, manifest: Manifest, table: str, columns: builtins.list[str] | None = None) -> pa.Table:
         """All shards of one table of a committed stage."""
         parts = [self.read_shard(manifest, table, i, columns) for i in range(len(manifest.shards_of(table)))]
         return pa.concat_tables(parts) if parts else _schema(table, columns).empty_table()

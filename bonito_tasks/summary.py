@@ -11,7 +11,18 @@ import logging
 from collections import Counter
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import GenerateMetrics, GenerateSummary, Manifest, RunRef, RunSummary, StageName
+from bonito_tasks.contracts import (
+    ChunkMetrics,
+    ExtractMetrics,
+    GenerateMetrics,
+    GenerateSummary,
+    Manifest,
+    PublishMetrics,
+    RunRef,
+    RunSummary,
+    StageName,
+    ValidateMetrics,
+)
 from bonito_tasks.failures import failure_cause, format_cause
 from bonito_tasks.figures import record_figures
 from bonito_tasks.stage import StageWriter
@@ -31,8 +42,9 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
     """
     extract, chunk, validate, publish = (StageWriter(store, run, stage).committed() for stage in (
         StageName.EXTRACT, StageName.CHUNK, StageName.VALIDATE, StageName.PUBLISH))
-    shards = _generate_manifests(store, run, chunk.metrics.shards) if chunk else []
-    generate = _generate(config, chunk.metrics.shards, shards) if chunk else None
+    planned = chunk.metrics_as(ChunkMetrics).shards if chunk else 0
+    shards = _generate_manifests(store, run, planned) if chunk else []
+    generate = _generate(config, planned, shards) if chunk else None
     summary = RunSummary(
         dag_id=run.dag_id,
         run_id=run.run_id,
@@ -45,11 +57,11 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
             StageName.VALIDATE: _state(validate),
             StageName.PUBLISH: _state(publish),
         },
-        extracted=extract and extract.metrics,
-        chunked=chunk and chunk.metrics,
+        extracted=extract.metrics_as(ExtractMetrics) if extract else None,
+        chunked=chunk.metrics_as(ChunkMetrics) if chunk else None,
         generated=generate,
-        validated=validate and validate.metrics,
-        published=publish and publish.metrics,
+        validated=validate.metrics_as(ValidateMetrics) if validate else None,
+        published=publish.metrics_as(PublishMetrics) if publish else None,
     )
     try:
         cause = failure_cause(store, run)
@@ -65,7 +77,7 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
     try:
         store.write_bytes(key, summary.model_dump_json(indent=2).encode())
         if generate and generate.shards_committed == generate.shards:  # for sizing the next run's shards
-            record_figures(store, run, config, [m.metrics for m in shards])
+            record_figures(store, run, config, [m.metrics_as(GenerateMetrics) for m in shards])
     except Exception as err:  # an unwritable store must not hide the summary: it is still logged and returned
         log.warning("could not write the run summary to %s: %s: %s", store.uri(key), type(err).__name__, err)
     return summary
@@ -80,7 +92,7 @@ def _generate_manifests(store: ArtifactStore, run: RunRef, shards: int) -> list[
 
 
 def _generate(config: RunConfig, shards: int, manifests: list[Manifest]) -> GenerateSummary:
-    metrics: list[GenerateMetrics] = [m.metrics for m in manifests]
+    metrics = [m.metrics_as(GenerateMetrics) for m in manifests]
     wall_s = sum(m.attempt_wall_s for m in metrics)
     generate_s = sum(m.generate_s for m in metrics)
     attempt_tokens = sum((m.output_tokens_per_s or 0) * m.generate_s for m in metrics)

@@ -26,7 +26,9 @@ def load_tokenizer(config: RunConfig, local_files_only: bool = False) -> Any:
     try:
         # The model's tokenizer.json as it is: the same tokens as its AutoTokenizer class (which only adds
         # special-token handling, unused here), without importing torch (about 480 MiB of the task's memory).
-        return PreTrainedTokenizerFast.from_pretrained(config.model_id, revision=config.model_revision,
+        # revision None: the repo's default branch (transformers handles None though it annotates str)
+        return PreTrainedTokenizerFast.from_pretrained(config.model_id,
+                                                       revision=config.model_revision,  # type: ignore[arg-type]
                                                        local_files_only=local_files_only)
     except (OSError, ValueError):  # no tokenizer.json: only the model's own (slow) tokenizer class reads it
         from transformers import AutoTokenizer

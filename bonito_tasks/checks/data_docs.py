@@ -56,7 +56,7 @@ _UNEXPECTED = re.compile(
 REMOTE_ASSET = re.compile(r"""(?:\bsrc=|<link\b[^>]*\bhref=|url\()\s*['"]?(?:https?:)?//""", re.I)
 
 
-def make_offline(docs_dir: Path, results: list[dict[str, Any]]) -> None:
+def make_offline(docs_dir: Path, results: list[dict[str, Any] | None]) -> None:
     """Rewrite the Data Docs site under `docs_dir` in place to render with no network. `results`
     are the GX validation results (JSON dicts) the site shows: they give the rows each check applied to."""
     checked = _rows_checked(results)
@@ -112,7 +112,7 @@ def _static_table(columns: list[dict[str, Any]], rows: list[dict[str, Any]]) -> 
     return f'<table class="ge-static-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _rows_checked(results: list[dict[str, Any]]) -> dict[tuple[str, str, str], int]:
+def _rows_checked(results: list[dict[str, Any] | None]) -> dict[tuple[str, str, str], int]:
     """(count, percent, total) as GX prints them -> rows the check applied to, for every check
     whose percentage is not of all rows (it skips nulls: rows outside its task type)."""
     from great_expectations.render.util import num_to_str

@@ -26,7 +26,16 @@ from bonito_tasks.checks import check_chunks
 from bonito_tasks.chunk import neardup, quality
 from bonito_tasks.chunk.splitter import Chunker, load_tokenizer
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import CHUNKS, ChunkMetrics, GenerateFigures, Manifest, RunRef, StageName, sha256_hex
+from bonito_tasks.contracts import (
+    CHUNKS,
+    ChunkMetrics,
+    ExtractMetrics,
+    GenerateFigures,
+    Manifest,
+    RunRef,
+    StageName,
+    sha256_hex,
+)
 from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.figures import read_figures
 from bonito_tasks.stage import Stage, StageWriter, partition_view
@@ -81,6 +90,7 @@ class ChunkPartition(Stage):
     def work(self, writer: StageWriter) -> ChunkMetrics:
         config, store, partition = self.config, self.store, self.partition
         assert partition is not None
+        assert config.chunk_max_tokens is not None  # RunConfig fills it in from the token budget
         skip = _duplicate_documents(store, self.documents, partition)
         chunker = Chunker(load_tokenizer(config), config.chunk_max_tokens, config.chunk_overlap_tokens)
         metrics = ChunkMetrics(chunk_max_tokens=config.chunk_max_tokens,
@@ -176,6 +186,7 @@ class PlanShards(Stage):
         shard_size = generate_shard_size(kept, config, read_figures(store, self.run, config))
         part_rows = min(shard_size, PART_ROWS)
         parts_per_shard = math.ceil(shard_size / part_rows)
+        assert config.chunk_max_tokens is not None  # RunConfig fills it in from the token budget
         metrics = ChunkMetrics(partitions=len(partitions), chunk_max_tokens=config.chunk_max_tokens,
                                chunk_overlap_tokens=config.chunk_overlap_tokens, chunk_min_chars=config.chunk_min_chars)
         buffer: list[pa.Table] = []
@@ -255,8 +266,9 @@ class _Dedup:
 
     def __init__(self, config: RunConfig, earlier: neardup.EarlierRuns | None):
         self.config = config
-        self.near = config.near_dup_threshold is not None
-        self.index = minhash.NearDupIndex(config.near_dup_threshold) if self.near else None
+        threshold = config.near_dup_threshold
+        self.near = threshold is not None
+        self.index = minhash.NearDupIndex(threshold) if threshold is not None else None
         self.earlier = earlier if earlier is not None and len(earlier) else None
         self.first: dict[bytes, tuple[int, int]] = {}
         self.duplicates: dict[bytes, list[dict]] = {}
@@ -268,10 +280,13 @@ class _Dedup:
     def add_part(self, partition: int, part: pa.Table, sigs: np.ndarray | None) -> None:
         columns = (part[c].to_pylist() for c in ("doc_id", "char_start", "char_end", "text", "pending_task_types",
                                                   "_row"))
-        index = self.index
-        earlier_rep = index.first_match(sigs) if index is not None and len(index) else None
-        covered = self.earlier.covered(sigs) if self.earlier is not None else None
-        keys = minhash.band_keys(sigs, index.bands, index.rows) if index is not None else None
+        # `sigs` is None exactly when near-duplicates are off (no threshold): then there is no index
+        # and no earlier runs either.
+        index = self.index if sigs is not None else None
+        earlier = self.earlier if sigs is not None else None
+        earlier_rep = index.first_match(sigs) if index is not None and sigs is not None and len(index) else None
+        covered = earlier.covered(sigs) if earlier is not None and sigs is not None else None
+        keys = minhash.band_keys(sigs, index.bands, index.rows) if index is not None and sigs is not None else None
         # Rows sharing a band key with an earlier row of this part: only they can nearly repeat one.
         maybe_local = _repeats_an_earlier_key(keys) if keys is not None else None
         position = np.full(part.num_rows, -1, dtype=np.int64)  # row -> its place among this part's kept rows
@@ -295,8 +310,8 @@ class _Dedup:
             rep = -1
             if index is not None:
                 rep = int(earlier_rep[j]) if earlier_rep is not None else -1
-                if rep < 0 and maybe_local[j]:
-                    rep = self._local_match(sigs, keys, j, position)
+                if rep < 0 and sigs is not None and keys is not None and maybe_local is not None and maybe_local[j]:
+                    rep = self._local_match(index, sigs, keys, j, position)
             if rep >= 0:
                 kept_digest = self.kept_digests[rep]
                 self.first[digest] = self.first[kept_digest]
@@ -311,23 +326,24 @@ class _Dedup:
                 position[j] = len(kept_rows)
                 kept_rows.append(j)
                 self.kept_digests.append(digest)
-        if index is not None and kept_rows:
+        if index is not None and sigs is not None and kept_rows:
             index.add(sigs[kept_rows])
 
     def _also_in(self, kept_digest: bytes, place: tuple[str, int, int]) -> None:
         doc_id, start, end = place
         self.duplicates.setdefault(kept_digest, []).append({"doc_id": doc_id, "char_start": start, "char_end": end})
 
-    def _local_match(self, sigs: np.ndarray, keys: np.ndarray, j: int, position: np.ndarray) -> int:
+    def _local_match(self, index: minhash.NearDupIndex, sigs: np.ndarray, keys: np.ndarray, j: int,
+                     position: np.ndarray) -> int:
         """The index id the first kept row of this part that row j nearly repeats will get, or -1."""
         earlier = np.flatnonzero((keys[:j] == keys[j]).any(axis=1))
         candidates = earlier[position[earlier] >= 0]
         if not len(candidates):
             return -1
         similar = minhash.similarities(np.repeat(sigs[j:j + 1], len(candidates), axis=0),
-                                       sigs[candidates]) >= self.index.threshold
+                                       sigs[candidates]) >= index.threshold
         hits = candidates[similar]
-        return len(self.index) + int(position[hits[0]]) if len(hits) else -1
+        return len(index) + int(position[hits[0]]) if len(hits) else -1
 
 
 def _repeats_an_earlier_key(keys: np.ndarray) -> np.ndarray:
@@ -342,7 +358,7 @@ def _repeats_an_earlier_key(keys: np.ndarray) -> np.ndarray:
 
 def chunk(store: ArtifactStore, run: RunRef, config: RunConfig, documents: Manifest) -> Manifest:
     """Every partition in turn, then plan_shards: the whole stage in one process."""
-    count = max(1, documents.metrics.partitions)
+    count = max(1, documents.metrics_as(ExtractMetrics).partitions)
     partitions = [chunk_partition(store, run, config, documents, p) for p in range(count)]
     return plan_shards(store, run, config, partitions)
 

@@ -85,7 +85,7 @@ class EarlierRuns:
 
     def covered(self, sigs: np.ndarray) -> list[frozenset[str]]:
         """Per signature: the task types earlier runs generated for chunks nearly the same."""
-        covered = [frozenset()] * len(sigs)
+        covered: list[frozenset[str]] = [frozenset()] * len(sigs)
         if not len(self.index) or not len(sigs):
             return covered
         rows, ids, _ = self.index.matches(sigs)
@@ -97,12 +97,14 @@ class EarlierRuns:
 def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig) -> EarlierRuns | None:
     """The earlier runs' signatures for the run's target; None when near-duplicates across runs are
     off (no threshold, `near_dup_across_runs` false, or `full_refresh`)."""
-    if config.near_dup_threshold is None or not config.near_dup_across_runs or config.full_refresh:
+    threshold = config.near_dup_threshold
+    if threshold is None or not config.near_dup_across_runs or config.full_refresh:
         return None
     scope = target_key(config)
 
     def scan(snap: Snapshot) -> EarlierRuns:
-        earlier, kinds, kind_ids = EarlierRuns(config.near_dup_threshold), {}, []
+        earlier, kind_ids = EarlierRuns(threshold), []
+        kinds: dict[frozenset[str], int] = {}
         for key in snap.live:
             table = pq.read_table(io.BytesIO(folder.read(key)))
             if json.loads((table.schema.metadata or {}).get(PARAMS_KEY, b"{}")) != PARAMS:

@@ -372,7 +372,9 @@ class Chunker:
             yield p, c, flags
             if c >= end:
                 return
-            p, flags = NON_SPACE.search(text, c, end).start(), 0
+            following = NON_SPACE.search(text, c, end)
+            assert following is not None  # a paragraph ends at a non-space character, so one follows a cut
+            p, flags = following.start(), 0
 
     def _hard_pieces(self, text: str, start: int, end: int) -> list[tuple[int, int, int]]:
         """text[start:end], where there is no cut to count by, tokenized a window at a time and cut

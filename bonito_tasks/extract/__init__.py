@@ -24,6 +24,7 @@ from bonito_tasks.contracts import (
     REJECTS,
     ExtractMetrics,
     Manifest,
+    PlanMetrics,
     RejectSample,
     RunRef,
     StageName,
@@ -60,6 +61,7 @@ def read_documents(file: SourceFile, config: RunConfig, known: Known = NOTHING_K
     if file.size > config.max_file_bytes:
         raise Reject("too_large", f"{file.size} bytes exceeds max_file_bytes={config.max_file_bytes}")
     if file.suffix == HF_DATASET:
+        assert file.local_path is not None  # a dataset folder is always local (sources._hf_dataset)
         return _rows(file, "application/vnd.hf-dataset", read_hf_dataset(file.local_path, config.text_column), known)
     try:
         data = file.read(config.max_file_bytes)
@@ -186,7 +188,7 @@ class CollectDocuments(CombineStage):
 
     def combine(self, writer: StageWriter) -> ExtractMetrics:
         partitions = self.inputs
-        total = _sum_metrics([m.metrics for m in partitions])
+        total = _sum_metrics([m.metrics_as(ExtractMetrics) for m in partitions])
         seen: set[str] = set()  # doc ids: about 100 bytes per document
         duplicates = []
         for partition, manifest in enumerate(partitions):
@@ -228,7 +230,7 @@ def extract(
     """Plan, every partition in turn, and collect: the whole stage in one process."""
     planned = plan(store, run, config, s3_client_kwargs)
     partitions = [extract_partition(store, run, config, planned, p, s3_client_kwargs)
-                  for p in range(planned.metrics.partitions)]
+                  for p in range(planned.metrics_as(PlanMetrics).partitions)]
     return collect_documents(store, run, config, partitions)
 
 

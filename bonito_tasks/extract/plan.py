@@ -84,7 +84,8 @@ def _assign(spool_path: str, total: int, partitions: int, config: RunConfig) -> 
     """One table of listing rows per partition, in order: each file goes to the partition its
     byte midpoint falls in, so partitions are contiguous and about total / partitions bytes."""
     target = total / partitions if total else 1
-    current, rows, cumulative = 0, [], 0
+    rows: list[dict[str, Any]] = []
+    current, cumulative = 0, 0
     for batch in pq.ParquetFile(spool_path).iter_batches(batch_size=LISTING_BATCH):
         for row in batch.to_pylist():
             weight = _weight(row, config)

@@ -27,6 +27,7 @@ class Reject(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.content_sha256: str | None = None  # set when the file's bytes were read: the ledger's key
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ with `reject` set, so it lands in `rejects` like any other bad file.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -53,7 +53,7 @@ def matches(relative: str, include: list[str], exclude: list[str]) -> bool:
     return any(hit(p) for p in include) and not any(hit(p) for p in exclude)
 
 
-def iter_source(source: str, include: list[str] = ("**",), exclude: list[str] = (),
+def iter_source(source: str, include: Sequence[str] = ("**",), exclude: Sequence[str] = (),
                 **s3_client_kwargs: Any) -> Iterator[SourceFile]:
     """Files of a source in a stable (sorted) order, filtered by include/exclude globs.
 

@@ -94,7 +94,9 @@ class DecodeError(ValueError):
         self.detail = detail
 
 
-def _cp1252_fallback(err: UnicodeDecodeError) -> tuple[str, int]:
+def _cp1252_fallback(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeDecodeError):  # a decoding handler: encoding errors stay errors
+        raise err
     bad = err.object[err.start:err.end]
     return bad.decode("cp1252", errors="ignore") or bad.decode("latin-1"), err.end
 
@@ -255,11 +257,11 @@ def _numbered_edges(split: list[list[str]], threshold: int) -> set[tuple[int, in
     for page, i, o in found:
         if o == offset:
             numbered.setdefault(page, []).append(i)
-    edges = set()
-    for page, lines in numbered.items():
+    edges: set[tuple[int, int]] = set()
+    for page, indices in numbered.items():
         # "1 Introduction" above a bare "1" on the first page of a chapter: only the bare number is furniture
-        bare = [i for i in lines if _furniture_key(split[page][i]) == "<page number>"]
-        edges.update((page, i) for i in (bare if bare and len(lines) > 1 else lines))
+        bare = [i for i in indices if _furniture_key(split[page][i]) == "<page number>"]
+        edges.update((page, i) for i in (bare if bare and len(indices) > 1 else indices))
     return edges
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict
 
 from bonito_tasks.compat import shutdown_vllm
 from bonito_tasks.config import RunConfig
@@ -17,6 +17,10 @@ from bonito_tasks.contracts import sha256_hex
 from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.generate.compile_cache import start_with_healing, use_compile_cache
 from bonito_tasks.model_ref import check_model_reachable
+
+if TYPE_CHECKING:
+    from vllm import LLM
+    from vllm.model_executor.layers.quantization import QuantizationMethods
 
 log = logging.getLogger(__name__)
 
@@ -101,29 +105,48 @@ class Engine(Protocol):
                ) -> Iterator[list[tuple[int, list[Completion]]]]: ...
 
 
+class _EngineArgs(TypedDict, total=False):
+    """The vllm.LLM arguments a RunConfig sets."""
+
+    model: str
+    revision: str | None
+    seed: int
+    max_model_len: int
+    dtype: Literal["auto", "float16", "bfloat16", "float32"]
+    quantization: QuantizationMethods | None
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    max_num_seqs: int
+
+
 class VllmEngine:
     """vllm.LLM built from a RunConfig. Use as a context manager so the engine is always released."""
 
     def __init__(self, config: RunConfig, max_num_seqs: int | None = None):
         self.config = config
         self.max_num_seqs = max_num_seqs or config.max_num_seqs
-        self.llm = None
+        self.llm: LLM | None = None  # started by load(), shut down by unload()
+
+    def _loaded(self) -> LLM:
+        assert self.llm is not None, "load() first"
+        return self.llm
 
     def load(self) -> VllmEngine:
         check_model_reachable(self.config.model_id)  # before vLLM's import and its repo-id error
         from vllm import LLM
 
         c = self.config
-        engine_args = dict(
-            model=c.model_id,
-            revision=c.model_revision,
-            seed=c.seed,
-            max_model_len=c.max_model_len,
-            dtype=c.dtype,
-            quantization=c.quantization,
-            tensor_parallel_size=c.tensor_parallel_size,
-            gpu_memory_utilization=c.gpu_memory_utilization,
-        )
+        engine_args: _EngineArgs = {
+            "model": c.model_id,
+            "revision": c.model_revision,
+            "seed": c.seed,
+            "max_model_len": c.max_model_len,
+            "dtype": c.dtype,
+            # Any name: vLLM checks it, and its Literal lists only the built-in methods (plugins register more)
+            "quantization": c.quantization,  # type: ignore[typeddict-item]
+            "tensor_parallel_size": c.tensor_parallel_size,
+            "gpu_memory_utilization": c.gpu_memory_utilization,
+        }
         if self.max_num_seqs:
             engine_args["max_num_seqs"] = self.max_num_seqs
         cache = use_compile_cache()  # before vLLM starts its worker processes: they inherit it
@@ -140,11 +163,11 @@ class VllmEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(**sampling_params)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self._loaded().generate(prompts, params, use_tqdm=False)
         return [[Completion(o.text, len(o.token_ids)) for o in out.outputs] for out in outputs]
 
     def prompt_tokens(self, prompts: list[str]) -> list[int]:
-        tokenizer = self.llm.get_tokenizer()
+        tokenizer = self._loaded().get_tokenizer()
         return [len(ids) for ids in tokenizer(prompts)["input_ids"]]
 
     def stream(self, prompts: dict[int, str], sampling_params: dict, flush_every: int
@@ -154,11 +177,11 @@ class VllmEngine:
 
         All prompts are queued at once so the engine batches as freely as one `LLM.generate`
         call; results are handed back as they finish so the caller can checkpoint them."""
-        from vllm import SamplingParams
+        from vllm import RequestOutput, SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(**sampling_params, output_kind=RequestOutputKind.FINAL_ONLY)
-        engine = self.llm.llm_engine
+        engine = self._loaded().llm_engine
         by_request = {}
         try:
             for index, prompt in prompts.items():
@@ -172,6 +195,7 @@ class VllmEngine:
                 except Exception as err:
                     raise _as_engine_failure(err, self.config, self.max_num_seqs) from err
                 for out in outputs:
+                    assert isinstance(out, RequestOutput)  # a completion request's (not a pooling one's)
                     if out.finished:
                         completions = [Completion(o.text, len(o.token_ids)) for o in out.outputs]
                         finished.append((by_request.pop(out.request_id), completions))

@@ -207,7 +207,9 @@ class _Recorder:
 
     def commit(self, finished: dict[int, list[Completion] | None]) -> int:
         """Write one checkpoint for these prompts (None: prompt too long). Returns tokens generated."""
-        examples, dropped, counts = [], [], Counter()
+        examples: list[dict[str, Any]] = []
+        dropped: list[dict[str, Any]] = []
+        counts: Counter[str] = Counter()
         for index, completions in sorted(finished.items()):
             row, task_type = self.jobs[index]
             for sample_index in range(self.config.n):

@@ -25,12 +25,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import TYPE_CHECKING
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.generate.engine import FLUSH_EVERY_S, Completion, EngineFailure, EngineRejected
 from bonito_tasks.retry import RetryPolicy, network_errors, retry_after_s, transient_status
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,8 @@ class OpenAICompletionsEngine:
         self.concurrency = concurrency
         self.retry = retry
         self._api_key = api_key
-        self._client = None
-        self._pool = None
+        self._client: httpx.Client | None = None  # open between load() and unload()
+        self._pool: ThreadPoolExecutor | None = None
 
     def load(self) -> OpenAICompletionsEngine:
         """Open the connection pool and check that the server serves the model with a long enough context."""
@@ -78,7 +82,9 @@ class OpenAICompletionsEngine:
         )
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="completions")
         try:
-            cards = {card["id"]: card for card in self._request("GET", "/v1/models")["data"]}
+            models = self._request("GET", "/v1/models")
+            assert models is not None  # None only when a stop event is set: there is none here
+            cards = {card["id"]: card for card in models["data"]}
             if self.model not in cards:
                 raise self._failure(
                     f"the server at {self.base_url} does not serve model '{self.model}'; it serves {sorted(cards)}. "
@@ -140,7 +146,7 @@ class OpenAICompletionsEngine:
     def __exit__(self, *exc) -> None:
         self.unload()
 
-    def _as_completed(self, path: str, bodies: dict[int, dict]) -> Iterator[tuple[int, dict]]:
+    def _as_completed(self, path: str, bodies: dict[int, dict]) -> Generator[tuple[int, dict], None, None]:
         """POST every body through the pool; (key, response JSON) as each finishes. The first
         failure, or the caller stopping early, stops what is queued and what waits to retry."""
         stop = threading.Event()
@@ -154,7 +160,9 @@ class OpenAICompletionsEngine:
                 stop.set()
                 raise
 
-        futures = {self._pool.submit(call, body): key for key, body in bodies.items()}
+        pool = self._pool
+        assert pool is not None, "load() first"
+        futures = {pool.submit(call, body): key for key, body in bodies.items()}
         try:
             for future in as_completed(futures):
                 if (response := future.result()) is not None:  # None: abandoned after a failure
@@ -170,10 +178,12 @@ class OpenAICompletionsEngine:
         import httpx
 
         url = f"{self.base_url}{path}"
-        transport = network_errors(httpx)
+        retryable: tuple[type[BaseException], ...] = (_Transient, *network_errors(httpx))
+        client = self._client
+        assert client is not None, "load() first"
 
         def send() -> dict:
-            response = self._client.request(method, path, json=body)
+            response = client.request(method, path, json=body)
             if response.is_success:
                 try:
                     return response.json()
@@ -200,11 +210,11 @@ class OpenAICompletionsEngine:
 
         try:
             return self.retry.call(
-                send, retryable=lambda err: isinstance(err, (_Transient, *transport)),
+                send, retryable=lambda err: isinstance(err, retryable),
                 retry_after=lambda err: getattr(err, "retry_after", None), on_retry=log_retry, sleep=wait)
         except _Stopped:
             return None
-        except (_Transient, *transport) as err:
+        except retryable as err:
             raise self._failure(
                 f"{method} {url} failed after {self.retry.attempts} attempt(s); last error: {_problem(err)}. Check "
                 f"that the server is up ({self.base_url}/health) and not overloaded (lower the concurrency, now "

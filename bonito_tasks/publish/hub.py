@@ -76,7 +76,7 @@ def upload_dataset(
     build: Callable[[HubFiles], Mapping[str, bytes]],
     *,
     repo_id: str,
-    token: str,
+    token: str | None,  # None or "": PublishRejected
     private: bool,
     replace_folders: tuple[str, ...],
     commit_message: str,
@@ -115,8 +115,9 @@ def upload_dataset(
         pr_url, revision = None, "main"
         if create_pr:
             pr = _pull_request(api, repo_id, commit_message, commit_description)
+            assert pr.git_reference is not None  # a pull request's branch (None only for plain discussions)
             pr_url, revision = pr.url, pr.git_reference
-            head = api.repo_info(repo_id, repo_type="dataset", revision=revision, timeout=retry.timeout_s).sha
+            head = _commit_sha(api, repo_id, revision, retry.timeout_s)
             operations = _operations(files, _remote_files(api, repo_id, revision), replace_folders)
             if not operations:
                 ours = _is_unanswered_commit(api, repo_id, revision, head, commit_message, unanswered)
@@ -148,10 +149,17 @@ def _head_creating_repo(api: HfApi, repo_id: str, private: bool, timeout_s: floa
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        return api.repo_info(repo_id, repo_type="dataset", revision="main", timeout=timeout_s).sha
+        return _commit_sha(api, repo_id, "main", timeout_s)
     except RepositoryNotFoundError:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        return api.repo_info(repo_id, repo_type="dataset", revision="main", timeout=timeout_s).sha
+        return _commit_sha(api, repo_id, "main", timeout_s)
+
+
+def _commit_sha(api: HfApi, repo_id: str, revision: str, timeout_s: float) -> str:
+    """The commit at `revision` of the dataset repo."""
+    sha = api.repo_info(repo_id, repo_type="dataset", revision=revision, timeout=timeout_s).sha
+    assert sha is not None  # the Hub names the commit of every revision it finds
+    return sha
 
 
 def _is_unanswered_commit(

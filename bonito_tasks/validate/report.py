@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bonito_tasks.contracts import LengthStats, Manifest, QualitySummary
+from bonito_tasks.contracts import GenerateMetrics, LengthStats, Manifest, QualitySummary
 
 TOP_LABELS = 10
 HIST_BINS = 12
@@ -35,7 +35,7 @@ def quality_report(
     rows = len(passed)
     parse_failures: Counter = Counter()
     for manifest in generated:
-        parse_failures.update(manifest.metrics.parse_failures)
+        parse_failures.update(manifest.metrics_as(GenerateMetrics).parse_failures)
     failed = Counter(name for names in failed_by_row.values() for name in names)
     task_type = profile["task_type"].to_numpy(zero_copy_only=False)
     if output_tokens is None:

@@ -122,6 +122,7 @@ class Validate(Stage):
         with tempfile.TemporaryDirectory(prefix="bonito-gx-docs-") as tmp:
             check = check_examples(examples, chunk_texts, config, docs_dir=Path(tmp))
             validation_s = time.perf_counter() - started
+            assert check.docs_dir is not None  # asked for above
             docs_uri = _upload_dir(store, check.docs_dir, f"{writer.prefix}/{DOCS_DIR}", "index.html")
         passed = check.passed
         failed_names = pa.array([check.failed_by_row[i] for i in sorted(check.failed_by_row)], pa.list_(pa.string()))
@@ -148,6 +149,7 @@ class Validate(Stage):
             findings = findings.model_copy(update={"failed": check.failed, "quarantined": quality.failed_expectations,
                                                    "data_docs_uri": docs_uri, "result_uri": result_uri})
             raise ValidationFailed(failure_message(findings), findings)
+        assert check.dataset is not None  # no contract expectation failed, so the dataset suite ran
 
         writer.add("examples", examples.filter(pa.array(passed)))
         return ValidateMetrics(

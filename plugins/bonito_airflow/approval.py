@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
-from airflow.sdk import Param
+from airflow.sdk import Param, XComArg
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -115,7 +115,7 @@ class BonitoApprovalOperator(ApprovalOperator):
     template_fields = (*ApprovalOperator.template_fields, "examples")
     ui_color = "#fce4ec"
 
-    def __init__(self, *, examples: dict[str, Any], **kwargs: Any):
+    def __init__(self, *, examples: dict[str, Any] | XComArg, **kwargs: Any):
         # In a DAG, `params` arrive merged with the DAG's (source "dag"); the form shows this task's own.
         params = ParamsDict(kwargs.pop("params", None) or {})
         params[NOTE_PARAM] = Param(None, type=["null", "string"], title="Note", source="task",

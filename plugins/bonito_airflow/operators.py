@@ -19,7 +19,7 @@ import os
 from abc import abstractmethod
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk import Asset, AssetAlias, BaseOperator, XComArg
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from bonito_airflow.access import allowed_locations
@@ -29,9 +29,10 @@ from bonito_airflow.hooks import HuggingFaceHook, VllmServerHook
 from bonito_airflow.links import HuggingFaceDatasetLink
 from bonito_airflow.runtime import TaskRuntime, run_folder, stage_output, task_runtime
 from bonito_airflow.schedule import resolve_run_values
+from bonito_airflow.templated import Templated, resolved
 from bonito_airflow.view.links import DataDocsLink, QualityReportLink
 from bonito_tasks.config import check_config
-from bonito_tasks.contracts import Approval, Manifest, PublishMetrics, StageName
+from bonito_tasks.contracts import Approval, ChunkMetrics, Manifest, PlanMetrics, PublishMetrics, StageName
 from bonito_tasks.errors import PermanentFailure
 
 STAGE_OUTPUT_KEY = "stage_output"  # XCom key of a stage's own output when its return value lists what to map over
@@ -105,7 +106,7 @@ class BonitoPlanOperator(BonitoStageOperator):
 
     def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> list[dict[str, Any]]:
         context["ti"].xcom_push(key=STAGE_OUTPUT_KEY, value=super().to_xcom(context, rt, manifest))
-        return [{"manifest": manifest.uri, "partition": i} for i in range(manifest.metrics.partitions)]
+        return [{"manifest": manifest.uri, "partition": i} for i in range(manifest.metrics_as(PlanMetrics).partitions)]
 
 
 class BonitoExtractOperator(BonitoStageOperator):
@@ -115,15 +116,16 @@ class BonitoExtractOperator(BonitoStageOperator):
     template_fields = ("partition",)
     ui_color = "#d5e8d4"
 
-    def __init__(self, *, partition: dict[str, Any], **kwargs: Any):
+    def __init__(self, *, partition: Templated[dict[str, Any]], **kwargs: Any):
         super().__init__(**kwargs)
         self.partition = partition
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.extract import extract_partition
 
-        plan = rt.store.read_manifest(self.partition["manifest"])
-        return extract_partition(rt.store, rt.run, rt.config, plan, self.partition["partition"], rt.s3_client_kwargs)
+        partition = resolved(self.partition)
+        plan = rt.store.read_manifest(partition["manifest"])
+        return extract_partition(rt.store, rt.run, rt.config, plan, partition["partition"], rt.s3_client_kwargs)
 
 
 class BonitoCollectDocumentsOperator(BonitoStageOperator):
@@ -133,14 +135,14 @@ class BonitoCollectDocumentsOperator(BonitoStageOperator):
     template_fields = ("partitions",)
     ui_color = "#d5e8d4"
 
-    def __init__(self, *, partitions: list[dict[str, Any]], **kwargs: Any):
+    def __init__(self, *, partitions: Templated[list[dict[str, Any]]], **kwargs: Any):
         super().__init__(**kwargs)
         self.partitions = partitions
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.extract import collect_documents
 
-        manifests = [rt.store.read_manifest(ref["manifest"]) for ref in self.partitions]
+        manifests = [rt.store.read_manifest(ref["manifest"]) for ref in resolved(self.partitions)]
         return collect_documents(rt.store, rt.run, rt.config, manifests)
 
 
@@ -151,17 +153,18 @@ class BonitoChunkOperator(BonitoStageOperator):
     template_fields = ("documents", "partition")
     ui_color = "#dae8fc"
 
-    def __init__(self, *, documents: dict[str, Any], partition: dict[str, Any], **kwargs: Any):
+    def __init__(self, *, documents: Templated[dict[str, Any]], partition: Templated[dict[str, Any]], **kwargs: Any):
         super().__init__(**kwargs)
         self.documents, self.partition = documents, partition
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.chunk import chunk_partition
 
-        if not self.documents["counts"].get("documents"):  # every document already in the ledger
-            raise AirflowSkipException(f"no new documents ({self.documents['counts'].get('skipped_known', 0)} known)")
-        documents = rt.store.read_manifest(self.documents["manifest"])
-        return chunk_partition(rt.store, rt.run, rt.config, documents, self.partition["partition"])
+        ref = resolved(self.documents)
+        if not ref["counts"].get("documents"):  # every document already in the ledger
+            raise AirflowSkipException(f"no new documents ({ref['counts'].get('skipped_known', 0)} known)")
+        documents = rt.store.read_manifest(ref["manifest"])
+        return chunk_partition(rt.store, rt.run, rt.config, documents, resolved(self.partition)["partition"])
 
 
 class BonitoPlanShardsOperator(BonitoStageOperator):
@@ -173,19 +176,19 @@ class BonitoPlanShardsOperator(BonitoStageOperator):
     template_fields = ("partitions",)
     ui_color = "#dae8fc"
 
-    def __init__(self, *, partitions: list[dict[str, Any]], **kwargs: Any):
+    def __init__(self, *, partitions: Templated[list[dict[str, Any]]], **kwargs: Any):
         super().__init__(**kwargs)
         self.partitions = partitions
 
     @property
-    def stage_ref(self):
+    def stage_ref(self) -> XComArg:
         """The XComArg of this stage's manifest URI and counts, for downstream tasks."""
-        return self.output[STAGE_OUTPUT_KEY]
+        return XComArg(self, key=STAGE_OUTPUT_KEY)
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.chunk import plan_shards
 
-        manifests = [rt.store.read_manifest(ref["manifest"]) for ref in self.partitions]
+        manifests = [rt.store.read_manifest(ref["manifest"]) for ref in resolved(self.partitions)]
         return plan_shards(rt.store, rt.run, rt.config, manifests)
 
     def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> list[dict[str, Any]]:
@@ -194,7 +197,7 @@ class BonitoPlanShardsOperator(BonitoStageOperator):
         context["ti"].xcom_push(key=STAGE_OUTPUT_KEY, value=super().to_xcom(context, rt, manifest))
         refs = manifest.shards_of("chunks")
         return [{"manifest": manifest.uri, "shard": i, "chunks": sum(refs[p].rows for p in generate_shard_parts(
-            manifest, i))} for i in range(manifest.metrics.shards)]
+            manifest, i))} for i in range(manifest.metrics_as(ChunkMetrics).shards)]
 
 
 class BonitoGenerateOperator(BonitoStageOperator):
@@ -209,7 +212,8 @@ class BonitoGenerateOperator(BonitoStageOperator):
     template_fields = ("chunk_shard",)
     ui_color = "#f6d8a8"
 
-    def __init__(self, *, chunk_shard: dict[str, Any], server_conn_id: str = "bonito_vllm_default", **kwargs: Any):
+    def __init__(self, *, chunk_shard: Templated[dict[str, Any]], server_conn_id: str = "bonito_vllm_default",
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.chunk_shard = chunk_shard
         self.server_conn_id = server_conn_id
@@ -217,8 +221,9 @@ class BonitoGenerateOperator(BonitoStageOperator):
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.generate.run import generate_shard
 
-        chunks = rt.store.read_manifest(self.chunk_shard["manifest"])
-        shard = self.chunk_shard["shard"]
+        chunk_shard = resolved(self.chunk_shard)
+        chunks = rt.store.read_manifest(chunk_shard["manifest"])
+        shard = chunk_shard["shard"]
         with Deadline(context, f"generate shard {shard}", rt.config.generate_budget_minutes * 60):
             if rt.config.backend == "server":
                 with self._server_engine(rt.config) as engine:
@@ -254,15 +259,17 @@ class BonitoValidateOperator(BonitoStageOperator):
     operator_extra_links = (QualityReportLink(), DataDocsLink())  # the Dataset view, also after a failure
     ui_color = "#e1d5e7"
 
-    def __init__(self, *, generated: list[dict[str, Any]], chunks: dict[str, Any], **kwargs: Any):
+    def __init__(self, *, generated: Templated[list[dict[str, Any]]], chunks: Templated[dict[str, Any]],
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.generated, self.chunks = generated, chunks
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.validate import validate
 
-        generated = [rt.store.read_manifest(ref["manifest"]) for ref in self.generated]
-        return validate(rt.store, rt.run, rt.config, generated, chunks=rt.store.read_manifest(self.chunks["manifest"]))
+        generated = [rt.store.read_manifest(ref["manifest"]) for ref in resolved(self.generated)]
+        chunks = rt.store.read_manifest(resolved(self.chunks)["manifest"])
+        return validate(rt.store, rt.run, rt.config, generated, chunks=chunks)
 
 
 PUBLISHED_KEYS = ("dataset_uri", "hub_url", "hub_commit_sha", "hub_pr_url", "export_uri")  # to XCom
@@ -282,8 +289,9 @@ class BonitoPublishOperator(BonitoStageOperator):
     operator_extra_links = (HuggingFaceDatasetLink(),)
     ui_color = "#ffd21e"
 
-    def __init__(self, *, examples: dict[str, Any], documents: dict[str, Any], hf_conn_id: str = "huggingface_default",
-                 approval: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(self, *, examples: Templated[dict[str, Any]], documents: Templated[dict[str, Any]],
+                 hf_conn_id: str = "huggingface_default", approval: Templated[dict[str, Any] | None] = None,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.examples, self.documents = examples, documents
         self.hf_conn_id = hf_conn_id
@@ -293,14 +301,15 @@ class BonitoPublishOperator(BonitoStageOperator):
         from bonito_tasks.publish import publish
 
         token = HuggingFaceHook(self.hf_conn_id).get_token() if rt.config.hub_repo_id else None
+        approval = resolved(self.approval)
         return publish(
-            rt.store, rt.run, rt.config, rt.store.read_manifest(self.examples["manifest"]),
-            rt.store.read_manifest(self.documents["manifest"]), token, s3_client_kwargs=rt.s3_client_kwargs,
-            approval=Approval(**self.approval) if self.approval else None,
+            rt.store, rt.run, rt.config, rt.store.read_manifest(resolved(self.examples)["manifest"]),
+            rt.store.read_manifest(resolved(self.documents)["manifest"]), token, s3_client_kwargs=rt.s3_client_kwargs,
+            approval=Approval(**approval) if approval else None,
         )
 
     def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> dict[str, Any]:
-        metrics: PublishMetrics = manifest.metrics
+        metrics = manifest.metrics_as(PublishMetrics)
         published = metrics.model_dump(include=set(PUBLISHED_KEYS), exclude_none=True)
         self._asset_events(context, rt.config.hub_repo_id, metrics)
         return stage_output(context, manifest, **published)
@@ -331,7 +340,7 @@ class BonitoLedgerOperator(BonitoOperator):
 
     template_fields = ("documents",)
 
-    def __init__(self, *, documents: dict[str, Any], **kwargs: Any):
+    def __init__(self, *, documents: Templated[dict[str, Any]], **kwargs: Any):
         kwargs.setdefault("trigger_rule", "none_failed")
         super().__init__(**kwargs)
         self.documents = documents
@@ -341,8 +350,8 @@ class BonitoLedgerOperator(BonitoOperator):
         from bonito_tasks.stage import StageWriter
 
         published = rt.store.exists(StageWriter(rt.store, rt.run, StageName.PUBLISH).manifest_key)
-        result = update_ledger(rt.store, rt.run, rt.store.read_manifest(self.documents["manifest"]), rt.config,
-                               published=published)
+        documents = rt.store.read_manifest(resolved(self.documents)["manifest"])
+        result = update_ledger(rt.store, rt.run, documents, rt.config, published=published)
         if published:  # the chunks this run generated from, for later runs' near-duplicate check
             from bonito_tasks.chunk.neardup import record_signatures
 

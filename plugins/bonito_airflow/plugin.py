@@ -23,8 +23,10 @@ class BonitoPlugin(AirflowPlugin):
          "url_route": "bonito-dataset-task"},
     ]
 
+    # Airflow declares a plain class attribute, which it only reads (plugins_manager): a read-only
+    # property is a safe override there.
     @property
-    def fastapi_apps(self) -> list[dict]:
+    def fastapi_apps(self) -> list[dict]:  # type: ignore[override]
         """The view's app, imported only where it is read (the api-server): every task process loads
         plugins too, and FastAPI with the templates costs it ~0.4 s."""
         from bonito_airflow.view.app import app
