@@ -82,3 +82,36 @@ def test_a_broken_chunk_fails_the_chunk_contract(store, documents, row, failed):
         check_chunks(store, writer, documents)
 
     assert [f["name"] for f in caught.value.findings.failed] == [failed]
+
+
+def test_repeated_ids_break_the_contracts_across_parts(store, documents):
+    writer = written(store, "extract", "documents", [document()], DOCUMENTS)
+    writer.add("documents", pa.Table.from_pylist([document()], DOCUMENTS))  # the same document in a second part
+    with pytest.raises(ValidationFailed, match=r"- unique_doc_id \(contract on doc_id\): 1 unexpected \(50.00%\)"):
+        check_documents(store, writer)
+    chunks = written(store, "chunk", "chunks", [chunk(0, 25)], CHUNKS)
+    chunks.add("chunks", pa.Table.from_pylist([chunk(0, 25)], CHUNKS))
+    with pytest.raises(ValidationFailed, match="unique_chunk_id"):
+        check_chunks(store, chunks, documents)
+
+
+def test_the_boundary_contracts_do_not_import_great_expectations(tmp_path):
+    """Extract and chunk tasks, dozens a night, check their parts without GX's import (~7 s each)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, pyarrow as pa\n"
+        "from bonito_tasks.checks import check_documents\n"
+        "from bonito_tasks.contracts import DOCUMENTS, RunRef, sha256_hex\n"
+        "from bonito_tasks.stage import StageWriter\n"
+        "from bonito_tasks.store import LocalStore\n"
+        f"store = LocalStore({str(tmp_path / 'store')!r})\n"
+        "writer = StageWriter(store, RunRef(dag_id='d', run_id='r'), 'extract')\n"
+        "writer.add('documents', pa.Table.from_pylist([{'doc_id': sha256_hex('x'), 'source_uri': '/x', "
+        "'media_type': 'text/plain', 'size_bytes': 1, 'text': 'x', 'page_starts': None}], DOCUMENTS))\n"
+        "check_documents(store, writer)\n"
+        "print('great_expectations' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
