@@ -65,6 +65,7 @@ test: lint
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The quick loop before a commit: the unit tests on every core (pytest-xdist); `make test` is the whole suite.
 test-fast: venv

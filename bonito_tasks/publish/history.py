@@ -203,7 +203,7 @@ def check_history(parts: Iterator[bytes], night: pa.Table, night_sketches: np.nd
             seen.ids |= np.isin(ids, batch.column("id_key").to_numpy())
             seen.pairs |= np.isin(pairs, batch.column("pair_key").to_numpy())
             seen.docs |= np.isin(docs, batch.column("doc_key").to_numpy())
-            if night_bands is not None:
+            if night_bands is not None and threshold is not None:  # night_bands: only with a threshold
                 history = _sketch_matrix(batch.column("sketch"))
                 seen.near |= _near(night_sketches, night_bands, history, _band_keys(history, threshold), threshold)
     return seen

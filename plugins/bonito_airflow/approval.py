@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk import Param, XComArg
@@ -32,6 +32,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from bonito_tasks.config import ConfigRejected, RunConfig
 from bonito_tasks.contracts import Approval
 from bonito_tasks.errors import PermanentFailure
+
+if TYPE_CHECKING:
+    from airflow.sdk.execution_time.hitl import HITLUser
 
 NOTE_PARAM = "note"
 POLICY_VAR = "BONITO_REQUIRE_APPROVAL"
@@ -78,12 +81,12 @@ def approvers(environ: Mapping[str, str] | None = None) -> list[str]:
     return list(split_list((os.environ if environ is None else environ).get(APPROVERS_VAR)))
 
 
-def assigned_users(approver_ids: list[str], triggered_by: str | None) -> list[dict[str, str]] | None:
+def assigned_users(approver_ids: list[str], triggered_by: str | None) -> list[HITLUser] | None:
     """The HITL task's assigned_users: the approvers less the user who triggered the run; None when
     no approvers are set. A PermanentFailure when the triggering user is the only one."""
     if not approver_ids:
         return None
-    users = [{"id": a, "name": a} for a in approver_ids if a != triggered_by]
+    users: list[HITLUser] = [{"id": a, "name": a} for a in approver_ids if a != triggered_by]
     if not users:
         raise PermanentFailure(f"{APPROVERS_VAR} names only {triggered_by!r}, who triggered this run and cannot "
                                "approve it: add another approver")
