@@ -81,9 +81,12 @@ def _hash64(values: pa.Array) -> np.ndarray:
 
 
 def _not_null(schema: pa.Schema) -> list[Contract]:
-    return [Contract(f"not_null:{f.name}", f.name, f"{f.name} not null",
-                     lambda part, name=f.name: pc.is_null(part[name]))
+    return [Contract(f"not_null:{f.name}", f.name, f"{f.name} not null", _is_null(f.name))
             for f in schema if not f.nullable]
+
+
+def _is_null(column: str) -> Callable[[pa.Table], pa.Array]:
+    return lambda part: pc.is_null(part[column])
 
 
 def _text(part: pa.Table) -> pa.Array:
