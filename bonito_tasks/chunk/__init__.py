@@ -178,7 +178,9 @@ class PlanShards(Stage):
 
     def work(self, writer: StageWriter) -> ChunkMetrics:
         config, store, partitions = self.config, self.store, self.inputs
-        plan = _Dedup(config, neardup.load_earlier(store, self.run.dag_id, config))
+        tonight = ((partition, neardup.read_signatures(store, manifest, i))
+                   for partition, manifest in enumerate(partitions) for i in range(len(manifest.shards_of("chunks"))))
+        plan = _Dedup(config, neardup.load_earlier(store, self.run.dag_id, config, tonight))
         columns = ["doc_id", "char_start", "char_end", "text", "pending_task_types"]
         for partition, part, sigs in _parts(store, partitions, columns, signatures=plan.near):
             plan.add_part(partition, part, sigs)
@@ -285,7 +287,7 @@ class _Dedup:
         index = self.index if sigs is not None else None
         earlier = self.earlier if sigs is not None else None
         earlier_rep = index.first_match(sigs) if index is not None and sigs is not None and len(index) else None
-        covered = earlier.covered(sigs) if earlier is not None and sigs is not None else None
+        covered = earlier.covered(partition, part["_row"].to_numpy()) if earlier is not None else None
         keys = minhash.band_keys(sigs, index.bands, index.rows) if index is not None and sigs is not None else None
         # Rows sharing a band key with an earlier row of this part: only they can nearly repeat one.
         maybe_local = _repeats_an_earlier_key(keys) if keys is not None else None

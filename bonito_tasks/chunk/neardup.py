@@ -1,18 +1,25 @@
 """Near-duplicate chunks: within a run (plan_shards keeps the first of each group, like exact
 duplicates) and against the chunks earlier runs of the DAG generated from.
 
-Earlier runs' signatures live next to the ledger, in `<store>/<dag_id>/_neardup/`: one part per run,
-`part-<run_id>-<digest>.parquet` (columns scope, task_types, signature, run_id), written by the
-ledger task (`record_signatures`) only after publish succeeded, like the ledger itself. `scope` is
-the ledger's processing target (`ledger.target_key`: model, revision, Hub repo, export), so a chunk
-is dropped as already done only for the same target and only when an earlier run generated every
-task type it needs; otherwise it goes on for the task types still missing (a run that adds `ynqa`
-to `[exqa]` still generates ynqa for the chunks it has seen). `full_refresh` ignores them.
+Earlier runs' chunks live next to the ledger, in `<store>/<dag_id>/_neardup/`: one part per run,
+`part-<run_id>-<digest>.parquet` (columns scope, task_types, sketch, run_id), written by the ledger
+task (`record_signatures`) only after publish succeeded, like the ledger itself. A sketch is the
+chunk's MinHash signature with each value truncated to 16 bits (256 bytes a chunk, half the
+signature; parts of the older format, with whole signatures, are read as sketches).
+`scope` is the ledger's processing target (`ledger.target_key`: model, revision, Hub repo, export),
+so a chunk is dropped as already done only for the same target and only when an earlier run
+generated every task type it needs; otherwise it goes on for the task types still missing (a run
+that adds `ynqa` to `[exqa]` still generates ynqa for the chunks it has seen). `full_refresh`
+ignores them.
+
+A night's cost follows the night: `load_earlier` takes tonight's chunks' sketches, then scans the
+recorded ones a row group at a time (LSH bands over the sketches find candidates, a candidate that
+agrees on at least the threshold's share of its sketch is a near-duplicate), keeping only what
+covers tonight's chunks. Memory: tonight's sketches and band keys (about 350 bytes a chunk) and one
+row group, never the history.
 
 Past COMPACT_AFTER_PARTS parts, recording compacts them into one (parts.py, the ledger's protocol:
 a crash at any point loses nothing, and a part that vanishes under a reader makes it list again).
-
-Memory: the signatures (512 bytes each) and their LSH band keys (12 bytes per band), never texts.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +38,7 @@ from bonito_tasks import minhash
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import CHUNK_SIGNATURES, Manifest, RunRef, StageName, canonical_json, sha256_hex
 from bonito_tasks.ledger import target_key
-from bonito_tasks.parts import PART, PartsFolder, Snapshot, name_of, part_bytes
+from bonito_tasks.parts import PART, PartsFolder, Snapshot, name_of
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import ArtifactStore, safe_segment
 
@@ -40,12 +48,14 @@ COMPACT_AFTER_PARTS = 64
 PARAMS_KEY = b"bonito.neardup.params"  # JSON of the MinHash settings the signatures were made with
 REPLACES_KEY = b"bonito.neardup.replaces"
 PARAMS = {"num_perm": minhash.NUM_PERM, "seed": minhash.SEED, "ngram": minhash.NGRAM, "version": 1}
-SIGNATURES = pa.schema([
+SKETCH_PERM = minhash.NUM_PERM  # all of the signature's values (fewer miss near-duplicates at J = 0.8)
+SKETCHES = pa.schema([
     pa.field("scope", pa.string(), nullable=False),
     pa.field("task_types", pa.list_(pa.string()), nullable=False),
-    pa.field("signature", pa.binary(minhash.SIGNATURE_BYTES), nullable=False),
+    pa.field("sketch", pa.binary(SKETCH_PERM * 2), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
 ])
+ROW_GROUP = 65_536
 
 
 def neardup_prefix(dag_id: str) -> str:
@@ -71,61 +81,115 @@ def signature_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return data[start:start + len(column) * minhash.NUM_PERM].reshape(len(column), minhash.NUM_PERM)
 
 
-class EarlierRuns:
-    """The signatures earlier runs recorded for this run's processing target, with the task types
-    each chunk was generated for."""
+def sketch_of(sigs: np.ndarray) -> np.ndarray:
+    """(n x SKETCH_PERM) uint16: the first values of each MinHash signature, truncated to 16 bits."""
+    return (sigs[:, :SKETCH_PERM] & 0xFFFF).astype(np.uint16)
 
-    def __init__(self, threshold: float):
-        self.index = minhash.NearDupIndex(threshold)
-        self.kinds: list[frozenset[str]] = []  # distinct task type sets
-        self.kind_of = np.zeros(0, dtype=np.int32)  # signature id -> index into kinds
+
+class EarlierRuns:
+    """For tonight's chunks, by (partition, row): the task types earlier runs generated for chunks
+    nearly the same (empty: none)."""
+
+    def __init__(self, covered: dict[int, list[frozenset[str]]], scanned: int):
+        self._covered, self.scanned = covered, scanned
 
     def __len__(self) -> int:
-        return len(self.index)
+        """Recorded chunks scanned for this target."""
+        return self.scanned
 
-    def covered(self, sigs: np.ndarray) -> list[frozenset[str]]:
-        """Per signature: the task types earlier runs generated for chunks nearly the same."""
-        covered: list[frozenset[str]] = [frozenset()] * len(sigs)
-        if not len(self.index) or not len(sigs):
-            return covered
-        rows, ids, _ = self.index.matches(sigs)
-        for row, kind in zip(rows.tolist(), self.kind_of[ids].tolist()):
-            covered[row] = covered[row] | self.kinds[kind]
-        return covered
+    def covered(self, partition: int, rows: np.ndarray) -> list[frozenset[str]]:
+        own = self._covered.get(partition, [])
+        return [own[r] for r in rows.tolist()]
 
 
-def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig) -> EarlierRuns | None:
-    """The earlier runs' signatures for the run's target; None when near-duplicates across runs are
-    off (no threshold, `near_dup_across_runs` false, or `full_refresh`)."""
+def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig,
+                 tonight: Iterable[tuple[int, np.ndarray]] = ()) -> EarlierRuns | None:
+    """What earlier runs generated from, for tonight's chunks (`tonight`: (partition, signatures of
+    its next rows), in row order); None when near-duplicates across runs are off (no threshold,
+    `near_dup_across_runs` false, or `full_refresh`)."""
     threshold = config.near_dup_threshold
     if threshold is None or not config.near_dup_across_runs or config.full_refresh:
         return None
+    bands, rows_per_band = minhash.lsh_params(threshold, SKETCH_PERM)
+    owners: list[tuple[int, int]] = []  # tonight's row i -> (partition, row)
+    sketches: list[np.ndarray] = []
+    next_row: dict[int, int] = {}
+    for partition, sigs in tonight:
+        start = next_row.get(partition, 0)
+        owners += [(partition, start + i) for i in range(len(sigs))]
+        next_row[partition] = start + len(sigs)
+        sketches.append(sketch_of(sigs))
+    night = np.concatenate(sketches) if sketches else np.zeros((0, SKETCH_PERM), np.uint16)
+    night_keys = minhash.band_keys(night.astype(np.uint32), bands, rows_per_band)
+    covered = [frozenset[str]()] * len(night)
     scope = target_key(config)
+    folder = _parts(store, dag_id)
 
-    def scan(snap: Snapshot) -> EarlierRuns:
-        earlier, kind_ids = EarlierRuns(threshold), []
-        kinds: dict[frozenset[str], int] = {}
+    def scan(snap: Snapshot) -> int:
+        scanned = 0
         for key in snap.live:
-            table = pq.read_table(io.BytesIO(folder.read(key)))
-            if json.loads((table.schema.metadata or {}).get(PARAMS_KEY, b"{}")) != PARAMS:
+            reader = pq.ParquetFile(io.BytesIO(folder.read(key)))
+            if json.loads((reader.schema_arrow.metadata or {}).get(PARAMS_KEY, b"{}")) != PARAMS:
                 log.warning("near-duplicate signatures %s were made with other MinHash settings: ignored", key)
                 continue
-            table = table.filter(pc.equal(table["scope"], scope))
-            if not table.num_rows:
-                continue
-            earlier.index.add(signature_matrix(table["signature"]))
-            for types in table["task_types"].to_pylist():
-                kind_ids.append(kinds.setdefault(frozenset(types), len(kinds)))
-        earlier.kinds = list(kinds)
-        earlier.kind_of = np.asarray(kind_ids, dtype=np.int32)
-        return earlier
+            for batch in reader.iter_batches(batch_size=ROW_GROUP):
+                table = _as_sketches(pa.Table.from_batches([batch]))
+                table = table.filter(pc.equal(table["scope"], scope))
+                if not table.num_rows or not len(night):
+                    scanned += table.num_rows
+                    continue
+                scanned += table.num_rows
+                history = sketch_matrix(table["sketch"])
+                kinds = [frozenset(t) for t in table["task_types"].to_pylist()]
+                for i, j in _near_pairs(night, night_keys, history, bands, rows_per_band, threshold):
+                    covered[i] = covered[i] | kinds[j]
+        return scanned
 
-    folder = _parts(store, dag_id)
-    earlier = folder.scanned(scan)
-    if len(earlier):
-        log.info("near-duplicates: %d chunk signature(s) of earlier runs for this target (%.1f MiB)", len(earlier),
-                 earlier.index.nbytes / 2**20)
-    return earlier
+    scanned = folder.scanned(scan)
+    by_partition: dict[int, list[frozenset[str]]] = {}
+    for (partition, _), kinds in zip(owners, covered):
+        by_partition.setdefault(partition, []).append(kinds)
+    hits = sum(1 for kinds in covered if kinds)
+    if scanned:
+        log.info("near-duplicates: %d chunk sketch(es) of earlier runs scanned for this target; %d of tonight's %d "
+                 "chunk(s) nearly repeat one", scanned, hits, len(night))
+    return EarlierRuns(by_partition, scanned)
+
+
+def _near_pairs(night: np.ndarray, night_keys: np.ndarray, history: np.ndarray, bands: int, rows: int,
+                threshold: float) -> Iterator[tuple[int, int]]:
+    """(tonight row, history row) pairs sharing a band whose sketches agree on >= threshold."""
+    history_keys = minhash.band_keys(history.astype(np.uint32), bands, rows)
+    seen: set[tuple[int, int]] = set()
+    for band in range(bands):
+        hit = np.flatnonzero(np.isin(night_keys[:, band], history_keys[:, band]))
+        if not len(hit):
+            continue
+        by_key: dict[int, list[int]] = {}
+        for j in np.flatnonzero(np.isin(history_keys[:, band], night_keys[hit, band])).tolist():
+            by_key.setdefault(int(history_keys[j, band]), []).append(j)
+        for i in hit.tolist():
+            for j in by_key.get(int(night_keys[i, band]), []):
+                if (i, j) not in seen and np.mean(night[i] == history[j]) >= threshold:
+                    seen.add((i, j))
+                    yield i, j
+
+
+def _as_sketches(table: pa.Table) -> pa.Table:
+    """A part's rows as SKETCHES (a part of the older format holds whole signatures)."""
+    if "sketch" not in table.column_names:
+        sketch = sketch_of(signature_matrix(table["signature"]))
+        table = table.append_column("sketch", pa.array([s.tobytes() for s in sketch], pa.binary(SKETCH_PERM * 2)))
+    return table.select(SKETCHES.names).cast(SKETCHES)
+
+
+def sketch_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not len(column):
+        return np.zeros((0, SKETCH_PERM), dtype=np.uint16)
+    data = np.frombuffer(column.buffers()[1], dtype=np.uint16, count=(column.offset + len(column)) * SKETCH_PERM)
+    return data[column.offset * SKETCH_PERM:].reshape(len(column), SKETCH_PERM)
 
 
 def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> dict:
@@ -137,12 +201,13 @@ def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> d
         return {"neardup_part": None, "signatures_recorded": 0}
     table = store.read_table(chunks, "chunk_signatures", columns=["signature", "task_types"])
     task_types = [sorted(t) if t else sorted(config.task_types) for t in table["task_types"].to_pylist()]
+    sketch = sketch_of(signature_matrix(table["signature"]))
     part = pa.table({
         "scope": pa.array([target_key(config)] * table.num_rows, pa.string()),
         "task_types": pa.array(task_types, pa.list_(pa.string())),
-        "signature": table["signature"].combine_chunks().cast(pa.binary(minhash.SIGNATURE_BYTES)),
+        "sketch": pa.array([s.tobytes() for s in sketch], pa.binary(SKETCH_PERM * 2)),
         "run_id": pa.array([run.run_id] * table.num_rows, pa.string()),
-    }, schema=SIGNATURES)
+    }, schema=SKETCHES)
     data = _part_bytes(part)
     folder = _parts(store, run.dag_id)
     name = f"{safe_segment(run.run_id)}-{sha256_hex(data)[:16]}"
@@ -164,14 +229,17 @@ def compact(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PA
     folder = _parts(store, dag_id)
 
     def merge(live: list[str]) -> tuple[pa.Table, dict[bytes, bytes]]:
-        tables = [pq.read_table(io.BytesIO(folder.read(k))).cast(SIGNATURES) for k in live]
+        tables = [_as_sketches(pq.read_table(io.BytesIO(folder.read(k)))) for k in live]
         return pa.concat_tables(tables), {PARAMS_KEY: canonical_json(PARAMS).encode()}
 
     return folder.compact(max_parts, merge)
 
 
 def _part_bytes(table: pa.Table) -> bytes:
-    return part_bytes(table, {PARAMS_KEY: canonical_json(PARAMS).encode()})
+    sink = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata({PARAMS_KEY: canonical_json(PARAMS).encode()}), sink,
+                   row_group_size=ROW_GROUP, compression="zstd")
+    return sink.getvalue()
 
 
 def _parts(store: ArtifactStore, dag_id: str) -> PartsFolder:

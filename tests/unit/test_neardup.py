@@ -155,7 +155,7 @@ def test_signature_parts_compact_without_losing_any(tmp_path):
         chunk(store, run, config, extract(store, run, config))
         record_signatures(store, run, config)
     config = make_config(tmp_path, source=str(source))
-    assert len(load_earlier(store, "d", config)) == 4
+    assert len(load_earlier(store, "d", config)) == 4  # recorded chunks scanned for this target
     assert compact(store, "d", max_parts=2)["compacted_parts"] == 4
     assert [k.rsplit("/", 1)[-1][:8] for k in store.list(neardup_prefix("d"))] == ["compact-"]
     assert len(load_earlier(store, "d", config)) == 4
@@ -179,3 +179,28 @@ def test_the_ledger_operator_records_signatures_only_after_publish(tmp_path, pub
     result = op.run(TaskRuntime(config=config, run=run, store=store, s3_client_kwargs={}), {})
     assert result.get("signatures_recorded", 0) == (1 if published else 0)
     assert bool(store.list(neardup_prefix("bonito_dataset"))) == published
+
+
+def test_signatures_recorded_in_the_older_format_still_count(tmp_path):
+    """Parts written before sketches (whole 512-byte signatures) are read as sketches: a chunk they
+    recorded is still dropped the night after an upgrade."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bonito_tasks.chunk.neardup import PARAMS, PARAMS_KEY, signature_array
+    from bonito_tasks.contracts import canonical_json
+    from bonito_tasks.ledger import target_key
+
+    store = LocalStore(tmp_path / "store")
+    config = make_config(tmp_path, source=str(write_source(tmp_path / "src", {"b.txt": NEAR, "c.txt": OTHER})))
+    old = pa.table({"scope": [target_key(config)], "task_types": [["exqa"]],
+                    "signature": signature_array(minhash.text_signatures([BASE])), "run_id": ["r0"]})
+    sink = io.BytesIO()
+    pq.write_table(old.replace_schema_metadata({PARAMS_KEY: canonical_json(PARAMS).encode()}), sink)
+    store.write_bytes(f"{neardup_prefix('d')}/part-r0-0000000000000000.parquet", sink.getvalue())
+    run = RunRef(dag_id="d", run_id="r1")
+    manifest = chunk(store, run, config, extract(store, run, config))
+    assert [r["text"] for r in store.read_table(manifest, "chunks").to_pylist()] == [OTHER]
+    assert manifest.metrics.earlier_run_duplicates == 1
