@@ -23,6 +23,7 @@ import json
 import logging
 import mimetypes
 import posixpath
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,8 +42,26 @@ from bonito_airflow.view.urls import URL_PREFIX, run_path
 
 log = logging.getLogger(__name__)
 
+
+
+def visible(value: Any) -> Any:
+    """What a page shows of a value: a string's control characters as visible symbols (U+0001 as
+    '␁', DEL as '␡', C1 controls as '⟨U+0085⟩'), and the characters that reorder or hide text
+    (bidirectional overrides, embeddings and isolates, marks, zero-width characters) as
+    '⟨U+202E⟩', so a cell shows what it holds; tabs and line breaks stay. Applied to every
+    `{{ ... }}` of the templates, before escaping; markup the view built itself is left alone."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return value.translate(_VISIBLE)
+    return value
+
+
+_HIDDEN = [0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2060, 0x2065),
+           *range(0x2066, 0x206A), 0xFEFF]
+_VISIBLE = ({c: chr(0x2400 + c) for c in range(32) if c not in (9, 10, 13)} | {0x7F: "\u2421"}
+            | {c: f"⟨U+{c:04X}⟩" for c in (*range(0x80, 0xA0), *_HIDDEN)})
+
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                        autoescape=select_autoescape(default=True, default_for_string=True))
+                        autoescape=select_autoescape(default=True, default_for_string=True), finalize=visible)
 TASK_SECTIONS = {"extract": "rejects", "chunk": "summary", "generate": "dropped", "validate": "quality",
                  "publish": "published", "update_ledger": "published", "summarize": "summary"}
 SAMPLES_PER_TASK_TYPE = 3
@@ -51,8 +71,14 @@ SERVED_SUFFIXES = {".html", ".css", ".js", ".json", ".svg", ".png", ".jpg", ".jp
                    ".txt", ".woff", ".woff2", ".ttf", ".eot", ".ico"}
 # Files from the store are data, not this app: in a sandbox (an opaque origin), so a script in them
 # cannot act as the signed-in user.
-FILE_HEADERS = {"Content-Security-Policy": "sandbox allow-scripts allow-popups", "X-Content-Type-Options": "nosniff"}
-PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+FILE_HEADERS = {"Content-Security-Policy": "sandbox allow-scripts allow-popups; frame-ancestors 'self'",
+                "X-Content-Type-Options": "nosniff", "X-Frame-Options": "SAMEORIGIN"}
+# The view's own pages run no script at all; their one stylesheet carries the response's nonce; only
+# the Airflow UI (same origin: its Dataset tab) may frame them.
+PAGE_CSP = ("default-src 'none'; script-src 'none'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
+            "form-action 'self'; base-uri 'none'; frame-ancestors 'self'")
+PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store", "X-Frame-Options": "SAMEORIGIN",
+                "Referrer-Policy": "same-origin"}
 
 
 async def authorized_reader(request: Request) -> Any:
@@ -126,7 +152,9 @@ def create_app() -> FastAPI:
         info = load_run(dag_id, run_id)
         store = open_run_store(info)
         summary = _guarded(info, lambda: _summary(store, info))
-        return JSONResponse(summary.model_dump(mode="json"), headers=PAGE_HEADERS)
+        return JSONResponse(summary.model_dump(mode="json"),
+                            headers=PAGE_HEADERS | {"Content-Security-Policy": "default-src 'none'; "
+                                                                               "frame-ancestors 'self'"})
 
     @app.get("/dags/{dag_id}/runs/{run_id}/files/{path:path}", dependencies=reader)
     def run_file(dag_id: str, run_id: str, path: str) -> Response:
@@ -344,7 +372,10 @@ def _markdown(text: str) -> str:
 
 def _page(template: str, status: int, **context: Any) -> HTMLResponse:
     context.setdefault("json", json)
-    return HTMLResponse(TEMPLATES.get_template(template).render(**context), status_code=status, headers=PAGE_HEADERS)
+    nonce = secrets.token_urlsafe(16)
+    headers = PAGE_HEADERS | {"Content-Security-Policy": PAGE_CSP.format(nonce=nonce)}
+    return HTMLResponse(TEMPLATES.get_template(template).render(csp_nonce=nonce, **context), status_code=status,
+                        headers=headers)
 
 
 app = create_app()
