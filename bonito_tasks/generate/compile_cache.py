@@ -41,6 +41,7 @@ RECENT_S = 60
 _LOAD_ERRORS = re.compile(r"file too short|invalid ELF header|cannot read PCH file|Ran out of input|"
                           r"UnpicklingError|EOFError|truncated", re.IGNORECASE)
 _PATH = re.compile(r"/[^\s'\":;,()\[\]]+")
+_TRITON_GROUP = "__grp__"  # Triton's cache: one folder per kernel, `__grp__<name>.json` lists its files
 
 
 class CompileCacheStillFailing(RuntimeError):
@@ -126,10 +127,26 @@ def broken_reason(path: Path) -> str | None:
     if suffix in (".json", ".py"):
         try:
             text = path.read_text(encoding="utf-8")
-            json.loads(text) if suffix == ".json" else compile(text, str(path), "exec")
+            data = json.loads(text) if suffix == ".json" else compile(text, str(path), "exec")
         except (UnicodeDecodeError, ValueError, SyntaxError) as err:
             return f"unreadable {suffix[1:]} ({type(err).__name__})"
+        if name.startswith(_TRITON_GROUP) and isinstance(data, dict):
+            children = data.get("child_paths")
+            children = children if isinstance(children, dict) else {}
+            missing = sorted(n for n, p in children.items() if not Path(p).exists())
+            if missing:
+                return f"incomplete Triton group (no {', '.join(missing)})"
     return None
+
+
+def _entry(path: Path, reason: str) -> tuple[Path, str]:
+    """What to remove for a broken file: the file, or for a file of a Triton cache group (a folder
+    with a `__grp__*.json` listing its files) the whole group. Triton loads a group whose listed
+    files are missing without them; a kernel then fails to launch ("Unknown key: 'cubin'")."""
+    folder = path.parent
+    if any(child.name.startswith(_TRITON_GROUP) for child in folder.iterdir()):
+        return folder, f"Triton cache group: {path.name} {reason}"
+    return path, reason
 
 
 def find_broken(cache: CompileCache, now: float | None = None) -> dict[Path, str]:
@@ -147,10 +164,11 @@ def find_broken(cache: CompileCache, now: float | None = None) -> dict[Path, str
                     if path.is_symlink() or now - path.stat().st_mtime < RECENT_S:
                         continue
                     reason = broken_reason(path)
+                    if reason:
+                        entry, why = _entry(path, reason)
+                        found[entry] = why
                 except OSError:
                     continue  # removed meanwhile, or unreadable: not ours to judge
-                if reason:
-                    found[path] = reason
     return found
 
 
@@ -176,7 +194,8 @@ def named_in_error(cache: CompileCache, err: BaseException) -> dict[Path, str]:
         if path.suffix == ".h":
             path = path.with_name(path.name + ".gch")
         if path.is_file() and any(path.is_relative_to(folder) for folder in cache.folders):
-            found[path] = f"named in the error ({match.group(0)})"
+            entry, why = _entry(path, f"named in the error ({match.group(0)})")
+            found[entry] = why
     return found
 
 

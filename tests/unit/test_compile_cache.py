@@ -3,6 +3,7 @@ is retried exactly once after removing them (tests/integration/test_compile_cach
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -176,6 +177,31 @@ def test_compile_cache_heal_in_a_process_that_compiled_removes_and_leaves_the_st
     assert "at::vec" in str(info.value) and isinstance(info.value.__cause__, RuntimeError)
     assert f"{cache.folders[0] / 'ab' / 'cab.so'} (empty)" in caplog.text
     assert "the next try starts in a fresh process" in caplog.text
+
+
+def test_a_broken_file_of_a_triton_cache_group_takes_the_whole_group_with_it(cache):
+    """Triton keeps one folder per kernel whose `__grp__<kernel>.json` lists its files; a group
+    missing a listed file (a heal that removed only the file did that) is loaded without it, and the
+    kernel then fails to launch. So the whole folder goes, and an incomplete group counts as broken."""
+    triton = cache.folders[2]
+    group = triton / "NNESSKK7PW4G7VOO"
+    cubin = _write(group / "triton_red_fused_sum_0.cubin", A_REAL_SO.read_bytes()[:100])
+    for name in ("triton_red_fused_sum_0.json", "triton_red_fused_sum_0.ptx"):
+        _write(group / name, b"{}")
+    _write(group / "__grp__triton_red_fused_sum_0.json", json.dumps({"child_paths": {
+        p.name: str(p) for p in group.iterdir()}}).encode())
+    whole = triton / "HSKTB57AFPGHPBDT"
+    _write(whole / "k.cubin", A_REAL_SO.read_bytes())
+    _write(whole / "__grp__k.json", json.dumps({"child_paths": {"k.cubin": str(whole / "k.cubin")}}).encode())
+    assert find_broken(cache) == {group: "Triton cache group: triton_red_fused_sum_0.cubin truncated shared object"}
+
+    incomplete = triton / "3RI32H6ZFFCSM6QJ"
+    _write(incomplete / "__grp__k.json", json.dumps({"child_paths": {
+        "k.cubin": str(incomplete / "k.cubin"), "k.json": str(incomplete / "k.json")}}).encode())
+    _write(incomplete / "k.json", b"{}")
+    start_with_healing(lambda: "engine", cache)
+    assert not group.exists() and not incomplete.exists() and not cubin.exists()
+    assert (whole / "k.cubin").exists()
 
 
 def test_compile_cache_heal_removes_what_the_error_names_as_unloadable(cache):
