@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bonito_dev.local import REPO, HomeBusy, configure, load_dag, lock_home, setup_db
+from bonito_dev.local import REPO, HomeBusy, allow_own_locations, configure, load_dag, lock_home, setup_db
 
 DEMO_DIR = REPO / "demo-output"
 LAST_RUN_FILE = "last_run.json"
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(busy, file=sys.stderr)
         return 2
     configure(args.output / "airflow")
+    allow_own_locations(conf)  # the samples and the demo's store
     setup_db()
     from bonito_tasks.contracts import RunRef
     from bonito_tasks.stage import StageWriter

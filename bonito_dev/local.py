@@ -41,6 +41,21 @@ def configure(home: Path) -> None:
     os.environ.update(airflow_env(home))
 
 
+ALLOWED_VARS = {"source": "BONITO_ALLOWED_SOURCES", "store": "BONITO_ALLOWED_STORES",
+                "export_s3_uri": "BONITO_ALLOWED_EXPORTS"}
+
+
+def allow_own_locations(conf: dict[str, Any], environ: dict[str, str] | Any = None) -> None:
+    """On one's own machine the person running is the deployment: allow the source, store and
+    export of `conf` (added to BONITO_ALLOWED_SOURCES / _STORES / _EXPORTS of this process), so
+    check_params accepts them (docs/security.md)."""
+    environ = os.environ if environ is None else environ
+    for key, name in ALLOWED_VARS.items():
+        if conf.get(key):
+            given = [p.strip() for p in environ.get(name, "").split(",") if p.strip()]
+            environ[name] = ",".join(dict.fromkeys([*given, str(conf[key])]))
+
+
 def setup_db(env: dict[str, str] | None = None) -> None:
     """Create or upgrade the metadata database and the `gpu` pool (idempotent), for this process's
     Airflow or the one `env` configures. The pool has one slot per GPU (BONITO_GPU_SLOTS, default

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from bonito_dev.local import REPO, configure, load_dag, setup_db
+from bonito_dev.local import REPO, allow_own_locations, configure, load_dag, setup_db
 
 OUTPUT_DIR = REPO / "local-output"
 NO_SOURCE = ("no source: give the documents to process, e.g. `make run SOURCE=~/my-documents` "
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(production defaults first): {'; '.join(lowered)}. Set them in CONF to keep them.", file=sys.stderr)
 
     configure(args.output_dir / "airflow")  # before Airflow is imported
+    allow_own_locations(conf)  # your machine: the run's source, store and export are yours to choose
     if problem := rejection(conf, args.output_dir / "airflow"):
         print(problem, file=sys.stderr)
         return 2

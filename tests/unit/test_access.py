@@ -214,3 +214,20 @@ def test_no_run_id_reaches_another_runs_folder(tmp_path):
         for other_id, other in folders.items():
             if other_id != run_id:
                 assert other != folder and folder not in other.parents, (run_id, other_id)
+
+
+def test_make_demo_and_make_run_allow_their_own_locations(tmp_path):
+    from bonito_airflow.access import env_locations
+    from bonito_dev.demo import demo_conf
+    from bonito_dev.local import allow_own_locations
+
+    env = {"BONITO_ALLOWED_STORES": "s3://team", "BONITO_ALLOWED_SOURCES": "s3://docs"}
+    conf = demo_conf(tmp_path)
+    with pytest.raises(LocationRefused):
+        env_locations(env).check(RunConfig(**conf), "bonito_dataset")
+    allow_own_locations(conf, env)
+    env_locations(env).check(RunConfig(**conf), "bonito_dataset")
+    assert env["BONITO_ALLOWED_STORES"] == f"s3://team,{tmp_path / 'store'}"
+    run_conf = {"source": "s3://bucket/docs", "store": str(tmp_path / "local"), "export_s3_uri": "s3://exports/x"}
+    allow_own_locations(run_conf, env)
+    env_locations(env).check(RunConfig(**run_conf), "bonito_dataset")
