@@ -18,6 +18,7 @@ answer an error status).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -42,6 +43,7 @@ RESOLVE_ROUTE = re.compile(
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
 
 
+@functools.cache  # the same file object is hashed once (the real Hub stores its hashes too)
 def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -400,6 +402,11 @@ class HubServer:
         return 200, response_headers, data
 
 
+@functools.cache
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _tree_entries(files: dict[str, bytes], folder: str, recursive: bool) -> list[dict] | None:
     prefix = f"{folder.rstrip('/')}/" if folder else ""
     below = {p[len(prefix):]: d for p, d in files.items() if p.startswith(prefix)}
@@ -430,7 +437,7 @@ def _file_entry(path: str, data: bytes) -> dict:
     if not path.endswith(".parquet"):
         return {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
     # Stored whole here, but listed as the Hub lists LFS/Xet files: git holds a pointer, `lfs` the content hash.
-    sha256 = hashlib.sha256(data).hexdigest()
+    sha256 = _sha256(data)
     pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n".encode()
     lfs = {"oid": sha256, "size": len(data), "pointerSize": len(pointer)}
     return {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(pointer), "lfs": lfs}
