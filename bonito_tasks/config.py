@@ -201,8 +201,9 @@ class RunConfig(BaseModel):
         None, description="Also export the dataset (Parquet + card) to this s3://bucket/prefix; empty: no export."
     )
     require_approval: bool = Field(
-        False, description="Wait for a person to approve the validated examples (in the UI) before publishing; "
-        "a rejection or a timeout fails the run.")
+        False, description="Wait for a person to approve the validated examples (in the UI) before publishing, "
+        "also where the deployment does not ask for it (BONITO_REQUIRE_APPROVAL; off never lifts the deployment's "
+        "rule); a rejection or a timeout fails the run.")
     approval_timeout_minutes: float = Field(
         1440, gt=0, description="How long the approval waits for a decision before the run fails.")
 
