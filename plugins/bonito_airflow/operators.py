@@ -27,7 +27,15 @@ from bonito_airflow.alerts import Deadline
 from bonito_airflow.compat import under_task_supervisor
 from bonito_airflow.hooks import HuggingFaceHook, VllmServerHook
 from bonito_airflow.links import HuggingFaceDatasetLink
-from bonito_airflow.runtime import TaskRuntime, run_folder, stage_output, task_runtime
+from bonito_airflow.runtime import (
+    GenerateShardRef,
+    PartitionRef,
+    StageRef,
+    TaskRuntime,
+    run_folder,
+    stage_output,
+    task_runtime,
+)
 from bonito_airflow.schedule import resolve_run_values
 from bonito_airflow.templated import Templated, resolved
 from bonito_airflow.view.links import DataDocsLink, QualityReportLink
@@ -106,7 +114,8 @@ class BonitoPlanOperator(BonitoStageOperator):
 
     def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> list[dict[str, Any]]:
         context["ti"].xcom_push(key=STAGE_OUTPUT_KEY, value=super().to_xcom(context, rt, manifest))
-        return [{"manifest": manifest.uri, "partition": i} for i in range(manifest.metrics_as(PlanMetrics).partitions)]
+        return [PartitionRef(manifest=manifest.uri, partition=i).model_dump()
+                for i in range(manifest.metrics_as(PlanMetrics).partitions)]
 
 
 class BonitoExtractOperator(BonitoStageOperator):
@@ -123,9 +132,9 @@ class BonitoExtractOperator(BonitoStageOperator):
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.extract import extract_partition
 
-        partition = resolved(self.partition)
-        plan = rt.store.read_manifest(partition["manifest"])
-        return extract_partition(rt.store, rt.run, rt.config, plan, partition["partition"], rt.s3_client_kwargs)
+        partition = PartitionRef.model_validate(resolved(self.partition))
+        plan = rt.store.read_manifest(partition.manifest)
+        return extract_partition(rt.store, rt.run, rt.config, plan, partition.partition, rt.s3_client_kwargs)
 
 
 class BonitoCollectDocumentsOperator(BonitoStageOperator):
@@ -142,7 +151,7 @@ class BonitoCollectDocumentsOperator(BonitoStageOperator):
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.extract import collect_documents
 
-        manifests = [rt.store.read_manifest(ref["manifest"]) for ref in resolved(self.partitions)]
+        manifests = [rt.store.read_manifest(StageRef.model_validate(ref).manifest) for ref in resolved(self.partitions)]
         return collect_documents(rt.store, rt.run, rt.config, manifests)
 
 
@@ -160,11 +169,12 @@ class BonitoChunkOperator(BonitoStageOperator):
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.chunk import chunk_partition
 
-        ref = resolved(self.documents)
-        if not ref["counts"].get("documents"):  # every document already in the ledger
-            raise AirflowSkipException(f"no new documents ({ref['counts'].get('skipped_known', 0)} known)")
-        documents = rt.store.read_manifest(ref["manifest"])
-        return chunk_partition(rt.store, rt.run, rt.config, documents, resolved(self.partition)["partition"])
+        ref = StageRef.model_validate(resolved(self.documents))
+        if not ref.counts.get("documents"):  # every document already in the ledger
+            raise AirflowSkipException(f"no new documents ({ref.counts.get('skipped_known', 0)} known)")
+        documents = rt.store.read_manifest(ref.manifest)
+        partition = PartitionRef.model_validate(resolved(self.partition)).partition
+        return chunk_partition(rt.store, rt.run, rt.config, documents, partition)
 
 
 class BonitoPlanShardsOperator(BonitoStageOperator):
@@ -188,7 +198,7 @@ class BonitoPlanShardsOperator(BonitoStageOperator):
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.chunk import plan_shards
 
-        manifests = [rt.store.read_manifest(ref["manifest"]) for ref in resolved(self.partitions)]
+        manifests = [rt.store.read_manifest(StageRef.model_validate(ref).manifest) for ref in resolved(self.partitions)]
         return plan_shards(rt.store, rt.run, rt.config, manifests)
 
     def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> list[dict[str, Any]]:
@@ -196,8 +206,9 @@ class BonitoPlanShardsOperator(BonitoStageOperator):
 
         context["ti"].xcom_push(key=STAGE_OUTPUT_KEY, value=super().to_xcom(context, rt, manifest))
         refs = manifest.shards_of("chunks")
-        return [{"manifest": manifest.uri, "shard": i, "chunks": sum(refs[p].rows for p in generate_shard_parts(
-            manifest, i))} for i in range(manifest.metrics_as(ChunkMetrics).shards)]
+        return [GenerateShardRef(manifest=manifest.uri, shard=i,
+                                 chunks=sum(refs[p].rows for p in generate_shard_parts(manifest, i))).model_dump()
+                for i in range(manifest.metrics_as(ChunkMetrics).shards)]
 
 
 class BonitoGenerateOperator(BonitoStageOperator):
@@ -221,9 +232,9 @@ class BonitoGenerateOperator(BonitoStageOperator):
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.generate.run import generate_shard
 
-        chunk_shard = resolved(self.chunk_shard)
-        chunks = rt.store.read_manifest(chunk_shard["manifest"])
-        shard = chunk_shard["shard"]
+        chunk_shard = GenerateShardRef.model_validate(resolved(self.chunk_shard))
+        chunks = rt.store.read_manifest(chunk_shard.manifest)
+        shard = chunk_shard.shard
         with Deadline(context, f"generate shard {shard}", rt.config.generate_budget_minutes * 60):
             if rt.config.backend == "server":
                 with self._server_engine(rt.config) as engine:
@@ -267,8 +278,8 @@ class BonitoValidateOperator(BonitoStageOperator):
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
         from bonito_tasks.validate import validate
 
-        generated = [rt.store.read_manifest(ref["manifest"]) for ref in resolved(self.generated)]
-        chunks = rt.store.read_manifest(resolved(self.chunks)["manifest"])
+        generated = [rt.store.read_manifest(StageRef.model_validate(ref).manifest) for ref in resolved(self.generated)]
+        chunks = rt.store.read_manifest(StageRef.model_validate(resolved(self.chunks)).manifest)
         return validate(rt.store, rt.run, rt.config, generated, chunks=chunks)
 
 
@@ -302,9 +313,10 @@ class BonitoPublishOperator(BonitoStageOperator):
 
         token = HuggingFaceHook(self.hf_conn_id).get_token() if rt.config.hub_repo_id else None
         approval = resolved(self.approval)
+        examples, documents = (StageRef.model_validate(resolved(ref)) for ref in (self.examples, self.documents))
         return publish(
-            rt.store, rt.run, rt.config, rt.store.read_manifest(resolved(self.examples)["manifest"]),
-            rt.store.read_manifest(resolved(self.documents)["manifest"]), token, s3_client_kwargs=rt.s3_client_kwargs,
+            rt.store, rt.run, rt.config, rt.store.read_manifest(examples.manifest),
+            rt.store.read_manifest(documents.manifest), token, s3_client_kwargs=rt.s3_client_kwargs,
             approval=Approval(**approval) if approval else None,
         )
 
@@ -350,7 +362,7 @@ class BonitoLedgerOperator(BonitoOperator):
         from bonito_tasks.stage import StageWriter
 
         published = rt.store.exists(StageWriter(rt.store, rt.run, StageName.PUBLISH).manifest_key)
-        documents = rt.store.read_manifest(resolved(self.documents)["manifest"])
+        documents = rt.store.read_manifest(StageRef.model_validate(resolved(self.documents)).manifest)
         result = update_ledger(rt.store, rt.run, documents, rt.config, published=published)
         if published:  # the chunks this run generated from, for later runs' near-duplicate check
             from bonito_tasks.chunk.neardup import record_signatures

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow.sdk import Asset, conf
+from pydantic import BaseModel, ConfigDict, Field
 
 from bonito_airflow.hooks import S3ConnectionHook
 from bonito_airflow.schedule import run_values
@@ -62,11 +63,40 @@ def run_folder(config: RunConfig, dag_id: str, run_id: str) -> str:
     return root.uri(run_prefix(RunRef(dag_id=dag_id, run_id=run_id)))
 
 
+class StageRef(BaseModel):
+    """What a stage task returns to XCom: its manifest's URI and counts, never data (the publish
+    task adds where it published)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    manifest: str
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class PartitionRef(BaseModel):
+    """One entry of the plan task's XCom: extract and chunk are mapped over them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str  # the plan's
+    partition: int
+
+
+class GenerateShardRef(BaseModel):
+    """One entry of the plan_shards task's XCom: generate is mapped over them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str  # the chunk stage's
+    shard: int
+    chunks: int
+
+
 def stage_output(context: dict, manifest: Manifest, **extra: Any) -> dict[str, Any]:
     """What goes to XCom: the manifest URI and counts (rows per table and the stage's integer
     metrics), never data. The same goes into the extra of the event of each Asset among the task's
     outlets, so the asset's history leads to the run's artifacts."""
-    ref = {"manifest": manifest.uri, "counts": manifest.counts | manifest.metrics.counts(), **extra}
+    ref = StageRef(manifest=manifest.uri, counts=manifest.counts | manifest.metrics.counts(), **extra).model_dump()
     for outlet in context["task"].outlets:
         if isinstance(outlet, Asset):
             context["outlet_events"][outlet].extra = {"run_id": manifest.run_id, **ref}

@@ -211,7 +211,7 @@ def test_generate_delegates_one_shard(store):
     from bonito_airflow.operators import BonitoGenerateOperator
 
     chunks = _manifest(store, "chunk", ChunkMetrics())
-    op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 3})
+    op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 3, "chunks": 10})
     committed = _manifest(store, "generate", GenerateMetrics(), counts={"examples": 7}, partition="/shard-00003")
     with mock.patch("bonito_tasks.generate.run.generate_shard", return_value=committed) as generate_shard:
         result = op.execute(_context(store, op, n=2))
@@ -233,7 +233,7 @@ def test_server_backend_uses_connection_and_fails_fast_on_rejection(store, monke
     monkeypatch.setenv("AIRFLOW_CONN_GEN_SERVER", '{"conn_type": "http", "host": "http://127.0.0.1", "port": 8000, '
                                                   '"password": "sk-secret"}')
     chunks = _manifest(store, "chunk", ChunkMetrics())
-    op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 0},
+    op = BonitoGenerateOperator(task_id="generate", chunk_shard={"manifest": chunks.uri, "shard": 0, "chunks": 10},
                                 server_conn_id="gen_server")
     built = {}
 
