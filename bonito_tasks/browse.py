@@ -23,7 +23,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from bonito_tasks.contracts import MANIFEST_NAME, SCHEMA_VERSION, TABLES, Manifest, RunRef, StageName
+from bonito_tasks.contracts import (
+    MANIFEST_NAME,
+    REPLACED_PREFIX,
+    SCHEMA_VERSION,
+    TABLES,
+    Manifest,
+    RunRef,
+    StageName,
+)
 from bonito_tasks.store import ArtifactStore, run_prefix
 
 # Where each table's parts live, in the order a person reads them. `examples` are the validated
@@ -73,14 +81,36 @@ class Page:
 
 def table_parts(store: ArtifactStore, run: RunRef, table: str) -> tuple[str | None, list[str]]:
     """(stage, keys) of the Parquet parts of `table` in the run: those of the first stage in
-    TABLE_STAGES that holds any (committed or not: a failed validate leaves its quarantine part)."""
+    TABLE_STAGES that holds any. A committed stage's are the parts its manifest lists; before it
+    commits, those on disk, for the tables UNCOMMITTED allows (a failed validate leaves its
+    quarantine, but the examples its partitions passed are not validated until the run's verdict)."""
     if table not in TABLE_STAGES:
         raise UnknownTable(f"unknown table {table!r}; known: {', '.join(TABLE_STAGES)}")
     for stage in TABLE_STAGES[table]:
-        keys = [k for k in store.list(f"{run_prefix(run)}/{stage}") if k.endswith(f".{table}.parquet")]
+        keys = _stage_parts(store, run, stage, table)
         if keys:
             return stage, keys
     return None, []
+
+
+UNCOMMITTED: dict[str, tuple[str, ...]] = {StageName.VALIDATE: ("quarantine",)}
+
+
+def _stage_parts(store: ArtifactStore, run: RunRef, stage: str, table: str) -> list[str]:
+    prefix = f"{run_prefix(run)}/{stage}"
+    if store.exists(f"{prefix}/{MANIFEST_NAME}"):
+        try:
+            manifest = store.read_manifest(f"{prefix}/{MANIFEST_NAME}")
+        except (ValidationError, ValueError):  # an older version's manifest: what is on disk
+            pass
+        else:
+            return [f"{prefix}/{ref.path}" for ref in manifest.shards_of(table)]
+    if stage in UNCOMMITTED and table not in UNCOMMITTED[stage]:
+        return []
+    keys = [k for k in store.list(prefix) if k.endswith(f".{table}.parquet")]
+    # A partition's parts the reduce wrote again replace the partition's own.
+    replaced = {m.group(1) for k in keys if (m := re.search(rf"/{REPLACED_PREFIX}([^/]+)/", k))}
+    return [k for k in keys if not any(f"{prefix}/{folder}/" in k for folder in replaced)]
 
 
 def read_page(store: ArtifactStore, run: RunRef, table: str, *, offset: int = 0, limit: int = 20,

@@ -31,6 +31,9 @@ class StageName(StrEnum):
 
 MANIFEST_NAME = "_manifest.json"
 FAILURE_NAME = "_failure.json"  # what a stage that failed left instead of a manifest (see StageFailure)
+# <stage>/replaced-shard-NNNNN/: parts of a partition that the stage's reduce wrote again in their place
+# (validate moves rows repeating another shard's pair to the quarantine); its manifest lists them.
+REPLACED_PREFIX = "replaced-"
 
 DOCUMENTS = pa.schema(
     [
@@ -142,6 +145,19 @@ DUPLICATE_DOCUMENTS = pa.schema(
     ]
 )
 
+# One row per example of a validate partition, sorted by key: a 16-byte digest of its (input, output)
+# pair (two uint64 halves), its position in the generate shard, whether it passed the partition's
+# row checks, and its output length. The reduce finds repeats across partitions from these alone.
+EXAMPLE_KEYS = pa.schema(
+    [
+        pa.field("key_hi", pa.uint64(), nullable=False),
+        pa.field("key_lo", pa.uint64(), nullable=False),
+        pa.field("position", pa.int64(), nullable=False),
+        pa.field("passed", pa.bool_(), nullable=False),
+        pa.field("output_tokens", pa.int32(), nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "source_files": SOURCE_FILES,
     "duplicate_documents": DUPLICATE_DOCUMENTS,
@@ -152,6 +168,7 @@ TABLES: dict[str, pa.Schema] = {
     "examples": EXAMPLES,
     "dropped_generations": DROPPED_GENERATIONS,
     "quarantine": QUARANTINE,
+    "example_keys": EXAMPLE_KEYS,
 }
 
 
@@ -383,6 +400,27 @@ class QualitySummary(BaseModel):
     plots: dict[str, str] = Field(default_factory=dict)  # file name -> URI of each image
 
 
+class ValidateAggregate(BaseModel):
+    """What one validate partition (one generate shard) found, in numbers small enough for the
+    reduce to add up: the dataset-level expectations and the quality report are computed from these
+    (and from the partitions' `example_keys`), never from the rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shard: int | None = None  # None: the whole run (the partitions added up)
+    rows: int = 0
+    passed: int = 0
+    repeats: int = 0  # rows repeating an (input, output) pair of an earlier row of the same shard
+    failed_expectations: dict[str, int] = Field(default_factory=dict)  # expectation -> rows quarantined
+    parse_failures: dict[str, int] = Field(default_factory=dict)  # of the generate shard
+    dropped_generations: int = 0
+    # task type -> output length (tokens) -> [passed rows, quarantined rows]
+    lengths: dict[str, dict[int, tuple[int, int]]] = Field(default_factory=dict)
+    labels: dict[str, dict[str, int]] = Field(default_factory=dict)  # task type -> label -> passed rows
+    unit: str = ""  # what `lengths` count: tokens of the model's tokenizer, or the bytes / 4 estimate
+    row_result: dict[str, Any] = Field(default_factory=dict)  # the row suite's GX result over the shard
+
+
 class ValidateMetrics(_Metrics):
     VOLATILE = frozenset({"validation_s"})
 
@@ -394,6 +432,7 @@ class ValidateMetrics(_Metrics):
     expectations: list[ExpectationOutcome] = Field(default_factory=list)
     validation_s: float = 0.0
     quality: QualitySummary = Field(default_factory=QualitySummary)
+    aggregate: ValidateAggregate | None = None  # a partition's (the stage's own manifest has none)
 
 
 class PublishedFile(BaseModel):

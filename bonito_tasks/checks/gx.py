@@ -70,7 +70,7 @@ def run_suite(context, source, asset: str, suite, frame, name: str | None = None
     )
     result = definition.run(batch_parameters={"dataframe": frame}, result_format=RESULT_FORMAT).to_json_dict()
     position = {e.meta["name"]: i for i, e in enumerate(suite.expectations)}
-    summaries = sorted((_summarize(r) for r in result["results"]), key=lambda e: position[e["name"]])
+    summaries = sorted((summarize(r) for r in result["results"]), key=lambda e: position[e["name"]])
     for r in result["results"]:
         for key in _BULKY_RESULT_KEYS:
             (r.get("result") or {}).pop(key, None)
@@ -113,7 +113,7 @@ def ephemeral_context(docs_dir: Path | None = None):
     return gx.get_context(mode="ephemeral", project_config=project_config)
 
 
-def _summarize(expectation_result: dict[str, Any]) -> dict[str, Any]:
+def summarize(expectation_result: dict[str, Any]) -> dict[str, Any]:
     """The part of one GX expectation result a person (or the quarantine) needs, under its name."""
     config = expectation_result["expectation_config"]
     kwargs = config["kwargs"]

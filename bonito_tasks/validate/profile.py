@@ -137,11 +137,14 @@ def _copies_context(text: str, context: str | None) -> bool:
     return len(rest.strip().encode()) < MIN_INSTRUCTION_TOKENS * BYTES_PER_TOKEN
 
 
-def row_profile(examples: pa.Table, chunks: pa.Table, label_tasks: list[str], shape_tasks: list[str]) -> pa.Table:
+def row_profile(examples: pa.Table, chunks: pa.Table, label_tasks: list[str], shape_tasks: list[str],
+                repeats: np.ndarray | None = None) -> pa.Table:
     """The derived columns the row suite checks, one row per example in the same order.
 
-    `chunks` holds (chunk_id, text) of the run's chunk stage; `label_tasks` and `shape_tasks` are the
-    task types whose outputs get a `label__<task>` / `label_tokens__<task>` column.
+    `chunks` holds (chunk_id, text) of the run's chunk stage (at least of the examples' chunks);
+    `label_tasks` and `shape_tasks` are the task types whose outputs get a `label__<task>` /
+    `label_tokens__<task>` column. `repeats`: which rows repeat an earlier (input, output) pair, when
+    the caller knows (a partition of the run: by their keys); else found among these rows.
     """
     n = examples.num_rows
     columns: dict[str, pa.Array] = {}
@@ -153,7 +156,7 @@ def row_profile(examples: pa.Table, chunks: pa.Table, label_tasks: list[str], sh
     columns["task_type"] = task_type
     columns["input_tokens"] = tokens(inputs)
     columns["output_tokens"] = tokens(outputs)
-    columns["repeats_input_output"] = pa.array(_duplicate_repeats(inputs, outputs))
+    columns["repeats_input_output"] = pa.array(_duplicate_repeats(inputs, outputs) if repeats is None else repeats)
 
     # Join each example to its chunk's text.
     chunk_index = pc.index_in(pc.fill_null(examples["chunk_id"].combine_chunks(), ""), value_set=chunks["chunk_id"])

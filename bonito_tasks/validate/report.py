@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bonito_tasks.contracts import GenerateMetrics, LengthStats, Manifest, QualitySummary
+from bonito_tasks.contracts import GenerateMetrics, LengthStats, Manifest, QualitySummary, ValidateAggregate
 
 TOP_LABELS = 10
 HIST_BINS = 12
@@ -28,44 +28,103 @@ def quality_report(
     profile: pa.Table, passed: np.ndarray, failed_by_row: dict[int, list[str]], generated: list[Manifest],
     label_tasks: list[str], output_tokens: np.ndarray | None = None, tokenizer: str | None = None,
 ) -> tuple[QualitySummary, dict[str, bytes]]:
-    """(summary, files): the summary goes into the validate manifest's metrics; files are
-    quality.html, summary.json and the plots *.svg. `output_tokens`: each row's output length in
-    tokens of the model `tokenizer` (bonito_tasks.tokens.count_tokens); None: the profile's
-    estimate (UTF-8 bytes / 4)."""
-    rows = len(passed)
+    """(summary, files) of a whole examples table in memory: its numbers (`run_numbers`), then
+    `run_report`. `output_tokens`: each row's output length in tokens of the model `tokenizer`
+    (bonito_tasks.tokens.count_tokens); None: the profile's estimate (UTF-8 bytes / 4)."""
     parse_failures: Counter = Counter()
     for manifest in generated:
         parse_failures.update(manifest.metrics_as(GenerateMetrics).parse_failures)
-    failed = Counter(name for names in failed_by_row.values() for name in names)
-    task_type = profile["task_type"].to_numpy(zero_copy_only=False)
     if output_tokens is None:
-        output_tokens, unit = profile["output_tokens"].to_numpy(zero_copy_only=False), "tokens, estimated as bytes / 4"
+        output_tokens, unit = profile["output_tokens"].to_numpy(zero_copy_only=False), ESTIMATED_UNIT
     else:
         unit = f"tokens of {tokenizer}" if tokenizer else "tokens"
-    lengths = {}
-    for task in sorted(set(task_type)):
-        values = output_tokens[task_type == task]
-        lengths[task] = LengthStats(rows=len(values), median=float(np.median(values)),
-                                    p95=float(np.percentile(values, 95)), max=int(values.max()))
-    histograms = output_length_histograms(output_tokens, task_type, passed)
+    numbers = run_numbers(profile, passed, failed_by_row, output_tokens, label_tasks)
+    numbers.parse_failures = dict(parse_failures)
+    numbers.dropped_generations = sum(m.rows_of("dropped_generations") for m in generated)
+    return run_report(numbers, label_tasks, unit)
+
+
+ESTIMATED_UNIT = "tokens, estimated as bytes / 4"
+
+
+def run_numbers(profile: pa.Table, passed: np.ndarray, failed_by_row: dict[int, list[str]],
+                output_tokens: np.ndarray, label_tasks: list[str]) -> ValidateAggregate:
+    """What the report and the dataset suite need of some rows, in numbers that add up across
+    partitions: rows, passed rows, repeats, quarantine reasons, output lengths and labels."""
+    task_type = profile["task_type"].to_numpy(zero_copy_only=False)
     labels = {}
     for task in label_tasks:
         column = profile[f"label__{task}"].combine_chunks().filter(pa.array(passed))
-        counts = pc.value_counts(column.drop_null()).to_pylist()
-        ranked = sorted(((c["values"], c["counts"]) for c in counts), key=lambda item: (-item[1], item[0]))
+        labels[task] = {c["values"]: c["counts"] for c in pc.value_counts(column.drop_null()).to_pylist()}
+    return ValidateAggregate(
+        rows=len(passed), passed=int(passed.sum()),
+        repeats=int(profile["repeats_input_output"].to_numpy(zero_copy_only=False).sum()),
+        failed_expectations=dict(Counter(name for names in failed_by_row.values() for name in names)),
+        lengths=length_counts(np.asarray(output_tokens), task_type, passed), labels=labels,
+    )
+
+
+LengthCounts = dict[str, dict[int, tuple[int, int]]]  # task type -> output length -> (passed, quarantined) rows
+
+
+def length_counts(tokens: np.ndarray, task_type: np.ndarray, passed: np.ndarray) -> LengthCounts:
+    """task type -> output length -> (passed rows, quarantined rows)."""
+    counts: LengthCounts = {}
+    for task in sorted(set(task_type)):
+        mask = task_type == task
+        values, ok = tokens[mask].astype(np.int64), passed[mask]
+        kept = dict(zip(*np.unique(values[ok], return_counts=True)))
+        quarantined = dict(zip(*np.unique(values[~ok], return_counts=True)))
+        counts[task] = {int(v): (int(kept.get(v, 0)), int(quarantined.get(v, 0)))
+                        for v in sorted({*kept, *quarantined})}
+    return counts
+
+
+def add_numbers(total: ValidateAggregate, part: ValidateAggregate) -> None:
+    """Add `part`'s numbers to `total` (in place)."""
+    total.rows += part.rows
+    total.passed += part.passed
+    total.repeats += part.repeats
+    total.dropped_generations += part.dropped_generations
+    for mine, theirs in ((total.failed_expectations, part.failed_expectations),
+                         (total.parse_failures, part.parse_failures)):
+        for name, n in theirs.items():
+            mine[name] = mine.get(name, 0) + n
+    for task, counts in part.lengths.items():
+        mine_lengths = total.lengths.setdefault(task, {})
+        for value, (kept, quarantined) in counts.items():
+            old = mine_lengths.get(value, (0, 0))
+            mine_lengths[value] = (old[0] + kept, old[1] + quarantined)
+    for task, labels in part.labels.items():
+        mine_labels = total.labels.setdefault(task, {})
+        for label, n in labels.items():
+            mine_labels[label] = mine_labels.get(label, 0) + n
+
+
+def run_report(numbers: ValidateAggregate, label_tasks: list[str], unit: str = ESTIMATED_UNIT
+               ) -> tuple[QualitySummary, dict[str, bytes]]:
+    """(summary, files) from a run's numbers: the summary goes into the validate manifest's
+    metrics; files are quality.html, summary.json and the plots *.svg. `unit`: what the output
+    lengths count."""
+    rows = numbers.rows
+    lengths = {task: length_stats(counts) for task, counts in sorted(numbers.lengths.items())}
+    labels = {}
+    for task in label_tasks:
+        ranked = sorted(numbers.labels.get(task, {}).items(), key=lambda item: (-item[1], item[0]))
         labels[task] = dict(ranked[:TOP_LABELS])
     summary = QualitySummary(
         rows=rows,
-        passed=int(passed.sum()),
-        quarantined=rows - int(passed.sum()),
-        pass_rate=round(float(passed.mean()), 6) if rows else 0.0,
-        duplicate_rate=round(float(profile["repeats_input_output"].to_numpy().mean()), 6) if rows else 0.0,
-        failed_expectations=dict(failed.most_common()),
-        parse_failures=dict(parse_failures.most_common()),
-        dropped_generations=sum(m.rows_of("dropped_generations") for m in generated),
+        passed=numbers.passed,
+        quarantined=rows - numbers.passed,
+        pass_rate=round(numbers.passed / rows, 6) if rows else 0.0,
+        duplicate_rate=round(numbers.repeats / rows, 6) if rows else 0.0,
+        failed_expectations=dict(Counter(numbers.failed_expectations).most_common()),
+        parse_failures=dict(Counter(numbers.parse_failures).most_common()),
+        dropped_generations=numbers.dropped_generations,
         output_tokens=lengths,
         labels=labels,
     )
+    histograms = {task: _histogram(counts, HIST_BINS) for task, counts in sorted(numbers.lengths.items())}
     plots = {
         "output_tokens.svg": _length_panels(f"Output length per task type ({unit})", histograms, unit),
         "labels.svg": _panels("Label distribution per task type (passing rows)",
@@ -81,26 +140,45 @@ def quality_report(
     return summary, files
 
 
+def length_stats(counts: dict[int, tuple[int, int]]) -> LengthStats:
+    """Rows, median, 95th percentile (numpy's linear method) and max of lengths given as counts."""
+    values = np.array(sorted(counts), dtype=np.int64)
+    ends = np.cumsum([sum(counts[int(v)]) for v in values])
+    n = int(ends[-1])
+
+    def at(i: int) -> float:
+        return float(values[np.searchsorted(ends, i, side="right")])
+
+    def percentile(q: float) -> float:
+        h = (n - 1) * (q / 100)
+        below = int(np.floor(h))
+        a, b, t = at(below), at(min(below + 1, n - 1)), h - below
+        return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t  # numpy's _lerp
+
+    return LengthStats(rows=n, median=percentile(50), p95=percentile(95), max=int(values[-1]))
+
+
 def output_length_histograms(tokens: np.ndarray, task_type: np.ndarray, passed: np.ndarray,
                              bins: int = HIST_BINS) -> dict[str, list[tuple[str, int, int]]]:
     """Per task type, `(range, passed, quarantined)` rows: at most `bins` integer ranges of one
     width from the shortest output to the longest ("12-15", or "7" for a width of one), each with
     the rows that passed and the rows quarantined whose output length falls in it."""
-    histograms = {}
-    for task in sorted(set(task_type)):
-        mask = task_type == task
-        values, ok = tokens[mask].astype(np.int64), passed[mask]
-        low, high = int(values.min()), int(values.max())
-        width = max(1, math.ceil((high - low + 1) / bins))
-        index = (values - low) // width
-        n = int(index.max()) + 1
-        kept, quarantined = np.bincount(index[ok], minlength=n), np.bincount(index[~ok], minlength=n)
-        rows = []
-        for i in range(n):
-            first, last = low + i * width, min(high, low + (i + 1) * width - 1)
-            rows.append((str(first) if first == last else f"{first}-{last}", int(kept[i]), int(quarantined[i])))
-        histograms[task] = rows
-    return histograms
+    return {task: _histogram(counts, bins) for task, counts in length_counts(tokens, task_type, passed).items()}
+
+
+def _histogram(counts: dict[int, tuple[int, int]], bins: int) -> list[tuple[str, int, int]]:
+    values = np.array(sorted(counts), dtype=np.int64)
+    low, high = int(values.min()), int(values.max())
+    width = max(1, math.ceil((high - low + 1) / bins))
+    index = (values - low) // width
+    n = int(index.max()) + 1
+    kept = np.bincount(index, weights=[counts[int(v)][0] for v in values], minlength=n)
+    quarantined = np.bincount(index, weights=[counts[int(v)][1] for v in values], minlength=n)
+    rows = []
+    for i in range(n):
+        first, last = low + i * width, min(high, low + (i + 1) * width - 1)
+        rows.append((str(first) if first == last else f"{first}-{last}", int(kept[i]), int(quarantined[i])))
+    return rows
 
 
 def _length_panels(title: str, histograms: dict[str, list[tuple[str, int, int]]], unit: str) -> str:

@@ -5,6 +5,8 @@ Every expectation carries a stable name in `meta["name"]` (results, metrics, the
 - `contract`: the producer broke the table contract (a null in a non-nullable column); the run fails.
 - `row`: a failing row goes to quarantine; the other rows go on.
 - `dataset` (the second suite): thresholds over the whole run, from params; a breach fails the run.
+  It runs on the dataset summary, one row of numbers computed from the row checks' outcome
+  (`dataset_summary`): a partitioned validate adds them up from its partitions' aggregates.
 
 The row suite runs on the row profile (see profile.py), not on the raw text.
 
@@ -30,6 +32,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import EXAMPLES
 from bonito_tasks.format import CONTEXT_PLACEHOLDER, MARKERS
@@ -41,7 +45,7 @@ if TYPE_CHECKING:
 
 EXAMPLES_SUITE = "bonito_examples"
 DATASET_SUITE = "bonito_examples_dataset"
-SUITE_VERSION = "3"
+SUITE_VERSION = "4"
 
 LABEL_SETS: dict[str, list[str]] = {
     "ynqa": ["yes", "no"],
@@ -128,8 +132,10 @@ def example_expectations(config: RunConfig) -> list[Expectation]:
 
 
 def dataset_expectations(config: RunConfig, share_tasks: list[str]) -> list[Expectation]:
-    """Thresholds over the dataset profile: columns `passed` and `repeat` (0/1 per row) and
-    `label_share__<task>` (share of the row's label among the task's passing rows)."""
+    """Thresholds over the dataset summary (one row): `passed` (the share of rows that passed every
+    row-level expectation), `passed_rows` (how many), `repeat` (the share of rows repeating an
+    (input, output) pair) and `label_share__<task>` (the largest share of one label among the task's
+    passing rows)."""
     import great_expectations.expectations as gxe
 
     expectations: list[Expectation] = [
@@ -138,7 +144,7 @@ def dataset_expectations(config: RunConfig, share_tasks: list[str]) -> list[Expe
             description=f"at least {config.min_pass_rate:.0%} of the rows pass every row-level expectation",
         ),
         gxe.ExpectColumnSumToBeBetween(
-            column="passed", min_value=config.min_rows, meta=_meta("min_rows", "dataset"),
+            column="passed_rows", min_value=config.min_rows, meta=_meta("min_rows", "dataset"),
             description=f"at least {config.min_rows} rows pass",
         ),
         gxe.ExpectColumnMeanToBeBetween(
@@ -155,6 +161,23 @@ def dataset_expectations(config: RunConfig, share_tasks: list[str]) -> list[Expe
         for task in share_tasks
     ]
     return expectations
+
+
+def dataset_summary(rows: int, passed: int, repeats: int, label_counts: dict[str, dict[str, int]]
+                    ) -> tuple[pa.Table, list[str]]:
+    """The one-row table the dataset suite checks, and the task types whose label share it checks
+    (classification tasks with at least LABEL_SHARE_MIN_ROWS passing rows). `label_counts`: task
+    type -> label -> passing rows."""
+    columns = {"passed": [passed / rows if rows else 0.0], "passed_rows": [passed],
+               "repeat": [repeats / rows if rows else 0.0]}
+    share_tasks = []
+    for task, counts in label_counts.items():
+        labelled = sum(counts.values())
+        if task not in CLASSIFICATION or labelled < LABEL_SHARE_MIN_ROWS:
+            continue
+        columns[f"label_share__{task}"] = [max(counts.values()) / labelled]
+        share_tasks.append(task)
+    return pa.table(columns), share_tasks
 
 
 def build_examples_suite(config: RunConfig) -> ExpectationSuite:

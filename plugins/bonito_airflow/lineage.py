@@ -42,8 +42,8 @@ PROFILE_SOURCES: dict[str, str | None] = {
     "task_type": "task_type", "input_tokens": "input", "output_tokens": "output", "input_has_markup": "input",
     "output_has_markup": "output", "copies_context": "input", "answer_in_context": "output",
     "answer_in_options": "output", "chunk_found": "chunk_id", "repeats_input_output": None,
-    # the dataset suite's profile: one value per row of the whole table
-    "passed": None, "repeat": None,
+    # the dataset suite's summary: one row of numbers over the whole table
+    "passed": None, "passed_rows": None, "repeat": None,
 }
 
 

@@ -43,7 +43,9 @@ def test_stage_datasets_name_what_is_on_disk(tmp_path):
             assert list(Path("/").glob(dataset.name.lstrip("/"))), dataset.name
             table = dataset.name.rsplit(".", 2)[-2]
             assert dataset.outputFacets["outputStatistics"].rowCount == stage.counts[table]
-    assert {d.name.rsplit("/", 1)[1] for d in table_datasets(manifest, output=True)} == {"part-00000.examples.parquet"}
+    # validate's examples are its partitions' parts, one partition per generate shard
+    assert {d.name.split("/validate/", 1)[1] for d in table_datasets(manifest, output=True)} == {
+        "shard-*/part-*.examples.parquet"}
 
 
 def test_every_column_an_assertion_names_is_in_the_examples_schema(tmp_path):

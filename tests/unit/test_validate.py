@@ -124,7 +124,10 @@ def test_clean_examples_pass_with_docs_and_report_and_a_rerun_reuses_the_manifes
     expected = pa.concat_tables([store.read_table(m, "examples") for m in shards])
     assert store.read_table(manifest, "examples").equals(expected)
     assert manifest.counts == {"examples": 50} and manifest.metrics.examples_in == 50
-    assert manifest.input_manifest_sha256 == [m.content_sha256 for m in [*shards, chunk_stage(store)]]
+    partitions = [StageWriter(store, RUN, "validate", partition=i).committed() for i in range(2)]
+    assert manifest.input_manifest_sha256 == [p.content_sha256 for p in partitions]  # the reduce reads those
+    assert [p.input_manifest_sha256 for p in partitions] == [[m.content_sha256, chunk_stage(store).content_sha256]
+                                                             for m in shards]
     assert manifest.metrics.suite.name == EXAMPLES_SUITE and manifest.metrics.suite.version == SUITE_VERSION
     assert all(e.success for e in manifest.metrics.expectations)
     names = [e.name for e in manifest.metrics.expectations]
@@ -247,8 +250,10 @@ class ContractBreakingStore(LocalStore):
         super().__init__(root)
         self.examples = examples
 
-    def read_table(self, manifest, table, columns=None):
-        return self.examples if table == "examples" else super().read_table(manifest, table, columns)
+    def read_shard(self, manifest, table, index, columns=None):
+        if table == "examples" and manifest.stage == "generate":
+            return self.examples.select(columns) if columns else self.examples
+        return super().read_shard(manifest, table, index, columns)
 
 
 def test_a_null_breaks_the_contract_and_fails_the_run(tmp_path):
@@ -290,14 +295,18 @@ def test_zero_rows_fails_with_a_clear_message(store, tmp_path):
 
 
 def test_the_chunks_are_an_input_of_validate(store, tmp_path):
-    """Validate is handed the chunk manifest and hashes it: new chunks redo the check."""
+    """Validate is handed the chunk manifest and hashes it: new chunks redo the row checks."""
     config = run_config(tmp_path)
     shard = commit_generate_shard(store, clean_rows(10))
+    before = chunk_stage(store).content_sha256
     first = validate(store, RUN, config, [shard], chunk_stage(store))
     assert validate(store, RUN, config, [shard], chunk_stage(store)) == first
     rechunked = commit_chunks(store, 100)
     again = validate(store, RUN, config, [shard], rechunked)
-    assert again.input_manifest_sha256[-1] == rechunked.content_sha256 != first.input_manifest_sha256[-1]
+    partition = StageWriter(store, RUN, "validate", partition=0).committed()
+    assert partition.input_manifest_sha256[-1] == rechunked.content_sha256 != before
+    # The partition redid its checks against the new chunks; the same outcome keeps the reduce's manifest.
+    assert again.input_manifest_sha256 == [partition.content_sha256] == first.input_manifest_sha256
 
 
 def test_expectation_names_are_unique_and_cover_every_column(tmp_path):
