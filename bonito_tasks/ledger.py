@@ -42,10 +42,11 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import TABLES, Manifest, RunRef, canonical_json, sha256_hex
-from bonito_tasks.parts import PartsFolder, part_bytes
+from bonito_tasks.parts import Compaction, PartsFolder, part_bytes
 from bonito_tasks.stage import code_version
 from bonito_tasks.store import ArtifactStore, safe_segment
 
@@ -323,8 +324,24 @@ def _read_shard(store: ArtifactStore, manifest: Manifest, table: str, shard: int
         return part.append_column(newer, pa.nulls(part.num_rows, TABLES[table].field(newer).type))
 
 
+class LedgerUpdate(BaseModel):
+    """What the ledger task recorded (its XCom): the ledger part written (None: nothing to record),
+    documents and rejects recorded, the compaction; and, after a publish, the near-duplicate
+    signatures recorded for later runs (chunk/neardup.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ledger_part: str | None = None
+    recorded: int = 0
+    rejects_recorded: int = 0
+    compaction: Compaction = Field(default_factory=Compaction)
+    neardup_part: str | None = None
+    signatures_recorded: int = 0
+    neardup_compaction: Compaction | None = None
+
+
 def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest, config: RunConfig, *,
-                  published: bool = True, compact_after: int = COMPACT_AFTER_PARTS) -> dict:
+                  published: bool = True, compact_after: int = COMPACT_AFTER_PARTS) -> LedgerUpdate:
     """Record a run's extract output: each document as done for the task types it was processed
     for (its `pending_task_types`, null: all of the run's) into the run's processing target, and
     each remembered reject. Call only after publish succeeded; with `published=False` (publish
@@ -352,21 +369,21 @@ def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest, config
                 rejects_recorded += 1
                 add(REJECT, key, scope, None, reason, uri)
 
-    result: dict[str, Any] = {"ledger_part": None, "recorded": documents_recorded, "rejects_recorded": rejects_recorded}
+    result = LedgerUpdate(recorded=documents_recorded, rejects_recorded=rejects_recorded)
     if columns["kind"]:
-        result["ledger_part"] = write_part(store, run, pa.table(columns, schema=LEDGER),
-                                           {target: processing_target(config)})
+        result.ledger_part = write_part(store, run, pa.table(columns, schema=LEDGER),
+                                        {target: processing_target(config)})
     try:
-        result["compaction"] = compact_ledger(store, run.dag_id, max_parts=compact_after)
+        result.compaction = compact_ledger(store, run.dag_id, max_parts=compact_after)
     except Exception as err:  # housekeeping: the part is written, the next run compacts
         log.warning("ledger compaction failed (the next run tries again): %s: %s", type(err).__name__, err)
-        result["compaction"] = {"error": f"{type(err).__name__}: {err}"}
+        result.compaction = Compaction(error=f"{type(err).__name__}: {err}")
     log.info("ledger: recorded %d document(s) for target %s and %d reject(s) in %s", documents_recorded,
-             target[:12], rejects_recorded, result["ledger_part"] or "no part (nothing to record)")
+             target[:12], rejects_recorded, result.ledger_part or "no part (nothing to record)")
     return result
 
 
-def compact_ledger(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PARTS) -> dict:
+def compact_ledger(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PARTS) -> Compaction:
     """Replace the live parts by one compacted part, the de-duplicated union of their facts, when
     there are more than `max_parts` (the protocol of parts.py: any crash point leaves a correct ledger)."""
     folder = _parts(store, dag_id)

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
 from bonito_tasks.contracts import canonical_json, sha256_hex
 from bonito_tasks.store import ArtifactStore, StoreError
@@ -34,6 +35,20 @@ T = TypeVar("T")
 
 class Vanished(Exception):
     """A listed part disappeared before it was read (a compaction deleted it)."""
+
+
+class Compaction(BaseModel):
+    """What a compaction did: the live parts after it, the parts it replaced (0: none), the rows
+    and name of the compacted part, the leftovers of an earlier crash it deleted; or its error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    live_parts: int = 0
+    compacted_parts: int = 0
+    rows: int = 0
+    compact_part: str | None = None
+    leftovers_deleted: int = 0
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,15 +114,16 @@ class PartsFolder:
         self.store.write_bytes(key, data)
         return key
 
-    def compact(self, max_parts: int, merge: Callable[[list[str]], tuple[pa.Table, dict[bytes, bytes]]]) -> dict:
+    def compact(self, max_parts: int, merge: Callable[[list[str]], tuple[pa.Table, dict[bytes, bytes]]]
+                ) -> Compaction:
         """Replace the live parts by one compacted part when there are more than `max_parts`:
         `merge(live keys)` gives its rows and footer metadata. Always deletes leftovers."""
 
-        def run(snap: Snapshot) -> dict:
+        def run(snap: Snapshot) -> Compaction:
             if len(snap.live) <= max_parts:
                 for key in snap.covered:  # a present compacted part holds their rows
                     self.store.delete(key)
-                return {"live_parts": len(snap.live), "compacted_parts": 0, "leftovers_deleted": len(snap.covered)}
+                return Compaction(live_parts=len(snap.live), leftovers_deleted=len(snap.covered))
             table, metadata = merge(snap.live)
             replaces = sorted(name_of(k) for k in snap.live + snap.covered)
             key = f"{self.prefix}/{COMPACT}{sha256_hex(canonical_json(replaces))[:16]}.parquet"
@@ -118,6 +134,6 @@ class PartsFolder:
                     self.store.delete(old)
             log.info("compacted %d part(s) under %s into %s (%d rows)", len(replaces), self.prefix, name_of(key),
                      table.num_rows)
-            return {"live_parts": 1, "compacted_parts": len(replaces), "rows": table.num_rows, "compact_part": key}
+            return Compaction(live_parts=1, compacted_parts=len(replaces), rows=table.num_rows, compact_part=key)
 
         return self.scanned(run)

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 from bonito_tasks import minhash
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import CHUNK_SIGNATURES, Manifest, RunRef, StageName, canonical_json, sha256_hex
-from bonito_tasks.ledger import target_key
-from bonito_tasks.parts import PART, PartsFolder, Snapshot, name_of
+from bonito_tasks.ledger import LedgerUpdate, target_key
+from bonito_tasks.parts import PART, Compaction, PartsFolder, Snapshot, name_of
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import ArtifactStore, safe_segment
 
@@ -192,13 +192,14 @@ def sketch_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return data[column.offset * SKETCH_PERM:].reshape(len(column), SKETCH_PERM)
 
 
-def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> dict:
+def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> LedgerUpdate:
     """Record the signatures of the chunks this run generated from (the chunk stage's
     `chunk_signatures`) for later runs. Call only after publish succeeded (the ledger task does).
-    Idempotent: a retry writes the same part. Then compacts past COMPACT_AFTER_PARTS parts."""
+    Idempotent: a retry writes the same part. Then compacts past COMPACT_AFTER_PARTS parts. Returns
+    the ledger task's fields about signatures (neardup_part, signatures_recorded, neardup_compaction)."""
     chunks = StageWriter(store, run, StageName.CHUNK).committed()
     if chunks is None or not chunks.shards_of("chunk_signatures"):
-        return {"neardup_part": None, "signatures_recorded": 0}
+        return LedgerUpdate()
     table = store.read_table(chunks, "chunk_signatures", columns=["signature", "task_types"])
     task_types = [sorted(t) if t else sorted(config.task_types) for t in table["task_types"].to_pylist()]
     sketch = sketch_of(signature_matrix(table["signature"]))
@@ -215,16 +216,17 @@ def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> d
         if name_of(old).startswith(f"{PART}{safe_segment(run.run_id)}-") and name_of(old) != f"{PART}{name}.parquet":
             store.delete(old)
     key = folder.write(name, data)
-    result = {"neardup_part": key, "signatures_recorded": part.num_rows}
+    result = LedgerUpdate(neardup_part=key, signatures_recorded=part.num_rows)
     try:
-        result["neardup_compaction"] = compact(store, run.dag_id)
+        result.neardup_compaction = compact(store, run.dag_id)
     except Exception as err:  # housekeeping: the next run compacts
         log.warning("near-duplicate signature compaction failed: %s: %s", type(err).__name__, err)
+        result.neardup_compaction = Compaction(error=f"{type(err).__name__}: {err}")
     log.info("near-duplicates: recorded %d chunk signature(s) in %s", part.num_rows, key)
     return result
 
 
-def compact(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PARTS) -> dict:
+def compact(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PARTS) -> Compaction:
     """One compacted part for the live parts when there are more than `max_parts` (parts.py)."""
     folder = _parts(store, dag_id)
 

@@ -367,8 +367,10 @@ class BonitoLedgerOperator(BonitoOperator):
         if published:  # the chunks this run generated from, for later runs' near-duplicate check
             from bonito_tasks.chunk.neardup import record_signatures
 
-            result |= record_signatures(rt.store, rt.run, rt.config)
-        return result
+            signatures = record_signatures(rt.store, rt.run, rt.config)
+            result.neardup_part, result.signatures_recorded = signatures.neardup_part, signatures.signatures_recorded
+            result.neardup_compaction = signatures.neardup_compaction
+        return result.model_dump(mode="json")
 
 
 class BonitoSummaryOperator(BonitoOperator):

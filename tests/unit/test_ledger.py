@@ -165,7 +165,7 @@ def test_retry_does_not_append_twice_and_concurrent_runs_keep_both(tmp_path):
     manifests = [extract(store, run, config) for run, config in zip(runs, configs)]
     first = update_ledger(store, runs[0], manifests[0], configs[0])
     again = update_ledger(store, runs[0], manifests[0], configs[0])  # a retry
-    assert again["recorded"] == first["recorded"] and again["ledger_part"] == first["ledger_part"]
+    assert again.recorded == first.recorded and again.ledger_part == first.ledger_part
     threads = [threading.Thread(target=update_ledger, args=(store, r, m, c))
                for r, m, c in zip(runs, manifests, configs)]
     for t in threads:
@@ -173,8 +173,8 @@ def test_retry_does_not_append_twice_and_concurrent_runs_keep_both(tmp_path):
     for t in threads:
         t.join()
     assert len(live_parts(store, DAG)) == 2
-    assert len(load_ledger(store, DAG, configs[0])) == first["recorded"] + 1
-    assert read_ledger(store, DAG).num_rows == first["recorded"] + 1
+    assert len(load_ledger(store, DAG, configs[0])) == first.recorded + 1
+    assert read_ledger(store, DAG).num_rows == first.recorded + 1
 
 
 def test_a_run_that_published_nothing_records_only_its_rejects(tmp_path):
@@ -183,7 +183,7 @@ def test_a_run_that_published_nothing_records_only_its_rejects(tmp_path):
     store = LocalStore(tmp_path / "store")
     run, config = RunRef(dag_id=DAG, run_id="r"), make_config(tmp_path, source=str(tmp_path / "src"))
     result = update_ledger(store, run, extract(store, run, config), config, published=False)
-    assert result["recorded"] == 0 and result["rejects_recorded"] == 1
+    assert result.recorded == 0 and result.rejects_recorded == 1
     assert set(read_ledger(store, DAG)["kind"].to_pylist()) == {"reject"}
 
 
@@ -315,7 +315,7 @@ def test_an_extract_committed_before_the_upgrade_is_recorded_for_every_task_type
 
     monkeypatch.setattr(store, "read_shard", before_the_upgrade)
     result = update_ledger(store, run, manifest, config)
-    assert result["recorded"] == len(files) and result["rejects_recorded"] == 0
+    assert result.recorded == len(files) and result.rejects_recorded == 0
     assert read_ledger(store, DAG).num_rows == 2 * len(files)
 
 
@@ -355,9 +355,9 @@ def test_compaction_past_the_threshold_keeps_every_fact_once(tmp_path):
     config = ledger_with_parts(store, tmp_path, 6)
     before = read_ledger(store, DAG)
     assert before.num_rows == 6 * 3 and raw_rows(store) == 6 * 3 + 5  # part 0's first document is in every part
-    assert compact_ledger(store, DAG, max_parts=6)["compacted_parts"] == 0  # not past the threshold
+    assert compact_ledger(store, DAG, max_parts=6).compacted_parts == 0  # not past the threshold
     result = compact_ledger(store, DAG, max_parts=5)
-    assert result["compacted_parts"] == 6 and result["rows"] == 18
+    assert result.compacted_parts == 6 and result.rows == 18
     assert len(live_parts(store, DAG)) == 1 and len(store.list(ledger_prefix(DAG))) == 1
     assert read_ledger(store, DAG).equals(before) and raw_rows(store) == 18
     assert len(load_ledger(store, DAG, config)) == 18
@@ -422,12 +422,12 @@ def test_a_retried_run_part_after_compaction_is_not_read_twice(tmp_path):
     run, config = RunRef(dag_id=DAG, run_id="scheduled__1"), make_config(tmp_path, source=str(tmp_path / "src"))
     manifest = extract(store, run, config)
     first = update_ledger(store, run, manifest, config, compact_after=0)  # written, then compacted
-    assert len(live_parts(store, DAG)) == 1 and first["compaction"]["compacted_parts"] == 1
+    assert len(live_parts(store, DAG)) == 1 and first.compaction.compacted_parts == 1
     with pytest.MonkeyPatch.context() as patch:  # the retry's housekeeping crashes before it deletes
         patch.setattr("bonito_tasks.ledger.compact_ledger", lambda *a, **k: {})
         update_ledger(store, run, manifest, config)
     assert len(store.list(ledger_prefix(DAG))) == 2 and len(live_parts(store, DAG)) == 1
-    assert raw_rows(store) == first["recorded"]
+    assert raw_rows(store) == first.recorded
     update_ledger(store, run, manifest, config)  # the next call deletes the covered copy
     assert len(store.list(ledger_prefix(DAG))) == 1
 

@@ -123,8 +123,8 @@ def test_earlier_runs_chunks_are_skipped_for_their_task_types_only(tmp_path):
     chunk(store, run1, config1, extract(store, run1, config1))
     assert load_earlier(store, "d", config1) is not None and len(load_earlier(store, "d", config1)) == 0
     recorded = record_signatures(store, run1, config1)  # the ledger task, after publish
-    assert recorded["signatures_recorded"] == 1 and recorded["neardup_part"].startswith(neardup_prefix("d"))
-    assert record_signatures(store, run1, config1)["neardup_part"] == recorded["neardup_part"]  # a retry: same part
+    assert recorded.signatures_recorded == 1 and recorded.neardup_part.startswith(neardup_prefix("d"))
+    assert record_signatures(store, run1, config1).neardup_part == recorded.neardup_part  # a retry: same part
 
     # A new document that nearly repeats the passage: nothing to generate for exqa.
     second_src = write_source(tmp_path / "src2", {"b.txt": NEAR, "c.txt": OTHER})
@@ -156,7 +156,7 @@ def test_signature_parts_compact_without_losing_any(tmp_path):
         record_signatures(store, run, config)
     config = make_config(tmp_path, source=str(source))
     assert len(load_earlier(store, "d", config)) == 4  # recorded chunks scanned for this target
-    assert compact(store, "d", max_parts=2)["compacted_parts"] == 4
+    assert compact(store, "d", max_parts=2).compacted_parts == 4
     assert [k.rsplit("/", 1)[-1][:8] for k in store.list(neardup_prefix("d"))] == ["compact-"]
     assert len(load_earlier(store, "d", config)) == 4
 
