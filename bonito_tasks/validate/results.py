@@ -64,7 +64,7 @@ def add_results(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
         if "partial_unexpected_list" in mine or "partial_unexpected_list" in more:
             mine["partial_unexpected_list"] = (mine.get("partial_unexpected_list", [])
                                                + more.get("partial_unexpected_list", []))[:SAMPLES]
-        counts = Counter()
+        counts: Counter[Any] = Counter()  # GX's value (lists made tuples) -> count
         for source in (mine, more):
             for item in source.get("partial_unexpected_counts", []):
                 counts[_hashable(item["value"])] += item["count"]

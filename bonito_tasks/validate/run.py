@@ -155,7 +155,7 @@ class Validate(CombineStage):
             replaced[index] = self._requarantine(writer, partitions[index], found, total)
         cross = sum(len(found.positions) for found in repeats.values())
         row_result = add_unexpected(row_result, UNIQUE_PAIR, cross, True)
-        order = {e.meta["name"]: i for i, e in enumerate(example_expectations(config))}
+        order = _expectation_order(config)
         row_result["results"].sort(key=lambda e: order[e["expectation_config"]["meta"]["name"]])
 
         with tempfile.TemporaryDirectory(prefix="bonito-gx-docs-") as tmp:
@@ -230,7 +230,7 @@ class Validate(CombineStage):
 
         quarantine = store.read_table(partition, "quarantine")
         names = quarantine["failed_expectations"].to_pylist()
-        order = {e.meta["name"]: i for i, e in enumerate(example_expectations(self.config))}
+        order = _expectation_order(self.config)
         for i in rank_in_quarantine[found.positions[~found.passed]].tolist():
             names[i] = sorted([*names[i], UNIQUE_PAIR], key=order.__getitem__)
         moved_table = pa.concat_tables(moved_rows) if moved_rows else EXAMPLES.empty_table()
@@ -259,6 +259,15 @@ class Validate(CombineStage):
                 if not total.labels[task][label]:
                     del total.labels[task][label]
         return refs
+
+
+def _expectation_order(config: RunConfig) -> dict[str, int]:
+    """Row expectation name -> its place in the suite (the order of results and quarantine lists)."""
+    order = {}
+    for i, e in enumerate(example_expectations(config)):
+        assert e.meta is not None  # every row expectation is built with its name in meta (suites.py)
+        order[e.meta["name"]] = i
+    return order
 
 
 def cross_shard_repeats(store: ArtifactStore, partitions: list[Manifest],
