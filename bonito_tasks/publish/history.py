@@ -172,7 +172,7 @@ def readable(data: bytes) -> bool:
 
 def _band_keys(sketched: np.ndarray, threshold: float) -> np.ndarray:
     bands, rows = minhash.lsh_params(threshold, SKETCH_PERM)
-    return minhash.band_keys(sketched.astype(np.uint32), bands, rows)
+    return minhash.band_keys(sketched, bands, rows)
 
 
 @dataclass
@@ -187,25 +187,60 @@ class Seen:
     rows_scanned: int = 0
 
 
+class _Keys:
+    """The night's keys sorted once: a history batch is looked up by binary search (no hashing of
+    the history)."""
+
+    PREFIX_BITS = 20  # a bitmap of the keys' top bits (128 KiB) filters a batch before the search
+
+    def __init__(self, keys: np.ndarray):
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted = keys[self.order]
+        self.shift = np.uint64(64 - self.PREFIX_BITS)
+        self.present = np.zeros(1 << self.PREFIX_BITS, dtype=bool)
+        self.present[keys >> self.shift] = True
+
+    def pairs(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(history index, night row) of every equal pair."""
+        candidates = np.flatnonzero(self.present[values.astype(np.uint64) >> self.shift])
+        lo = np.searchsorted(self.sorted, values[candidates], side="left")
+        hi = np.searchsorted(self.sorted, values[candidates], side="right")
+        found = np.flatnonzero(hi > lo)
+        history, lo, hi = candidates[found], lo[found], hi[found]
+        if not len(history):
+            return history, history
+        counts = hi - lo
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        return np.repeat(history, counts), self.order[starts]
+
+
 def check_history(parts: Iterator[bytes], night: pa.Table, night_sketches: np.ndarray,
                   threshold: float | None) -> Seen:
     """Scan the index parts (one row group in memory at a time) for the night's keys."""
     n = night.num_rows
-    ids = key64(night["example_id"].to_pylist())
-    pairs = pair_keys(night["input"].to_pylist(), night["output"].to_pylist())
-    docs = key64(night["doc_id"].to_pylist())
+    keys = {"id_key": _Keys(key64(night["example_id"].to_pylist())),
+            "pair_key": _Keys(pair_keys(night["input"].to_pylist(), night["output"].to_pylist())),
+            "doc_key": _Keys(key64(night["doc_id"].to_pylist()))}
     seen = Seen(np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
-    night_bands = _band_keys(night_sketches, threshold) if threshold is not None and n else None
+    marks = {"id_key": seen.ids, "pair_key": seen.pairs, "doc_key": seen.docs}
+    bands = [_Keys(column) for column in _band_keys(night_sketches, threshold).T] \
+        if threshold is not None and n else []
     for data in parts:
         reader = pq.ParquetFile(io.BytesIO(data))
         for batch in reader.iter_batches(batch_size=ROW_GROUP):
             seen.rows_scanned += batch.num_rows
-            seen.ids |= np.isin(ids, batch.column("id_key").to_numpy())
-            seen.pairs |= np.isin(pairs, batch.column("pair_key").to_numpy())
-            seen.docs |= np.isin(docs, batch.column("doc_key").to_numpy())
-            if night_bands is not None and threshold is not None:  # night_bands: only with a threshold
+            for column, sorted_keys in keys.items():
+                marks[column][sorted_keys.pairs(batch.column(column).to_numpy())[1]] = True
+            if bands:
                 history = _sketch_matrix(batch.column("sketch"))
-                seen.near |= _near(night_sketches, night_bands, history, _band_keys(history, threshold), threshold)
+                history_bands = _band_keys(history, threshold)
+                for band, sorted_keys in enumerate(bands):
+                    rows, night_rows = sorted_keys.pairs(history_bands[:, band])
+                    todo = ~seen.near[night_rows]
+                    rows, night_rows = rows[todo], night_rows[todo]
+                    if len(rows):
+                        agree = (history[rows] == night_sketches[night_rows]).mean(axis=1) >= threshold
+                        seen.near[night_rows[agree]] = True
     return seen
 
 
@@ -224,25 +259,6 @@ def near_within(sketched: np.ndarray, keep: np.ndarray, threshold: float) -> np.
         if keep[i] and not near[i]:
             for b, key in enumerate(bands[i].tolist()):
                 first.setdefault((b, key), []).append(i)
-    return near
-
-
-def _near(night: np.ndarray, night_bands: np.ndarray, history: np.ndarray, history_bands: np.ndarray,
-          threshold: float) -> np.ndarray:
-    """Per night row: whether a history row shares a band and agrees on >= threshold of the sketch."""
-    near = np.zeros(len(night), dtype=bool)
-    for band in range(night_bands.shape[1]):
-        hit = np.flatnonzero(np.isin(night_bands[:, band], history_bands[:, band]))
-        if not len(hit):
-            continue
-        by_key: dict[int, list[int]] = {}
-        for j in np.flatnonzero(np.isin(history_bands[:, band], night_bands[hit, band])).tolist():
-            by_key.setdefault(int(history_bands[j, band]), []).append(j)
-        for i in hit.tolist():
-            if near[i]:
-                continue
-            others = history[by_key.get(int(night_bands[i, band]), [])]
-            near[i] = bool(len(others)) and bool((np.mean(others == night[i], axis=1) >= threshold).any())
     return near
 
 
