@@ -30,7 +30,7 @@ import pytest
 from bonito_dev.processes import free_port, marked_processes, port_free
 from conftest import REPO, SAMPLE_DOCS
 from deployment.stack import AirflowApi, wait_until
-from deployment.test_ui import CHROMIUM, CHROMIUM_ARGS
+from deployment.test_ui import chromium_page
 
 pytestmark = [pytest.mark.deployment, pytest.mark.timeout(2400)]
 
@@ -71,18 +71,7 @@ class UiProcess:
 
 @pytest.fixture
 def browser_page():
-    if not CHROMIUM.exists():
-        if os.environ.get("BONITO_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(60_000)
-        yield page
-        browser.close()
+    yield from chromium_page()
 
 
 def open_dataset_tab(page, url: str, run_id: str):
