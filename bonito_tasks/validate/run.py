@@ -270,15 +270,14 @@ def _expectation_order(config: RunConfig) -> dict[str, int]:
     return order
 
 
-def cross_shard_repeats(store: ArtifactStore, partitions: list[Manifest],
-                        bucket_rows: int = KEY_BUCKET_ROWS) -> dict[int, _Repeats]:
+def cross_shard_repeats(store: ArtifactStore, partitions: list[Manifest]) -> dict[int, _Repeats]:
     """Partition index -> its rows whose (input, output) pair an earlier partition holds.
 
     The keys are read a bucket of the key space at a time (each partition's keys are sorted, so a
-    bucket reads only the row groups that overlap it): the reduce holds about `bucket_rows` keys,
+    bucket reads only the row groups that overlap it): the reduce holds about KEY_BUCKET_ROWS keys,
     whatever the size of the run."""
     rows = sum(m.rows_of("example_keys") for m in partitions)
-    buckets = max(1, math.ceil(rows / bucket_rows))
+    buckets = max(1, math.ceil(rows / KEY_BUCKET_ROWS))
     edges = [b * (1 << 64) // buckets for b in range(buckets)] + [1 << 64]
     found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for low, high in zip(edges[:-1], edges[1:]):

@@ -62,9 +62,10 @@ class ValidateShard(Stage):
                                "model_id", "model_revision"})  # the report's lengths: the model's tokens
 
     def __init__(self, store: ArtifactStore, run: RunRef, config: RunConfig, generated: Manifest, chunks: Manifest,
-                 shard: int, window_rows: int = WINDOW_ROWS):
+                 shard: int):
         super().__init__(store, run, config, [generated, chunks], partition=shard)
-        self.generated, self.chunks, self.shard, self.window_rows = generated, chunks, shard, window_rows
+        self.generated, self.chunks, self.shard = generated, chunks, shard
+        self.window_rows = WINDOW_ROWS
 
     def work(self, writer: StageWriter) -> ValidateMetrics:
         from bonito_tasks.validate.run import SUITE, failure_message, schema_errors
@@ -78,7 +79,7 @@ class ValidateShard(Stage):
         seen: set[bytes] = set()  # the shard's pair keys so far: a repeat within the shard is quarantined here
         keys: list[pa.Table] = []
         row_result: dict[str, Any] = {}
-        position = 0
+        position, unit = 0, ""
         for window in self._windows():
             findings = CheckFindings(dag_id=self.run.dag_id, run_id=self.run.run_id, suite=SUITE.name,
                                      suite_version=SUITE.version, rows=window.num_rows, generate_shards=1)
@@ -105,9 +106,9 @@ class ValidateShard(Stage):
                 raise ValidationFailed(failure_message(findings), findings)
             passed = np.ones(window.num_rows, dtype=bool)
             passed[list(failed_by_row)] = False
-            tokens = count_tokens(config, outputs)
+            tokens = count_tokens(config, outputs) if unit != ESTIMATED_UNIT else None
             unit = f"tokens of {tokenizer_name(config)}" if tokens is not None else ESTIMATED_UNIT
-            if tokens is None:
+            if tokens is None:  # no tokenizer on this worker: the estimate, for every window of the shard
                 tokens = profile["output_tokens"].to_numpy(zero_copy_only=False)
             add_numbers(numbers, run_numbers(profile, passed, failed_by_row, tokens, label_tasks(config)))
             numbers.unit = unit
