@@ -2,7 +2,8 @@
 ### bonito_dataset
 
 Turns unlabeled documents into an instruction-tuning dataset with Bonito: **check_params** -> **extract** ->
-**chunk** -> **generate** (vLLM, one task per chunk shard) -> **validate** (Great Expectations) -> **publish**
+**chunk** -> **generate** (vLLM, one task per chunk shard) -> **validate_shard** (Great Expectations row checks,
+one task per generate shard) -> **validate** (the run's verdict) -> **publish**
 (Hugging Face Hub layout) -> **update_ledger**; **summarize** reports the run, whatever happened.
 Each task's Docs tab holds its runbook (`dags/runbooks/<task_id>.md`).
 
@@ -35,6 +36,7 @@ from bonito_airflow.operators import (
     BonitoPublishOperator,
     BonitoSummaryOperator,
     BonitoValidateOperator,
+    BonitoValidateShardOperator,
 )
 from bonito_airflow.params import env_defaults, run_params
 from bonito_airflow.schedule import CHECK_TASK_ID, ENV_VAR, load_schedule_settings, schedule_doc
@@ -97,8 +99,11 @@ def bonito_dataset():
         task_id="generate", pool=GPU_POOL, queue=GPU_QUEUE, inlets=[CHUNKS], outlets=[GENERATIONS],
         doc_md=runbook("generate"),
     ).expand(chunk_shard=shards.output)  # one task per generate shard
-    validate = BonitoValidateOperator(task_id="validate", generated=generate.output, chunks=shards.stage_ref,
-                                      inlets=[GENERATIONS], outlets=[EXAMPLES], doc_md=runbook("validate"))
+    validate_shard = BonitoValidateShardOperator.partial(
+        task_id="validate_shard", chunks=shards.stage_ref, inlets=[GENERATIONS], doc_md=runbook("validate_shard"),
+    ).expand(generated=generate.output)  # one task per generate shard: the row checks
+    validate = BonitoValidateOperator(task_id="validate", partitions=validate_shard.output, outlets=[EXAMPLES],
+                                      doc_md=runbook("validate"))
     approve = BonitoApprovalOperator(task_id="approve", examples=validate.output, doc_md=runbook("approve"))
     publish = BonitoPublishOperator(task_id="publish", examples=validate.output, documents=documents.output,
                                     approval=approve.output, inlets=[EXAMPLES], outlets=[DATASET, PUBLISHED],

@@ -262,25 +262,48 @@ def _no_child_processes() -> bool:
     return under_task_supervisor() or multiprocessing.current_process().daemon
 
 
-class BonitoValidateOperator(BonitoStageOperator):
-    """Validates the `generated` shards (the generate tasks' outputs) against the `chunks` they came
-    from (the chunk stage's output). A breached dataset threshold fails the task without retries."""
+class BonitoValidateShardOperator(BonitoStageOperator):
+    """The row checks of one generate shard (map it over the generate tasks' outputs): the GX row
+    suite against the `chunks` the shard came from (the chunk stage's output), its quarantine and
+    passed rows, and the numbers the `validate` task adds up. A broken table contract fails the
+    task without retries."""
 
     template_fields = ("generated", "chunks")
-    operator_extra_links = (QualityReportLink(), DataDocsLink())  # the Dataset view, also after a failure
     ui_color = "#e1d5e7"
+    stage_name = StageName.VALIDATE  # a partition of validate (its folder, its failures)
 
-    def __init__(self, *, generated: Templated[list[dict[str, Any]]], chunks: Templated[dict[str, Any]],
-                 **kwargs: Any):
+    def __init__(self, *, generated: Templated[dict[str, Any]], chunks: Templated[dict[str, Any]], **kwargs: Any):
         super().__init__(**kwargs)
         self.generated, self.chunks = generated, chunks
 
     def run_stage(self, rt: TaskRuntime, context) -> Manifest:
-        from bonito_tasks.validate import validate
+        from bonito_tasks.validate import validate_shard
+        from bonito_tasks.validate.run import partition_of
 
-        generated = [rt.store.read_manifest(StageRef.model_validate(ref).manifest) for ref in resolved(self.generated)]
-        chunks = rt.store.read_manifest(StageRef.model_validate(resolved(self.chunks)).manifest)
-        return validate(rt.store, rt.run, rt.config, generated, chunks=chunks)
+        generated = rt.store.read_manifest(resolved(self.generated)["manifest"])
+        chunks = rt.store.read_manifest(resolved(self.chunks)["manifest"])
+        shard = partition_of(generated, context["ti"].map_index)
+        return validate_shard(rt.store, rt.run, rt.config, generated, chunks, shard)
+
+
+class BonitoValidateOperator(BonitoStageOperator):
+    """The run's verdict over the `partitions` (the validate_shard tasks' outputs): pairs repeating
+    across shards quarantined, the dataset thresholds over the added-up numbers, one Data Docs site
+    and quality report. A breached dataset threshold fails the task without retries."""
+
+    template_fields = ("partitions",)
+    operator_extra_links = (QualityReportLink(), DataDocsLink())  # the Dataset view, also after a failure
+    ui_color = "#e1d5e7"
+
+    def __init__(self, *, partitions: Templated[list[dict[str, Any]]], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.partitions = partitions
+
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        from bonito_tasks.validate import combine_validated
+
+        partitions = [rt.store.read_manifest(ref["manifest"]) for ref in resolved(self.partitions)]
+        return combine_validated(rt.store, rt.run, rt.config, partitions)
 
 
 PUBLISHED_KEYS = ("dataset_uri", "hub_url", "hub_commit_sha", "hub_pr_url", "export_uri")  # to XCom

@@ -26,7 +26,8 @@ from conftest import SAMPLE_DOCS, TINY_MODEL
 pytestmark = [pytest.mark.airflow, pytest.mark.vllm]
 
 RUNNER = Path(__file__).with_name("lineage_run.py")
-STAGE_TASKS = {"plan", "extract", "collect_documents", "chunk", "plan_shards", "generate", "validate", "publish"}
+STAGE_TASKS = {"plan", "extract", "collect_documents", "chunk", "plan_shards", "generate", "validate_shard",
+               "validate", "publish"}
 
 
 def _spec_classes() -> dict[str, type]:

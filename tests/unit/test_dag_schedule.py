@@ -39,8 +39,8 @@ def test_manual_runs_only_without_a_source(monkeypatch):
 
 def test_wiring_runbooks_and_xcom_references(monkeypatch):
     """The DAG file is wiring: each task's runbook is its dags/runbooks/<task_id>.md, extract and
-    chunk are mapped over the plan's partitions, generate over the planned shards, and validate
-    gets the chunk stage's own output."""
+    chunk are mapped over the plan's partitions, generate over the planned shards, validate_shard
+    over the generate shards (with the chunk stage's own output), validate over validate_shard."""
     from pathlib import Path
 
     from airflow.sdk.definitions.xcom_arg import PlainXComArg
@@ -58,10 +58,14 @@ def test_wiring_runbooks_and_xcom_references(monkeypatch):
         assert isinstance(partitions, PlainXComArg) and (partitions.operator, partitions.key) == (plan, "return_value")
     [(_, shards)] = dag.get_task("generate").expand_input.value.items()
     assert isinstance(shards, PlainXComArg) and (shards.operator, shards.key) == (plan_shards, "return_value")
-    assert (validate.chunks.operator, validate.chunks.key) == (plan_shards, STAGE_OUTPUT_KEY)
+    validate_shard = dag.get_task("validate_shard")
+    [(_, generated)] = validate_shard.expand_input.value.items()
+    assert isinstance(generated, PlainXComArg) and generated.operator is dag.get_task("generate")
+    chunks = validate_shard.partial_kwargs["chunks"]
+    assert (chunks.operator, chunks.key) == (plan_shards, STAGE_OUTPUT_KEY)
     assert dag.get_task("collect_documents").partitions.operator is dag.get_task("extract")
     assert plan_shards.partitions.operator is dag.get_task("chunk")
-    assert validate.generated.operator is dag.get_task("generate")
+    assert validate.partitions.operator is validate_shard
     assert dag.get_task("summarize").trigger_rule == "all_done"
     assert dag.get_task("check_params").downstream_task_ids == {"plan"}
     assert not dag.get_task("check_params").upstream_task_ids

@@ -16,7 +16,7 @@ from docfactory import write_good_corpus
 
 pytestmark = pytest.mark.airflow
 
-SKIPPED = {"chunk", "generate", "validate", "publish"}
+SKIPPED = {"chunk", "generate", "validate_shard", "validate", "publish"}
 
 
 def test_run_with_no_new_documents_skips_downstream_and_remembers_its_rejects(tmp_path):

@@ -257,18 +257,30 @@ def test_server_backend_uses_connection_and_fails_fast_on_rejection(store, monke
                      "served_model_name": None, "closed": True}
 
 
-def test_validate_reads_every_generated_shard_and_the_chunks(store):
-    from bonito_airflow.operators import BonitoValidateOperator
+def test_validate_shard_reads_its_generate_shard_and_the_chunks(store):
+    from bonito_airflow.operators import BonitoValidateShardOperator
 
     chunks = _manifest(store, "chunk", ChunkMetrics(shards=2))
-    generated = [_manifest(store, "generate", GenerateMetrics(prompts=i), partition=f"/shard-{i:05d}") for i in (0, 1)]
-    op = BonitoValidateOperator(task_id="validate", generated=[{"manifest": m.uri} for m in generated],
-                                chunks={"manifest": chunks.uri, "counts": {}})
+    generated = _manifest(store, "generate", GenerateMetrics(prompts=1), partition="/shard-00001")
+    op = BonitoValidateShardOperator(task_id="validate_shard", generated={"manifest": generated.uri},
+                                     chunks={"manifest": chunks.uri, "counts": {}})
     committed = _manifest(store, "extract", ExtractMetrics(), counts={"passed": 5})  # any manifest will do
-    with mock.patch("bonito_tasks.validate.validate", return_value=committed) as validate:
+    with mock.patch("bonito_tasks.validate.validate_shard", return_value=committed) as validate_shard:
         assert op.execute(_context(store, op))["counts"]["passed"] == 5
-    assert validate.call_args.args[3] == generated and validate.call_args.kwargs == {"chunks": chunks}
+    assert validate_shard.call_args.args[3:] == (generated, chunks, 1)  # the shard its manifest is of
     assert op.template_fields == ("generated", "chunks")
+
+
+def test_validate_reads_every_validate_partition(store):
+    from bonito_airflow.operators import BonitoValidateOperator
+
+    partitions = [_manifest(store, "validate", GenerateMetrics(prompts=i), partition=f"/shard-{i:05d}") for i in (0, 1)]
+    op = BonitoValidateOperator(task_id="validate", partitions=[{"manifest": m.uri} for m in partitions])
+    committed = _manifest(store, "extract", ExtractMetrics(), counts={"passed": 5})
+    with mock.patch("bonito_tasks.validate.combine_validated", return_value=committed) as combine:
+        assert op.execute(_context(store, op))["counts"]["passed"] == 5
+    assert combine.call_args.args[3] == partitions
+    assert op.template_fields == ("partitions",)
 
 
 def test_update_ledger_records_the_documents(store):

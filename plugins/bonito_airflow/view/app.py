@@ -62,7 +62,8 @@ _VISIBLE = ({c: chr(0x2400 + c) for c in range(32) if c not in (9, 10, 13)} | {0
 
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                         autoescape=select_autoescape(default=True, default_for_string=True), finalize=visible)
-TASK_SECTIONS = {"extract": "rejects", "chunk": "summary", "generate": "dropped", "validate": "quality",
+TASK_SECTIONS = {"extract": "rejects", "chunk": "summary", "generate": "dropped", "validate_shard": "quarantine",
+                 "validate": "quality",
                  "publish": "published", "update_ledger": "published", "summarize": "summary"}
 SAMPLES_PER_TASK_TYPE = 3
 PREVIEW_ROWS = 5
