@@ -231,7 +231,7 @@ def check_history(parts: Iterator[bytes], night: pa.Table, night_sketches: np.nd
             seen.rows_scanned += batch.num_rows
             for column, sorted_keys in keys.items():
                 marks[column][sorted_keys.pairs(batch.column(column).to_numpy())[1]] = True
-            if bands:
+            if bands and threshold is not None:  # bands: only with a threshold
                 history = _sketch_matrix(batch.column("sketch"))
                 history_bands = _band_keys(history, threshold)
                 for band, sorted_keys in enumerate(bands):
