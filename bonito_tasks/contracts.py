@@ -27,6 +27,7 @@ class StageName(StrEnum):
     CHUNK = "chunk"
     GENERATE = "generate"
     VALIDATE = "validate"
+    COMPARE = "compare"  # the scorecard and the drift checks against the last release (bonito_tasks/release)
     PUBLISH = "publish"
 
 MANIFEST_NAME = "_manifest.json"
@@ -394,6 +395,8 @@ class QualitySummary(BaseModel):
     dropped_generations: int = 0
     output_tokens: dict[str, LengthStats] = Field(default_factory=dict)  # per task type
     labels: dict[str, dict[str, int]] = Field(default_factory=dict)  # task type -> label -> passing rows
+    # task type -> output length -> [passed rows, quarantined rows]: the distribution the scorecard compares
+    output_length_counts: dict[str, dict[int, tuple[int, int]]] = Field(default_factory=dict)
     data_docs_uri: str | None = None
     report_uri: str | None = None
     summary_uri: str | None = None
@@ -474,6 +477,108 @@ class PublishMetrics(_Metrics):
     export_uri: str | None = None
     approval: Approval | None = None  # who approved publishing (require_approval), or "not_required"
     export_snapshot_uri: str | None = None  # the complete snapshot the export's _latest.json names
+    hub_tag: str | None = None  # the release tag on the Hub commit (release.tag_name); None: no Hub commit
+
+
+# ---- Releases (bonito_tasks/release): a run's scorecard, and its drift against the last release's.
+
+SCORECARD_VERSION = 1
+
+
+class TaskScore(BaseModel):
+    """One task type of a run's scorecard."""
+
+    model_config = ConfigDict(extra="ignore")  # a newer scorecard read as a baseline: what we know of it
+
+    rows: int = 0  # validated rows (passed + quarantined)
+    passed: int = 0
+    pass_rate: float = 0.0
+    share: float = 0.0  # of the run's passing rows
+    output_tokens: LengthStats | None = None
+    labels: dict[str, int] = Field(default_factory=dict)  # label -> passing rows (classification task types)
+    output_lengths: dict[int, int] = Field(default_factory=dict)  # output length (tokens) -> passing rows
+
+
+class Scorecard(BaseModel):
+    """A run's numbers that tonight is compared on with the last release (from its aggregates,
+    never from the rows): `scorecard.json` in the compare folder and `.bonito/scorecard.json` of the
+    published dataset."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = SCORECARD_VERSION
+    dag_id: str = ""
+    run_id: str = ""
+    release_tag: str = ""  # the Hub tag its publish makes (release.tag_name)
+    rows: int = 0
+    passed: int = 0
+    pass_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    quarantine_reasons: dict[str, int] = Field(default_factory=dict)  # expectation -> rows quarantined
+    parse_failures: dict[str, int] = Field(default_factory=dict)  # reason -> generations dropped
+    length_unit: str = "tokens"
+    task_types: dict[str, TaskScore] = Field(default_factory=dict)
+    documents: int | None = None  # chunked documents (None: chunk metrics not found)
+    chunks: int | None = None
+    chunk_filters: dict[str, int] = Field(default_factory=dict)  # reason -> chunks dropped before generation
+    duplicate_chunks: int | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+DriftSeverity = Literal["ok", "warning", "failure", "not_computed"]
+
+
+class DriftCheck(BaseModel):
+    """One comparison of tonight with the baseline: a distribution (Great Expectations'
+    expect_column_kl_divergence_to_be_less_than, the baseline's histogram as its partition object)
+    or a rate (its change)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # e.g. "labels of yes_no", "pass rate of extractive"
+    kind: Literal["distribution", "rate"]
+    expectation: str  # the GX expectation, or "rate_change"
+    baseline: Any = None  # the baseline's value (a rate, or the distribution's shares)
+    tonight: Any = None
+    value: float | None = None  # the KL divergence, or tonight - baseline
+    warning: float | None = None  # the thresholds it was held to (None: that severity off)
+    failure: float | None = None
+    severity: DriftSeverity = "ok"
+    note: str = ""  # why it could not be computed, what it means
+
+    def line(self) -> str:
+        """The check as the on-call reads it: expectation, baseline value, tonight's, threshold."""
+        def show(v: Any) -> str:
+            if isinstance(v, dict):
+                return "{" + ", ".join(f"{k}: {show(x)}" for k, x in list(v.items())[:8]) + "}"
+            return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+        bound = self.failure if self.severity == "failure" else self.warning
+        measure = "KL divergence" if self.kind == "distribution" else "change"
+        value = "not computed" if self.value is None else f"{self.value:+.4g}" if self.kind == "rate" \
+            else f"{self.value:.4g}"
+        return (f"{self.severity.upper()}: {self.name} ({self.expectation}): {measure} {value}, threshold "
+                f"{show(bound)}; baseline {show(self.baseline)}, tonight {show(self.tonight)}"
+                + (f" ({self.note})" if self.note else ""))
+
+
+class CompareMetrics(_Metrics):
+    """The compare stage: tonight's scorecard and its drift checks against the last release."""
+
+    stage: Literal["compare"] = "compare"
+    verdict: Literal["first_release", "pass", "warning", "failure", "review"] = "pass"
+    baseline_run: str | None = None  # the run whose release is the baseline
+    baseline_tag: str | None = None
+    baseline_source: str | None = None  # where the baseline was read
+    baseline_note: str = ""  # first release, unreadable, older version...
+    checks: list[DriftCheck] = Field(default_factory=list)
+    failures: int = 0
+    warnings: int = 0
+    scorecard: Scorecard = Field(default_factory=Scorecard)
+    baseline: Scorecard | None = None
+    plots: dict[str, str] = Field(default_factory=dict)  # file name -> URI (tonight vs the baseline)
+    scorecard_uri: str | None = None
+    wall_s: float = 0.0
 
 
 class CombinedMetrics(_Metrics):
@@ -488,7 +593,7 @@ MetricsT = TypeVar("MetricsT", bound=_Metrics)
 
 StageMetrics = Annotated[
     PlanMetrics | ExtractMetrics | ChunkMetrics | GenerateMetrics | ValidateMetrics | PublishMetrics
-    | CombinedMetrics,
+    | CompareMetrics | CombinedMetrics,
     Field(discriminator="stage"),
 ]
 

@@ -123,6 +123,7 @@ def run_report(numbers: ValidateAggregate, label_tasks: list[str], unit: str = E
         dropped_generations=numbers.dropped_generations,
         output_tokens=lengths,
         labels=labels,
+        output_length_counts=numbers.lengths,
     )
     histograms = {task: _histogram(counts, HIST_BINS) for task, counts in sorted(numbers.lengths.items())}
     plots = {

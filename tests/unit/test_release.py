@@ -1,0 +1,129 @@
+"""Releases (#24): the scorecard from a run's aggregates, the baseline from the published dataset,
+the drift checks (GX KL divergence, rate changes) and their gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from bonito_tasks.contracts import (
+    CompareMetrics,
+    Manifest,
+    QualitySummary,
+    RunRef,
+    Scorecard,
+    StageName,
+    SuiteRef,
+    ValidateMetrics,
+)
+from bonito_tasks.release import LATEST_SCORECARD, Compare, DriftFailed, tag_name
+from bonito_tasks.release.scorecard import build_scorecard
+from bonito_tasks.stage import StageWriter
+from bonito_tasks.store import LocalStore
+from tests.conftest import make_config
+from tests.hub_server import HubServer
+
+REPO = "bonito-team/releases"
+
+
+def quality(yes: int, no: int, lengths: dict[int, tuple[int, int]] | None = None, dup: float = 0.0) -> QualitySummary:
+    """A validate quality summary of a yes/no task and an extractive QA task (counts only)."""
+    lengths = lengths or {10: (40, 2), 12: (50, 3), 20: (10, 0)}
+    ynq = {1: (yes + no, 0)}
+    rows = sum(a + b for a, b in lengths.values()) + yes + no
+    passed = sum(a for a, _ in lengths.values()) + yes + no
+    return QualitySummary(rows=rows, passed=passed, quarantined=rows - passed, pass_rate=round(passed / rows, 6),
+                          duplicate_rate=dup, failed_expectations={"output_min_tokens": rows - passed},
+                          labels={"ynqa": {k: v for k, v in (("yes", yes), ("no", no)) if v}},
+                          output_length_counts={"exqa": lengths, "ynqa": ynq})
+
+
+def commit_validate(store, run: RunRef, summary: QualitySummary) -> Manifest:
+    writer = StageWriter(store, run, StageName.VALIDATE)
+    metrics = ValidateMetrics(examples_in=summary.rows, passed=summary.passed, quarantined=summary.quarantined,
+                              suite=SuiteRef(name="s", dataset_suite="d", version="4"), quality=summary)
+    return writer.commit(metrics)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    with HubServer() as server:
+        yield server
+
+
+def compare(store, tmp_path, hub, run_id: str, summary: QualitySummary, gated: bool = False, **overrides):
+    run = RunRef(dag_id="bonito_dataset", run_id=run_id)
+    config = make_config(tmp_path, hub_repo_id=REPO, **overrides)
+    return Compare(store, run, config, commit_validate(store, run, summary), hub.token, endpoint=hub.url,
+                   gated=gated).execute()
+
+
+def release(hub, scorecard: Scorecard) -> None:
+    """What publish leaves in the dataset: the release's scorecard under .bonito/."""
+    hub.seed(REPO, {LATEST_SCORECARD: scorecard.model_dump_json().encode(), "data/x.parquet": b"x"})
+
+
+def test_scorecard_from_aggregates():
+    store_run = RunRef(dag_id="d", run_id="manual__2026-12-04T02:00:00+00:00")
+    metrics = ValidateMetrics(suite=SuiteRef(name="s", dataset_suite="d", version="4"), quality=quality(30, 20))
+    manifest = Manifest(stage="validate", dag_id="d", run_id=store_run.run_id, uri="mem://m", config_sha256="",
+                        code_version="", metrics=metrics)
+    card = build_scorecard(store_run, manifest, None, tag_name(store_run.run_id))
+    assert card.release_tag == "release-manual__2026-12-04T02_00_00_00_00"
+    exqa, ynqa = card.task_types["exqa"], card.task_types["ynqa"]
+    assert (exqa.rows, exqa.passed, exqa.pass_rate) == (105, 100, round(100 / 105, 6))
+    assert exqa.output_lengths == {10: 40, 12: 50, 20: 10}
+    assert exqa.output_tokens is not None and exqa.output_tokens.median == 12 and exqa.output_tokens.max == 20
+    assert ynqa.labels == {"yes": 30, "no": 20} and ynqa.share == pytest.approx(50 / 150, abs=1e-5)
+    assert card.quarantine_reasons == {"output_min_tokens": 5}
+
+
+def test_first_release_says_so_and_passes(tmp_path, hub):
+    store = LocalStore(tmp_path / "store")
+    manifest = compare(store, tmp_path, hub, "run-1", quality(30, 20))
+    metrics = manifest.metrics_as(CompareMetrics)
+    assert metrics.verdict == "first_release" and "first release" in metrics.baseline_note
+    assert metrics.checks == [] and metrics.scorecard.passed == 150
+    assert store.exists("bonito_dataset/run-1/compare/scorecard.json")
+    assert store.read_bytes("bonito_dataset/run-1/compare/drift.svg").startswith(b"<?xml")
+
+
+def test_planted_drift_fails_naming_the_cause(tmp_path, hub, caplog):
+    store = LocalStore(tmp_path / "store")
+    baseline = compare(store, tmp_path, hub, "run-1", quality(30, 20)).metrics_as(CompareMetrics).scorecard
+    release(hub, baseline)
+    with pytest.raises(DriftFailed) as failed:  # a model that answers "yes" to every yes/no question
+        compare(store, tmp_path, hub, "run-2", quality(50, 0))
+    message = str(failed.value)
+    assert "run-1" in message and "labels of ynqa" in message
+    assert "expect_column_kl_divergence_to_be_less_than" in message
+    assert "KL divergence" in message and "threshold 0.5" in message and "tonight {yes: 1}" in message
+    failure = StageWriter(store, RunRef(dag_id="bonito_dataset", run_id="run-2"), StageName.COMPARE).failure()
+    assert failure is not None and failure.permanent and "labels of ynqa" in failure.message
+    assert store.exists("bonito_dataset/run-2/compare/scorecard.json")  # the comparison stays to look at
+
+
+def test_same_night_passes_and_a_small_change_warns(tmp_path, hub):
+    store = LocalStore(tmp_path / "store")
+    release(hub, compare(store, tmp_path, hub, "run-1", quality(30, 20)).metrics_as(CompareMetrics).scorecard)
+    same = compare(store, tmp_path, hub, "run-2", quality(30, 20)).metrics_as(CompareMetrics)
+    assert same.verdict == "pass" and same.baseline_run == "run-1"
+    assert {c.severity for c in same.checks} == {"ok"} and len(same.checks) >= 6
+    shifted = compare(store, tmp_path, hub, "run-3", quality(30, 20, dup=0.08)).metrics_as(CompareMetrics)
+    assert shifted.verdict == "warning" and shifted.failures == 0
+    (dup,) = [c for c in shifted.checks if c.name == "duplicate rate"]
+    assert dup.severity == "warning" and dup.value == pytest.approx(0.08)
+
+
+def test_drift_with_the_approval_gate_waits_for_review(tmp_path, hub):
+    store = LocalStore(tmp_path / "store")
+    release(hub, compare(store, tmp_path, hub, "run-1", quality(30, 20)).metrics_as(CompareMetrics).scorecard)
+    metrics = compare(store, tmp_path, hub, "run-2", quality(50, 0), gated=True).metrics_as(CompareMetrics)
+    assert metrics.verdict == "review" and metrics.failures >= 1
+
+
+def test_unreadable_baseline_is_reported_not_passed(tmp_path, hub):
+    store = LocalStore(tmp_path / "store")
+    hub.seed(REPO, {LATEST_SCORECARD: b"{not json"})
+    metrics = compare(store, tmp_path, hub, "run-1", quality(30, 20)).metrics_as(CompareMetrics)
+    assert metrics.verdict == "warning" and "not a scorecard" in metrics.baseline_note
