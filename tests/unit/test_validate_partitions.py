@@ -197,3 +197,28 @@ def test_every_task_type_in_one_shard_matches_too(tmp_path):
     config = run_config(tmp_path, min_pass_rate=0.5)
     shards = [commit_generate_shard(store, rows)]
     assert_same_as_whole_run(store, validate(store, RUN, config, shards, chunks), shards, chunks, config)
+
+
+def test_a_shard_holds_a_window_of_rows_and_the_texts_of_its_own_chunks(tmp_path, monkeypatch):
+    """What bounds a validate_shard task's memory: the row checks see at most WINDOW_ROWS rows at a
+    time, and the shard reads the texts of its own chunk part only (never the run's)."""
+    class CountingStore(LocalStore):
+        text_reads: list[int] = []
+
+        def read_shard(self, manifest, table, index, columns=None):
+            if table == "chunks" and (columns is None or "text" in columns):
+                self.text_reads.append(index)
+            return super().read_shard(manifest, table, index, columns)
+
+    store = CountingStore(tmp_path / "store")
+    chunks = commit_sharded_chunks(store, 300, shards=3)
+    shards = [commit_generate_shard(store, clean_rows(40, first=100 * i), shard=i) for i in range(3)]
+    profiled: list[int] = []
+    real_profile = validate_shard.row_profile
+    monkeypatch.setattr(validate_shard, "row_profile", lambda examples, *args, **kwargs: (
+        profiled.append(examples.num_rows), real_profile(examples, *args, **kwargs))[1])
+
+    validate(store, RUN, run_config(tmp_path), shards, chunks)
+
+    assert sorted(CountingStore.text_reads) == [0, 1, 2]  # each shard its own part, once
+    assert max(profiled) == 7 and sum(profiled) == 120
