@@ -18,7 +18,7 @@ else
   CONSTRAINTS := -c constraints.txt
 endif
 
-.PHONY: venv demo ui run test test-fast lint test-deployment lock clean-demo params-table
+.PHONY: venv demo ui run test test-fast lint test-deployment lock clean-demo params-table rollback
 
 venv: $(BIN)/.installed
 
@@ -49,6 +49,11 @@ ui: venv
 # (TINY=1: the bundled tiny model, for a machine without a GPU). Outputs under local-output/.
 run: venv
 	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_dev.run "$(SOURCE)" $(if $(CONF),--conf '$(CONF)') $(if $(TINY),--tiny)
+
+# Restore a published release in one new commit (docs/releases.md): `make rollback REPO=org/name TO=release-<run>
+# REASON='why'` ($HF_TOKEN with write access); without TO: list the release tags.
+rollback: venv
+	$(BIN)/python -m bonito_dev.rollback "$(REPO)" $(if $(TO),--to "$(TO)") --reason "$(REASON)"
 
 # Remove what `make demo` wrote (its Airflow home, store and published dataset); .venv stays.
 clean-demo:

@@ -37,6 +37,8 @@ API_ROUTE = re.compile(
 DISCUSSION_ROUTE = re.compile(
     r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/discussions(?:/(?P<num>\d+))?$"
 )
+TAG_ROUTE = re.compile(r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/tag/(?P<rev>[^/]+)$")
+REFS_ROUTE = re.compile(r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/refs$")
 RESOLVE_ROUTE = re.compile(
     r"^/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
 )
@@ -74,9 +76,11 @@ class Repo:
     commits: dict[str, Commit] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit oid
     discussions: list[Discussion] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # tag -> commit oid
 
     def resolve(self, revision: str) -> Commit | None:
-        oid = self.refs.get(revision, revision)
+        revision = revision.removeprefix("refs/tags/")
+        oid = self.refs.get(revision, self.tags.get(revision, revision))
         return self.commits.get(oid)
 
     def open_pull_requests(self) -> list[Discussion]:
@@ -216,6 +220,25 @@ class HubServer:
                 rev = unquote(match["rev"] or "main")
                 rest = unquote(match["rest"] or "").lstrip("/")
                 return self._api(method, repo, match["action"], rev, rest, query, body)
+            if (match := TAG_ROUTE.match(raw_path)) and method == "POST":  # create a tag
+                repo = self._repo(match["type"][:-1], match["repo"])
+                self._auth(headers, repo, write=True)
+                commit, name = repo.resolve(unquote(match["rev"])), json.loads(body)["tag"]
+                if commit is None:
+                    raise HubError(404, f"Invalid rev id: {match['rev']}", "RevisionNotFound")
+                if name in repo.tags:
+                    raise HubError(409, f"tag {name} already exists")
+                repo.tags[name] = commit.oid
+                return _json({"success": True})
+            if (match := REFS_ROUTE.match(raw_path)) and method == "GET":  # branches, tags, PRs
+                repo = self._repo(match["type"][:-1], match["repo"])
+                self._auth(headers, repo, write=False)
+                def ref(name: str, kind: str, oid: str) -> dict:
+                    return {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": oid}
+                return _json({"branches": [ref(n, "heads", o) for n, o in repo.refs.items() if "/" not in n],
+                              "converts": [], "tags": [ref(n, "tags", o) for n, o in repo.tags.items()],
+                              "pullRequests": [{"name": n, "ref": n, "targetCommit": o}
+                                               for n, o in repo.refs.items() if n.startswith("refs/pr/")]})
             if match := DISCUSSION_ROUTE.match(raw_path):
                 repo = self._repo(match["type"][:-1], match["repo"])
                 self._auth(headers, repo, write=method == "POST")

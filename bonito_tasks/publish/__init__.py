@@ -23,6 +23,7 @@ from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import (
     Approval,
     ChunkMetrics,
+    CompareMetrics,
     Manifest,
     PublishedFile,
     PublishMetrics,
@@ -53,6 +54,9 @@ from bonito_tasks.publish.layout import (
     sources_jsonl,
     task_splits,
 )
+from bonito_tasks.release import scorecard_files, tag_name
+from bonito_tasks.release.card import changes_section
+from bonito_tasks.release.tags import rows_added, tag_release
 from bonito_tasks.retry import RetryPolicy
 from bonito_tasks.stage import Stage, StageWriter
 from bonito_tasks.store import ArtifactStore, StoreError, open_store, safe_segment
@@ -81,7 +85,7 @@ class Publish(Stage):
     """
 
     name = StageName.PUBLISH
-    reads = (StageName.VALIDATE, StageName.EXTRACT, StageName.CHUNK)
+    reads = (StageName.VALIDATE, StageName.EXTRACT, StageName.CHUNK, StageName.COMPARE)
     config_fields = frozenset({"source", "task_types", "chunk_max_tokens", "hub_repo_id", "hub_private", "license",
                                "license_name", "license_link", "dataset_language", "publish_mode", "export_s3_uri",
                                "example_near_dup_threshold"})
@@ -91,7 +95,10 @@ class Publish(Stage):
                  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, s3_client_kwargs: Mapping[str, Any] | None = None,
                  approval: Approval | None = None):
         chunks = StageWriter(store, run, StageName.CHUNK).committed()
-        super().__init__(store, run, config, [examples, documents, *([chunks] if chunks else [])])
+        compared = StageWriter(store, run, StageName.COMPARE).committed()  # the release's scorecard (#24)
+        super().__init__(store, run, config, [examples, documents, *([chunks] if chunks else []),
+                                              *([compared] if compared else [])])
+        self.compare = compared.metrics if compared and isinstance(compared.metrics, CompareMetrics) else None
         self.examples, self.documents, self.chunks, self.token = examples, documents, chunks, token
         self.endpoint, self.retry, self.rows_per_shard = endpoint, retry, rows_per_shard
         self.s3_client_kwargs, self.approval = dict(s3_client_kwargs or {}), approval
@@ -129,6 +136,7 @@ class Publish(Stage):
         # (history.py). An S3 export is a complete snapshot behind a pointer: it appends the old way.
         indexed = config.publish_mode == "append" and export is None
         tag = safe_segment(run.run_id)
+        release_tag = tag_name(run.run_id)
 
         def build(existing: ExistingFiles) -> dict[str, bytes]:
             """The dataset's files: this run's snapshot; (append) the files this run adds to it."""
@@ -157,13 +165,15 @@ class Publish(Stage):
                 documents=snapshot.sources, quality=quality, plots=[(label, path) for label, path, _ in assets],
                 export_note=EXPORT_READ_NOTE if export else "", review=review_line(approval),
                 chunking=chunking, history=appended,
+                changes=changes_section(self.compare, rows_added(snapshot.examples), config.hub_repo_id,
+                                        release_tag if config.hub_repo_id and config.publish_mode != "pr" else None),
             )
             files = appended.files if appended else {}
             files |= {path: data for split in snapshot.splits for path, data in split.shards.items()}
             files |= {path: data for _, path, data in assets}
             files[SOURCES_FILE] = sources_jsonl(snapshot.sources)
             files[CARD_FILE] = card.encode()
-            return files
+            return files | scorecard_files(self.compare)  # .bonito/: the next release's baseline
 
         commit = None
         if config.hub_repo_id:
@@ -209,6 +219,9 @@ class Publish(Stage):
             metrics.hub_url, metrics.hub_commit_sha, metrics.hub_new_commit = (
                 commit.repo_url, commit.commit_sha, commit.created)
             metrics.hub_pr_url = commit.pr_url
+            if config.publish_mode != "pr":  # a release: its commit tagged (a retry finds the tag there)
+                metrics.hub_tag = tag_release(config.hub_repo_id, commit.commit_sha, release_tag, token,
+                                              self.endpoint or os.environ.get("HF_ENDPOINT") or None)
         if export:
             metrics.export_snapshot_uri = export_files(export, files, run.run_id)
             metrics.export_uri = export.root_uri

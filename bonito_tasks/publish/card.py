@@ -137,6 +137,7 @@ def render_card(
     review: str = "",
     chunking: ChunkMetrics | None = None,
     history: Appended | None = None,
+    changes: str = "",
 ) -> str:
     """The card; `quality` is validate's quality summary of this run, `plots` (label, path in the
     dataset) its images, `export_note` a paragraph on reading an S3 export (publish/export.py), `review`
@@ -196,7 +197,7 @@ def render_card(
         chunk_max_tokens=config.chunk_max_tokens,
         run_link=f"[{run_name}]({run.run_url})" if run.run_url else run_name,
         runs_note=(f" (latest of {n_runs} runs whose rows the dataset holds)" if n_runs > 1 else "") + review,
-        quality=_quality_section(quality, plots, run.run_id),
+        quality=_quality_section(quality, plots, run.run_id) + changes,  # changes: release/card.py
         chunk_filters=chunk_filter_section(chunking, run.run_id),
         media_types=", ".join(f"{media_type} ({count})" for media_type, count in sorted(media_types.items())),
         sources_file=SOURCES_FILE,

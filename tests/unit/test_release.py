@@ -127,3 +127,43 @@ def test_unreadable_baseline_is_reported_not_passed(tmp_path, hub):
     hub.seed(REPO, {LATEST_SCORECARD: b"{not json"})
     metrics = compare(store, tmp_path, hub, "run-1", quality(30, 20)).metrics_as(CompareMetrics)
     assert metrics.verdict == "warning" and "not a scorecard" in metrics.baseline_note
+
+
+def test_publish_tags_its_release_and_a_rollback_restores_a_tag_in_one_new_commit(tmp_path, hub):
+    import hashlib
+
+    from bonito_tasks.contracts import PublishMetrics
+    from bonito_tasks.publish import publish
+    from bonito_tasks.release.tags import RollbackRefused, release_tags, rollback
+    from tests.integration.test_publish_hub import FAST
+    from tests.unit.test_publish import RUN, make_inputs
+
+    store = LocalStore(tmp_path / "store")
+    config = make_config(tmp_path, hub_repo_id=REPO)
+    validated, documents = make_inputs(store)
+    Compare(store, RUN, config, validated, hub.token, endpoint=hub.url).execute()  # the first release's scorecard
+    first = publish(store, RUN, config, validated, documents, token=hub.token, endpoint=hub.url, retry=FAST)
+    metrics = first.metrics_as(PublishMetrics)
+    tag = tag_name(RUN.run_id)
+    assert metrics.hub_tag == tag and release_tags(REPO, hub.token, hub.url) == {tag: metrics.hub_commit_sha}
+    repo = hub.repo(REPO)
+    released = dict(repo.resolve(tag).files)
+    assert LATEST_SCORECARD in released and f".bonito/scorecards/{tag}.json" in released
+    card = released["README.md"].decode()
+    assert "## Changes since the last release" in card and f'revision="{tag}"' in card
+
+    bad = {**released, "data/bad/extra.parquet": b"bad night", "README.md": b"a bad card"}
+    hub._commit(repo, "a bad night", "", bad, parent=repo.refs["main"])
+    commits = len(repo.history())
+    with pytest.raises(RollbackRefused, match="no tag 'release-nope'"):
+        rollback(REPO, "release-nope", hub.token, reason="test", who="oncall", endpoint=hub.url)
+    assert len(repo.history()) == commits  # refused before any change
+    hub.lose_answer("POST", r"/commit/main")  # the rollback's commit is applied, its answer lost
+    sent = hub.count("POST", r"/commit/main")
+    sha, created = rollback(REPO, tag, hub.token, reason="bad labels", who="oncall", endpoint=hub.url)
+    assert hub.count("POST", r"/commit/main") == sent + 1  # the retry found its commit: none sent again
+    assert created and len(repo.history()) == commits + 1  # exactly one new commit, history kept
+    head = repo.resolve("main")
+    assert head.oid == sha and "Rolled back by oncall: bad labels" in head.description
+    digest = {p: hashlib.sha256(d).hexdigest() for p, d in head.files.items()}
+    assert digest == {p: hashlib.sha256(d).hexdigest() for p, d in released.items()}  # byte for byte
