@@ -30,7 +30,8 @@ from bonito_tasks.store import ArtifactStore, run_prefix
 
 log = logging.getLogger(__name__)
 
-STAGES = (StageName.EXTRACT, StageName.CHUNK, StageName.GENERATE, StageName.VALIDATE, StageName.PUBLISH)
+STAGES = (StageName.EXTRACT, StageName.CHUNK, StageName.GENERATE, StageName.VALIDATE, StageName.COMPARE,
+          StageName.PUBLISH)
 _OUTCOME_FIELDS = set(ExpectationOutcome.model_fields)
 
 

@@ -55,6 +55,7 @@ def run_summary(store: ArtifactStore, run: RunRef, config: RunConfig, *, write: 
             StageName.GENERATE: (f"{generate.shards_committed}/{generate.shards} shards committed"
                                  if generate else "not started"),
             StageName.VALIDATE: _state(validate),
+            StageName.COMPARE: _state(StageWriter(store, run, StageName.COMPARE).committed()),
             StageName.PUBLISH: _state(publish),
         },
         extracted=extract.metrics_as(ExtractMetrics) if extract else None,

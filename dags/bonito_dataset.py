@@ -3,7 +3,8 @@
 
 Turns unlabeled documents into an instruction-tuning dataset with Bonito: **check_params** -> **extract** ->
 **chunk** -> **generate** (vLLM, one task per chunk shard) -> **validate_shard** (Great Expectations row checks,
-one task per generate shard) -> **validate** (the run's verdict) -> **publish**
+one task per generate shard) -> **validate** (the run's verdict) -> **compare** (drift against the last
+release) -> **publish**
 (Hugging Face Hub layout) -> **update_ledger**; **summarize** reports the run, whatever happened.
 Each task's Docs tab holds its runbook (`dags/runbooks/<task_id>.md`).
 
@@ -28,6 +29,7 @@ from bonito_airflow.operators import (
     BonitoCheckParamsOperator,
     BonitoChunkOperator,
     BonitoCollectDocumentsOperator,
+    BonitoCompareOperator,
     BonitoExtractOperator,
     BonitoGenerateOperator,
     BonitoLedgerOperator,
@@ -104,6 +106,7 @@ def bonito_dataset():
     ).expand(generated=generate.output)  # one task per generate shard: the row checks
     validate = BonitoValidateOperator(task_id="validate", partitions=validate_shard.output, outlets=[EXAMPLES],
                                       doc_md=runbook("validate"))
+    compare = BonitoCompareOperator(task_id="compare", examples=validate.output, doc_md=runbook("compare"))
     approve = BonitoApprovalOperator(task_id="approve", examples=validate.output, doc_md=runbook("approve"))
     publish = BonitoPublishOperator(task_id="publish", examples=validate.output, documents=documents.output,
                                     approval=approve.output, inlets=[EXAMPLES], outlets=[DATASET, PUBLISHED],
@@ -113,6 +116,7 @@ def bonito_dataset():
     summarize = BonitoSummaryOperator(task_id="summarize", trigger_rule="all_done", on_failure_callback=None,
                                       doc_md=runbook("summarize"))
     check_params >> plan
+    compare >> approve  # drift against the last release gates approval and publish
     publish >> update_ledger >> summarize
 
 

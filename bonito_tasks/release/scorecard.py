@@ -14,7 +14,6 @@ from bonito_tasks.contracts import (
     TaskScore,
     ValidateMetrics,
 )
-from bonito_tasks.validate.report import length_stats
 
 
 def build_scorecard(run: RunRef, validated: Manifest, chunked: Manifest | None, tag: str = "") -> Scorecard:
@@ -28,7 +27,7 @@ def build_scorecard(run: RunRef, validated: Manifest, chunked: Manifest | None, 
         kept_lengths = {length: kept for length, (kept, _) in sorted(counts.items()) if kept}
         stats: LengthStats | None = quality.output_tokens.get(task)
         if kept_lengths:
-            stats = length_stats({length: (n, 0) for length, n in kept_lengths.items()})
+            stats = length_stats(kept_lengths)
         tasks[task] = TaskScore(rows=rows, passed=passed, pass_rate=round(passed / rows, 6) if rows else 0.0,
                                 share=round(passed / quality.passed, 6) if quality.passed else 0.0,
                                 output_tokens=stats, labels=dict(quality.labels.get(task, {})),
@@ -41,6 +40,15 @@ def build_scorecard(run: RunRef, validated: Manifest, chunked: Manifest | None, 
         task_types=tasks, documents=chunk.documents if chunk else None, chunks=chunk.chunks if chunk else None,
         chunk_filters=dict(chunk.filtered) if chunk else {}, duplicate_chunks=chunk.duplicate_chunks if chunk else None,
     )
+
+
+def length_stats(counts: dict[int, int]) -> LengthStats:
+    """Rows, median, 95th percentile (numpy's linear method) and max of lengths given as counts."""
+    import numpy as np
+
+    values = np.repeat(np.array(sorted(counts), dtype=np.int64), [counts[v] for v in sorted(counts)])
+    return LengthStats(rows=int(values.size), median=float(np.percentile(values, 50)),
+                       p95=float(np.percentile(values, 95)), max=int(values.max()))
 
 
 def comparison_plot(tonight: Scorecard, baseline: Scorecard | None) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,35 +51,3 @@ def release_tags(repo_id: str, token: str | None, endpoint: str | None) -> dict[
     """The repo's tags: name -> commit."""
     refs = _api(token, endpoint).list_repo_refs(repo_id, repo_type="dataset")
     return {t.name: t.target_commit for t in refs.tags}
-
-
-def rollback(repo_id: str, tag: str, token: str | None, *, reason: str, who: str,
-             endpoint: str | None = None) -> tuple[str, bool]:
-    """Make main's tree equal the tree of release `tag` (data, card and `.bonito/`) in one new commit,
-    history kept. Returns (commit, created): created is False when main already held that tree.
-    RollbackRefused, before any change, for a tag that does not exist or a missing token."""
-    from huggingface_hub import RepoFile
-
-    from bonito_tasks.publish.hub import upload_dataset
-
-    if not token:
-        raise RollbackRefused(f"a Hugging Face token with write access to {repo_id} is needed to roll back")
-    tags = release_tags(repo_id, token, endpoint)
-    if tag not in tags:
-        known = ", ".join(sorted(tags)[-10:]) or "none"
-        raise RollbackRefused(f"dataset repo {repo_id} has no tag {tag!r} (its tags: {known}): nothing was changed")
-    target = tags[tag]
-    api = _api(token, endpoint)
-    tree = [e.path for e in api.list_repo_tree(repo_id, repo_type="dataset", revision=target, recursive=True)
-            if isinstance(e, RepoFile)]
-    with tempfile.TemporaryDirectory(prefix="bonito-rollback-") as cache:
-        files = {}
-        for path in tree:
-            local = api.hf_hub_download(repo_id, path, repo_type="dataset", revision=target, cache_dir=cache)
-            with open(local, "rb") as f:
-                files[path] = f.read()
-    commit, _ = upload_dataset(lambda existing: files, repo_id=repo_id, token=token, private=True,
-                               replace_folders=("",), commit_message=f"Roll back to {tag}",
-                               commit_description=f"Rolled back by {who}: {reason}\nRestores the tree of "
-                                                  f"{tag} ({target}); history kept.", endpoint=endpoint)
-    return commit.commit_sha, commit.created

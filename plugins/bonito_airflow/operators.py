@@ -306,6 +306,32 @@ class BonitoValidateOperator(BonitoStageOperator):
         return combine_validated(rt.store, rt.run, rt.config, partitions)
 
 
+class BonitoCompareOperator(BonitoStageOperator):
+    """Tonight's scorecard and its drift checks against the last release published to the same
+    target (bonito_tasks.release; token from connection `hf_conn_id` or HF_TOKEN). Drift beyond a
+    failure threshold fails the task without retries, naming each check; with the approval gate on
+    it passes with verdict "review" and the approver sees the comparison."""
+
+    template_fields = ("examples",)
+    ui_color = "#d5e8d4"
+
+    def __init__(self, *, examples: Templated[dict[str, Any]], hf_conn_id: str = "huggingface_default",
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.examples, self.hf_conn_id = examples, hf_conn_id
+
+    def run_stage(self, rt: TaskRuntime, context) -> Manifest:
+        from bonito_airflow.approval import approval_policy, approval_required
+        from bonito_airflow.schedule import is_scheduled
+        from bonito_tasks.compare import Compare
+
+        token = HuggingFaceHook(self.hf_conn_id).get_token() if rt.config.hub_repo_id else None
+        gated = approval_required(rt.config, is_scheduled(context), approval_policy()) is not None
+        examples = StageRef.model_validate(resolved(self.examples))
+        return Compare(rt.store, rt.run, rt.config, rt.store.read_manifest(examples.manifest), token, gated=gated,
+                       s3_client_kwargs=rt.s3_client_kwargs).execute()
+
+
 PUBLISHED_KEYS = ("dataset_uri", "hub_url", "hub_commit_sha", "hub_pr_url", "export_uri")  # to XCom
 
 

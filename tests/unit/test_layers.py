@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 LIBRARY = Path(__file__).resolve().parents[2] / "bonito_tasks"
-STAGES = ("extract", "chunk", "generate", "validate", "publish")
+STAGES = ("extract", "chunk", "generate", "validate", "compare", "publish")
 
 
 def _module(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bonito_tasks.compare import Compare, DriftFailed
 from bonito_tasks.contracts import (
     CompareMetrics,
     Manifest,
@@ -15,7 +16,7 @@ from bonito_tasks.contracts import (
     SuiteRef,
     ValidateMetrics,
 )
-from bonito_tasks.release import LATEST_SCORECARD, Compare, DriftFailed, tag_name
+from bonito_tasks.release import LATEST_SCORECARD, tag_name
 from bonito_tasks.release.scorecard import build_scorecard
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore
@@ -100,6 +101,10 @@ def test_planted_drift_fails_naming_the_cause(tmp_path, hub, caplog):
     assert "KL divergence" in message and "threshold 0.5" in message and "tonight {yes: 1}" in message
     failure = StageWriter(store, RunRef(dag_id="bonito_dataset", run_id="run-2"), StageName.COMPARE).failure()
     assert failure is not None and failure.permanent and "labels of ynqa" in failure.message
+    from bonito_tasks.failures import failure_cause
+
+    cause = failure_cause(store, RunRef(dag_id="bonito_dataset", run_id="run-2"))  # the run summary's cause
+    assert cause is not None and cause.stage == "compare" and cause.message.startswith("tonight drifted")
     assert store.exists("bonito_dataset/run-2/compare/scorecard.json")  # the comparison stays to look at
 
 
@@ -132,9 +137,10 @@ def test_unreadable_baseline_is_reported_not_passed(tmp_path, hub):
 def test_publish_tags_its_release_and_a_rollback_restores_a_tag_in_one_new_commit(tmp_path, hub):
     import hashlib
 
+    from bonito_dev.rollback import rollback
     from bonito_tasks.contracts import PublishMetrics
     from bonito_tasks.publish import publish
-    from bonito_tasks.release.tags import RollbackRefused, release_tags, rollback
+    from bonito_tasks.release.tags import RollbackRefused, release_tags
     from tests.integration.test_publish_hub import FAST
     from tests.unit.test_publish import RUN, make_inputs
 

@@ -63,7 +63,7 @@ def test_complete_run(store, tmp_path):
     summary = run_summary(store, RUN, make_config(tmp_path, tensor_parallel_size=2))
 
     assert summary.stages == {"extract": "committed", "chunk": "committed", "generate": "2/2 shards committed",
-                              "validate": "committed", "publish": "committed"}
+                              "validate": "committed", "compare": "not committed", "publish": "committed"}
     assert summary.run_folder == store.uri("bonito_dataset/manual__2026-11-25T00_00_00_00_00")
     assert (summary.extracted.files, summary.extracted.documents, summary.extracted.rejects) == (7, 5, 2)
     assert summary.extracted.rejects_by_reason == {"corrupt_pdf": 2}
@@ -97,4 +97,4 @@ def test_run_that_failed_in_generate(store, tmp_path):
 def test_run_that_failed_in_extract(store, tmp_path):
     summary = run_summary(store, RUN, make_config(tmp_path))
     assert summary.stages == {"extract": "not committed", "chunk": "not committed", "generate": "not started",
-                                 "validate": "not committed", "publish": "not committed"}
+                                 "validate": "not committed", "compare": "not committed", "publish": "not committed"}
