@@ -220,6 +220,7 @@ class Publish(Stage):
                 commit.repo_url, commit.commit_sha, commit.created)
             metrics.hub_pr_url = commit.pr_url
             if config.publish_mode != "pr":  # a release: its commit tagged (a retry finds the tag there)
+                assert config.hub_repo_id is not None  # the commit went there
                 metrics.hub_tag = tag_release(config.hub_repo_id, commit.commit_sha, release_tag, token,
                                               self.endpoint or os.environ.get("HF_ENDPOINT") or None)
         if export:

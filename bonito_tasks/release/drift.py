@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, TypedDict
 
 from bonito_tasks.contracts import DriftCheck, DriftSeverity, Scorecard
 
@@ -141,6 +141,10 @@ def _numeric(base: dict[Any, int], now: dict[Any, int]):
     return partition, _expand({int(k): n for k, n in now.items()}), (summary(base), summary(now))
 
 
+class _KLOptions(TypedDict, total=False):
+    tail_weight_holdout: float
+
+
 def _run_kl(todo: list[tuple[DriftCheck, dict, list[Any]]], threshold: float) -> None:
     """One GX suite run per distribution (the columns differ in length); the observed divergence
     becomes the check's value, an exception its note."""
@@ -153,7 +157,7 @@ def _run_kl(todo: list[tuple[DriftCheck, dict, list[Any]]], threshold: float) ->
     source = context.data_sources.add_pandas("drift")
     for i, (check, partition, values) in enumerate(todo):
         suite = context.suites.add(gx.ExpectationSuite(name=f"drift-{i}"))
-        extra = {"tail_weight_holdout": TAIL} if "bins" in partition else {}
+        extra: _KLOptions = {"tail_weight_holdout": TAIL} if "bins" in partition else {}
         suite.add_expectation(gx.expectations.ExpectColumnKLDivergenceToBeLessThan(
             column="value", partition_object=partition, threshold=threshold, **extra,
             meta={"name": check.name, "level": "drift"}))
