@@ -522,7 +522,6 @@ class Scorecard(BaseModel):
     chunks: int | None = None
     chunk_filters: dict[str, int] = Field(default_factory=dict)  # reason -> chunks dropped before generation
     duplicate_chunks: int | None = None
-    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 DriftSeverity = Literal["ok", "warning", "failure", "not_computed"]

@@ -55,6 +55,10 @@ class Compare(Stage):
         if baseline.scorecard is None:
             metrics.verdict = "warning" if "could not" in baseline.note or "not a scorecard" in baseline.note \
                 else "first_release"
+        elif baseline.scorecard.run_id == self.run.run_id and baseline.scorecard.dag_id == self.run.dag_id:
+            # compare cleared after this run published: the baseline is this run's own release
+            metrics.verdict = "pass"
+            metrics.baseline_note = "the last release is this run's own (already published): nothing to compare"
         else:
             metrics.baseline_run, metrics.baseline_tag = baseline.scorecard.run_id, baseline.scorecard.release_tag
             metrics.checks = drift_checks(scorecard, baseline.scorecard, kl_warning=config.drift_kl_warning,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import SCORECARD_VERSION, CompareMetrics, Scorecard, canonical_json, sha256_hex
+from bonito_tasks.contracts import SCORECARD_VERSION, CompareMetrics, Scorecard, sha256_hex
 from bonito_tasks.store import safe_segment
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,3 @@ def scorecard_files(metrics: CompareMetrics | None) -> dict[str, bytes]:
         return {}
     data = metrics.scorecard.model_dump_json(indent=2).encode()
     return {LATEST_SCORECARD: data, release_scorecard_path(metrics.scorecard.release_tag): data}
-
-
-def scorecard_digest(scorecard: Scorecard) -> str:
-    return sha256_hex(canonical_json(scorecard.model_dump(exclude={"created_at"})))

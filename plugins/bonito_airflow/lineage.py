@@ -24,6 +24,7 @@ dataset. The Hub dataset is namespace `https://huggingface.co` ($HF_ENDPOINT whe
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from bonito_tasks.contracts import TABLES, ExpectationOutcome, Manifest, StageFailure
+from bonito_tasks.contracts import TABLES, CompareMetrics, ExpectationOutcome, Manifest, StageFailure
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,38 @@ def stage_lineage(operator, task_instance=None):
         inputs = _with_assertions(inputs, list(getattr(metrics, "expectations", [])))
     if manifest.stage == "publish":
         outputs += published_datasets(manifest.dag_id, metrics, rt.config.hub_repo_id)
+    if isinstance(metrics, CompareMetrics):  # the run event carries the scorecard and the drift verdict (#24)
+        facets = {"bonito_scorecard": scorecard_facet(metrics)}
+        return OperatorLineage(inputs=inputs, outputs=outputs, run_facets=facets)
     return OperatorLineage(inputs=inputs, outputs=outputs)
+
+
+@functools.cache
+def _scorecard_facet_type():
+    import attr
+    from openlineage.client.facet_v2 import RunFacet
+
+    @attr.define
+    class BonitoScorecardRunFacet(RunFacet):
+        """Tonight's scorecard (bonito_tasks.contracts.Scorecard) and its drift against the last release."""
+
+        scorecard: dict
+        verdict: str
+        baseline_run: str | None = None
+        baseline_tag: str | None = None
+        failures: int = 0
+        warnings: int = 0
+        checks: list = attr.field(factory=list)
+
+    return BonitoScorecardRunFacet
+
+
+def scorecard_facet(metrics: CompareMetrics):
+    """The compare stage's run facet: the scorecard, the verdict and the checks that are not ok."""
+    return _scorecard_facet_type()(
+        scorecard=metrics.scorecard.model_dump(mode="json"), verdict=metrics.verdict, baseline_run=metrics.baseline_run,
+        baseline_tag=metrics.baseline_tag, failures=metrics.failures, warnings=metrics.warnings,
+        checks=[c.model_dump(mode="json") for c in metrics.checks if c.severity != "ok"])
 
 
 def published_datasets(dag_id: str, metrics, hub_repo_id: str | None) -> list:

@@ -173,3 +173,29 @@ def test_publish_tags_its_release_and_a_rollback_restores_a_tag_in_one_new_commi
     assert head.oid == sha and "Rolled back by oncall: bad labels" in head.description
     digest = {p: hashlib.sha256(d).hexdigest() for p, d in head.files.items()}
     assert digest == {p: hashlib.sha256(d).hexdigest() for p, d in released.items()}  # byte for byte
+
+
+@pytest.mark.airflow
+def test_the_lineage_run_event_carries_the_scorecard(tmp_path, hub):
+    from openlineage.client.serde import Serde
+
+    from bonito_airflow.lineage import stage_lineage
+
+    store = LocalStore(tmp_path / "store")
+    release(hub, compare(store, tmp_path, hub, "run-1", quality(30, 20)).metrics_as(CompareMetrics).scorecard)
+    manifest = compare(store, tmp_path, hub, "run-2", quality(30, 20, dup=0.08))
+
+    class Runtime:
+        config = make_config(tmp_path, hub_repo_id=REPO)
+
+    Runtime.store = store
+
+    class Operator:
+        lineage_run = (Runtime, manifest)
+
+    lineage = stage_lineage(Operator())
+    facet = lineage.run_facets["bonito_scorecard"]
+    assert facet.verdict == "warning" and facet.baseline_run == "run-1"
+    assert facet.scorecard["task_types"]["ynqa"]["labels"] == {"yes": 30, "no": 20}
+    assert [c["name"] for c in facet.checks] == ["duplicate rate"]
+    assert '"verdict": "warning"' in Serde.to_json(facet)  # serializable as a run facet
