@@ -288,8 +288,10 @@ def test_update_ledger_records_the_documents(store):
 
     documents = _manifest(store, "extract", ExtractMetrics(documents=2))
     op = BonitoLedgerOperator(task_id="update_ledger", documents={"manifest": documents.uri})
-    with mock.patch("bonito_tasks.ledger.update_ledger", return_value={"documents": 2}) as update_ledger:
-        assert op.execute(_context(store, op)) == {"documents": 2}
+    from bonito_tasks.ledger import LedgerUpdate
+
+    with mock.patch("bonito_tasks.ledger.update_ledger", return_value=LedgerUpdate(recorded=2)) as update_ledger:
+        assert op.execute(_context(store, op)) == LedgerUpdate(recorded=2).model_dump(mode="json")
     assert update_ledger.call_args.args[2] == documents
 
 
