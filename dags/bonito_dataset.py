@@ -107,7 +107,8 @@ def bonito_dataset():
     validate = BonitoValidateOperator(task_id="validate", partitions=validate_shard.output, outlets=[EXAMPLES],
                                       doc_md=runbook("validate"))
     compare = BonitoCompareOperator(task_id="compare", examples=validate.output, doc_md=runbook("compare"))
-    approve = BonitoApprovalOperator(task_id="approve", examples=validate.output, doc_md=runbook("approve"))
+    approve = BonitoApprovalOperator(task_id="approve", examples=validate.output, comparison=compare.output,
+                                     doc_md=runbook("approve"))
     publish = BonitoPublishOperator(task_id="publish", examples=validate.output, documents=documents.output,
                                     approval=approve.output, inlets=[EXAMPLES], outlets=[DATASET, PUBLISHED],
                                     doc_md=runbook("publish"))
@@ -116,7 +117,6 @@ def bonito_dataset():
     summarize = BonitoSummaryOperator(task_id="summarize", trigger_rule="all_done", on_failure_callback=None,
                                       doc_md=runbook("summarize"))
     check_params >> plan
-    compare >> approve  # drift against the last release gates approval and publish
     publish >> update_ledger >> summarize
 
 

@@ -115,16 +115,18 @@ class BonitoApprovalOperator(ApprovalOperator):
     when the deployment's policy or the run's `require_approval` asks for it; returns the decision
     as an `Approval` dict."""
 
-    template_fields = (*ApprovalOperator.template_fields, "examples")
+    template_fields = (*ApprovalOperator.template_fields, "examples", "comparison")
     ui_color = "#fce4ec"
 
-    def __init__(self, *, examples: dict[str, Any] | XComArg, **kwargs: Any):
+    def __init__(self, *, examples: dict[str, Any] | XComArg, comparison: dict[str, Any] | XComArg | None = None,
+                 **kwargs: Any):
         # In a DAG, `params` arrive merged with the DAG's (source "dag"); the form shows this task's own.
         params = ParamsDict(kwargs.pop("params", None) or {})
         params[NOTE_PARAM] = Param(None, type=["null", "string"], title="Note", source="task",
                                    description="Why you approve or reject (kept in the manifest and the card).")
         super().__init__(subject="Publish this run's dataset?", params=params, **kwargs)
         self.examples = examples
+        self.comparison = comparison  # the compare task's output: its drift review (#24, docs/releases.md)
 
     def execute(self, context) -> Any:
         from bonito_airflow.runtime import checked_config, run_folder
@@ -154,6 +156,8 @@ class BonitoApprovalOperator(ApprovalOperator):
         counts = examples.get("counts", {})
         self.subject = f"Publish {counts.get('passed', counts.get('examples', 0))} examples of run {dag_run.run_id}?"
         self.body = review_body(examples, view)
+        if isinstance(self.comparison, dict) and self.comparison.get("review"):
+            self.body += "\n\n" + str(self.comparison["review"])
         self.response_timeout = timedelta(minutes=config.approval_timeout_minutes)
         self.log.info("waiting up to %g min for a decision; review the rows at %s", config.approval_timeout_minutes,
                       view)

@@ -40,7 +40,15 @@ from bonito_airflow.schedule import resolve_run_values
 from bonito_airflow.templated import Templated, resolved
 from bonito_airflow.view.links import DataDocsLink, QualityReportLink
 from bonito_tasks.config import check_config
-from bonito_tasks.contracts import Approval, ChunkMetrics, Manifest, PlanMetrics, PublishMetrics, StageName
+from bonito_tasks.contracts import (
+    Approval,
+    ChunkMetrics,
+    CompareMetrics,
+    Manifest,
+    PlanMetrics,
+    PublishMetrics,
+    StageName,
+)
 from bonito_tasks.errors import PermanentFailure
 
 STAGE_OUTPUT_KEY = "stage_output"  # XCom key of a stage's own output when its return value lists what to map over
@@ -330,6 +338,13 @@ class BonitoCompareOperator(BonitoStageOperator):
         examples = StageRef.model_validate(resolved(self.examples))
         return Compare(rt.store, rt.run, rt.config, rt.store.read_manifest(examples.manifest), token, gated=gated,
                        s3_client_kwargs=rt.s3_client_kwargs).execute()
+
+    def to_xcom(self, context, rt: TaskRuntime, manifest: Manifest) -> dict[str, Any]:
+        """The manifest reference, the verdict and the comparison as the approver reads it."""
+        from bonito_tasks.compare import compare_markdown
+
+        metrics = manifest.metrics_as(CompareMetrics)
+        return stage_output(context, manifest, verdict=metrics.verdict, review=compare_markdown(metrics))
 
 
 PUBLISHED_KEYS = ("dataset_uri", "hub_url", "hub_commit_sha", "hub_pr_url", "export_uri")  # to XCom

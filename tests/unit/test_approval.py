@@ -54,6 +54,24 @@ def test_on_asks_with_pass_rate_counts_and_the_view_then_waits(tmp_path, monkeyp
     assert "note" in asked["params"] and op.response_timeout == timedelta(minutes=90)
 
 
+def test_the_approver_sees_the_drift_comparison(tmp_path, monkeypatch):
+    """With the approval gate on, drift beyond a failure threshold waits for a person (#24): the
+    compare task's review is in the body."""
+    import airflow.providers.standard.operators.hitl as hitl
+    from airflow.sdk.exceptions import TaskAwaitingInput
+
+    from bonito_airflow.approval import BonitoApprovalOperator
+
+    asked = {}
+    monkeypatch.setattr(hitl, "upsert_hitl_detail", lambda **kw: asked.update(kw))
+    review = "**Drift since the last release**: drift verdict: review\n\n- FAILURE: labels of ynqa (...)"
+    op = BonitoApprovalOperator(task_id="approve", examples=VALIDATED,
+                                comparison={"manifest": "m", "verdict": "review", "review": review})
+    with pytest.raises(TaskAwaitingInput):
+        op.execute(_context(tmp_path, require_approval=True))
+    assert asked["body"].endswith(review) and "pass rate **90.0%**" in asked["body"]
+
+
 def _event(option: str, note: str | None):
     return {"chosen_options": [option], "params_input": {"note": note},
             "responded_at": datetime(2026, 11, 28, 12, 0, tzinfo=UTC),

@@ -67,7 +67,7 @@ def test_wiring_runbooks_and_xcom_references(monkeypatch):
     assert plan_shards.partitions.operator is dag.get_task("chunk")
     assert validate.partitions.operator is validate_shard
     compare = dag.get_task("compare")  # drift against the last release gates approval and publish (#24)
-    assert compare.examples.operator is validate and "approve" in compare.downstream_task_ids
+    assert compare.examples.operator is validate and dag.get_task("approve").comparison.operator is compare
     assert dag.get_task("summarize").trigger_rule == "all_done"
     assert dag.get_task("check_params").downstream_task_ids == {"plan"}
     assert not dag.get_task("check_params").upstream_task_ids
