@@ -120,6 +120,8 @@ class Publish(Stage):
         sources = store.read_table(self.documents, "documents", columns=SOURCE_COLUMNS)
         quality = examples.metrics.quality if isinstance(examples.metrics, ValidateMetrics) else None
         assets = quality_plots(store, quality)
+        if self.compare and self.compare.plots:  # tonight vs the last release, beside the quality plots
+            assets += quality_plots(store, QualitySummary(plots=self.compare.plots))
         export = open_store(config.export_s3_uri, **self.s3_client_kwargs) if config.export_s3_uri else None
         built: list[Snapshot] = []
         chunked = self.chunks  # this run's chunk stage: filters, passages

@@ -157,6 +157,7 @@ def test_publish_tags_its_release_and_a_rollback_restores_a_tag_in_one_new_commi
     assert LATEST_SCORECARD in released and f".bonito/scorecards/{tag}.json" in released
     card = released["README.md"].decode()
     assert "## Changes since the last release" in card and f'revision="{tag}"' in card
+    assert "assets/drift.svg" in released and "(assets/drift.svg)" in card  # tonight vs the last release
 
     bad = {**released, "data/bad/extra.parquet": b"bad night", "README.md": b"a bad card"}
     hub._commit(repo, "a bad night", "", bad, parent=repo.refs["main"])
