@@ -38,6 +38,10 @@ from webhook_server import WebhookReceiver
 
 DAG_ID = "bonito_dataset"
 USERNAME = "admin"
+# A second account, role `user` (may trigger and answer required actions): the approval tests trigger as
+# one and approve as the other (BONITO_APPROVERS names both; the one who triggered a run never approves it).
+TRIGGERER = "alice"
+APPROVERS = f"{USERNAME},{TRIGGERER}"
 SWEEP_DOC = "apache-2.0.txt"  # the one document in BONITO_SOURCE, the scheduled sweep's prefix
 HUB_REPO = "bonito-test/deploy"
 # The scheduled runs' own settings: append their new rows to the manual runs' Hub dataset. The tiny
@@ -59,10 +63,18 @@ class Deployment:
     alerts: WebhookReceiver
     services: Services
     source: Path  # BONITO_SOURCE, the folder the scheduled runs sweep
+    store: Path  # BONITO_STORE
+    passwords: dict[str, str]  # every account's password
 
     def details(self) -> str:
         """The processes' log tails, for failure messages."""
         return self.services.tails()
+
+    def api_as(self, username: str) -> AirflowApi:
+        """The REST API signed in as another account of the deployment."""
+        api = AirflowApi(self.url, username, self.passwords[username])
+        api.login()
+        return api
 
 
 def _airflow_env(home: Path, db: str, redis_db: int, port: int, passwords: Path, hub: HubServer,
@@ -85,7 +97,12 @@ def _airflow_env(home: Path, db: str, redis_db: int, port: int, passwords: Path,
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",  # user:role
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin,{TRIGGERER}:user",  # user:role
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "BONITO_APPROVERS": APPROVERS,
+        # The scheduled sweep publishes to the Hub unattended here (the default, scheduled-hub, would have
+        # it wait for a person); approval itself is tested with require_approval (test_untrusted.py).
+        "BONITO_REQUIRE_APPROVAL": "never",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         # Free ports for the worker's and triggerer's log servers (defaults 8793/8794 may be taken).
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
@@ -122,8 +139,9 @@ def deployment(tmp_path_factory):
     source.mkdir()
     shutil.copy(SAMPLE_DOCS / SWEEP_DOC, source)
     password = secrets.token_urlsafe(12)
+    accounts = {USERNAME: password, TRIGGERER: secrets.token_urlsafe(12)}
     passwords = root / "passwords.json"
-    passwords.write_text(json.dumps({USERNAME: password}))
+    passwords.write_text(json.dumps(accounts))
     port = free_port()
     name = f"bonito_deploy_{uuid.uuid4().hex[:10]}"
 
@@ -148,7 +166,7 @@ def deployment(tmp_path_factory):
         services.start("celery-worker", "celery", "worker", "--queues", "default,gpu", "--concurrency", "2")
 
         api = AirflowApi(f"http://127.0.0.1:{port}", USERNAME, password)
-        stack = Deployment(api.url, USERNAME, password, api, hub, alerts, services, source)
+        stack = Deployment(api.url, USERNAME, password, api, hub, alerts, services, source, root / "store", accounts)
 
         def up(check):
             services.assert_running()

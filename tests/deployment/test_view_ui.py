@@ -20,7 +20,7 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import expect
 
-from deployment.conftest import DAG_ID
+from deployment.conftest import DAG_ID, TRIGGERER
 from deployment.stack import wait_until
 from deployment.test_ui import page  # noqa: F401 - the browser fixture
 
@@ -141,7 +141,8 @@ def _approve(deployment, page, shot):  # noqa: F811
             "max_duplicate_rate": 1, "max_label_share": 1}
     deployment.api.set_paused(DAG_ID, False)
     try:
-        run_id = deployment.api.trigger(DAG_ID, conf)
+        # Another account triggers: the one who triggered a run cannot approve it (test_untrusted.py).
+        run_id = deployment.api_as(TRIGGERER).trigger(DAG_ID, conf)
 
         def approve_waiting():
             states = {ti["task_id"]: ti["state"] for ti in deployment.api.task_instances(DAG_ID, run_id)}
