@@ -25,7 +25,7 @@ def test_dagbag_has_no_import_errors(dag):
     # load_dag raises on any import error in the dags folder.
     assert [t.task_id for t in dag.topological_sort()] == [
         "check_params", "plan", "extract", "collect_documents", "chunk", "plan_shards", "generate",
-        "validate_shard", "validate", "approve", "publish", "update_ledger", "summarize"]
+        "validate_shard", "validate", "compare", "approve", "publish", "update_ledger", "summarize"]
     runbooks = Path(dag.fileloc).parent / "runbooks"
     assert sorted(p.stem for p in runbooks.glob("*.md")) == sorted(dag.task_ids)
     for t in dag.tasks:
