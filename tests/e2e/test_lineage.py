@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 import subprocess
 import sys
@@ -107,12 +108,14 @@ def lineage(tmp_path_factory):
     conf = {"source": str(SAMPLE_DOCS), "store": str(out / "store"), "model_id": str(TINY_MODEL), "dtype": "float32",
             "task_types": ["exqa", "ynqa"], "chunk_shard_size": 50, "min_pass_rate": 0.0, "max_duplicate_rate": 1.0,
             "max_label_share": 1.0}
+    # A module fixture runs before the function-scoped allow_any_location: allow this run's store here.
+    env = {**os.environ, "BONITO_ALLOWED_STORES": conf["store"]}
     done = subprocess.run([sys.executable, str(RUNNER), str(out), json.dumps(conf)], capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-5000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("LINEAGE_RUN ")]
     run = json.loads(line.removeprefix("LINEAGE_RUN "))
-    assert run["state"] == "success", done.stderr[-5000:]
+    assert run["state"] == "success", (done.stdout + done.stderr)[-5000:]
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     return run, events, out
 
