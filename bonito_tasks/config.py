@@ -176,14 +176,14 @@ class RunConfig(BaseModel):
     # Drift against the last release published to the same target (bonito_tasks/release, docs/releases.md):
     # distributions by Great Expectations' KL divergence, rates by their change; None: that severity is off.
     drift_kl_warning: float | None = Field(
-        0.1, gt=0, description="Drift check: KL divergence of a distribution (labels, output lengths, task-type "
-        "mix) from the last release's over which the run logs a warning; empty: none.")
+        0.1, gt=0, description="Drift check: KL divergence of a distribution (labels, output and input lengths, "
+        "task-type mix, writing systems) from the last release's over which the run logs a warning; empty: none.")
     drift_kl_failure: float | None = Field(
         0.5, gt=0, description="Drift check: KL divergence over which the run fails (or, with approval, waits for "
         "a person who sees the comparison); empty: drift never fails a run.")
     drift_rate_warning: float | None = Field(
-        0.05, gt=0, le=1, description="Drift check: change of a rate (pass rate per task type, duplicate rate) "
-        "from the last release's over which the run logs a warning; empty: none.")
+        0.05, gt=0, le=1, description="Drift check: change of a rate (pass rate per task type, duplicate rate, "
+        "verbatim answers, bigram diversity) from the last release's over which the run logs a warning; empty: none.")
     drift_rate_failure: float | None = Field(
         0.2, gt=0, le=1, description="Drift check: change of a rate over which the run fails (or waits for "
         "approval); empty: rates never fail a run.")

@@ -397,10 +397,25 @@ class QualitySummary(BaseModel):
     labels: dict[str, dict[str, int]] = Field(default_factory=dict)  # task type -> label -> passing rows
     # task type -> output length -> [passed rows, quarantined rows]: the distribution the scorecard compares
     output_length_counts: dict[str, dict[int, tuple[int, int]]] = Field(default_factory=dict)
+    # The mix of every validated row (ValidateAggregate's, with the bigram sketches as distinct-2 shares)
+    input_length_counts: dict[str, dict[int, int]] = Field(default_factory=dict)
+    verbatim: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    scripts: dict[str, int] = Field(default_factory=dict)
+    distinct_bigrams: dict[str, float] = Field(default_factory=dict)  # task type -> distinct / all output bigrams
+    top_sources: dict[str, int] = Field(default_factory=dict)  # doc_id -> validated rows, largest first
     data_docs_uri: str | None = None
     report_uri: str | None = None
     summary_uri: str | None = None
     plots: dict[str, str] = Field(default_factory=dict)  # file name -> URI of each image
+
+
+class BigramSketch(BaseModel):
+    """Distinct-bigram diversity of some outputs, mergeable across partitions (validate/mix.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bigrams: int = 0  # word bigrams of the outputs (a one-word output counts one)
+    smallest: list[int] = Field(default_factory=list)  # the smallest distinct bigram hashes (uint64), sorted
 
 
 class ValidateAggregate(BaseModel):
@@ -421,6 +436,14 @@ class ValidateAggregate(BaseModel):
     lengths: dict[str, dict[int, tuple[int, int]]] = Field(default_factory=dict)
     labels: dict[str, dict[str, int]] = Field(default_factory=dict)  # task type -> label -> passed rows
     unit: str = ""  # what `lengths` count: tokens of the model's tokenizer, or the bytes / 4 estimate
+    # The mix of every validated row (validate/mix.py): task type -> input-length bucket -> rows;
+    # task type -> (answers found verbatim in their passage, answers checked); writing system -> rows;
+    # task type -> output bigram sketch; doc_id -> rows (the most productive documents only).
+    input_lengths: dict[str, dict[int, int]] = Field(default_factory=dict)
+    verbatim: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    scripts: dict[str, int] = Field(default_factory=dict)
+    bigrams: dict[str, BigramSketch] = Field(default_factory=dict)
+    sources: dict[str, int] = Field(default_factory=dict)
     row_result: dict[str, Any] = Field(default_factory=dict)  # the row suite's GX result over the shard
 
 
@@ -482,7 +505,7 @@ class PublishMetrics(_Metrics):
 
 # ---- Releases (bonito_tasks/release): a run's scorecard, and its drift against the last release's.
 
-SCORECARD_VERSION = 1
+SCORECARD_VERSION = 2  # 2: input lengths, verbatim answers, scripts, bigram diversity, top sources
 
 
 class TaskScore(BaseModel):
@@ -497,6 +520,11 @@ class TaskScore(BaseModel):
     output_tokens: LengthStats | None = None
     labels: dict[str, int] = Field(default_factory=dict)  # label -> passing rows (classification task types)
     output_lengths: dict[int, int] = Field(default_factory=dict)  # output length (tokens) -> passing rows
+    # Of every validated row of the task type (version 2): input-length bucket (estimated tokens) -> rows,
+    # the share of answers found verbatim in their passage (extractive types), distinct-2 of the outputs
+    input_lengths: dict[int, int] = Field(default_factory=dict)
+    verbatim_share: float | None = None
+    distinct_bigrams: float | None = None
 
 
 class Scorecard(BaseModel):
@@ -522,6 +550,8 @@ class Scorecard(BaseModel):
     chunks: int | None = None
     chunk_filters: dict[str, int] = Field(default_factory=dict)  # reason -> chunks dropped before generation
     duplicate_chunks: int | None = None
+    scripts: dict[str, int] = Field(default_factory=dict)  # writing system of the inputs -> validated rows
+    top_sources: dict[str, int] = Field(default_factory=dict)  # doc_id -> validated rows, the ten largest
 
 
 DriftSeverity = Literal["ok", "warning", "failure", "not_computed"]

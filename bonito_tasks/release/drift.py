@@ -1,13 +1,14 @@
 """Drift checks: tonight's scorecard against the last release's.
 
-Distributions (labels per classification task type, output lengths per task type, the task-type
-mix) are checked with Great Expectations' `expect_column_kl_divergence_to_be_less_than`: the
-baseline's histogram is the partition object (smoothed: a category or range the baseline never saw
-gets half a row, so the divergence stays finite), tonight's histogram is the column (its counts
-expanded into values, scaled to at most `MAX_ROWS`). Rates (pass rate overall and per task type,
-duplicate rate) are checked by their change from the baseline. Each check has a warning and a
-failure threshold (RunConfig `drift_*`); a check that cannot be computed says so (`not_computed`,
-counted as a warning: it never passes silently).
+Distributions (labels per classification task type, output and input lengths per task type, the
+task-type mix, the writing systems of the inputs) are checked with Great Expectations'
+`expect_column_kl_divergence_to_be_less_than`: the baseline's histogram is the partition object
+(smoothed: a category or range the baseline never saw gets half a row, so the divergence stays
+finite), tonight's histogram is the column (its counts expanded into values, scaled to at most
+`MAX_ROWS`). Rates (pass rate overall and per task type, duplicate rate, the share of extractive
+answers found verbatim, the outputs' distinct-bigram share) are checked by their change from the
+baseline. Each check has a warning and a failure threshold (RunConfig `drift_*`); a check that
+cannot be computed says so (`not_computed`, counted as a warning: it never passes silently).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ RATE = "rate_change"
 MAX_ROWS = 20_000  # a distribution's column: its counts scaled down to about this many values
 SMOOTHING = 0.5  # rows added to every bin of the baseline's histogram
 LENGTH_BINS = 12
-TAIL = 0.01  # the baseline's weight for output lengths outside its range
+TAIL = 0.01  # the baseline's weight for lengths outside its range
+# Distinct-2 falls as a night grows (more text, more repeats of common bigrams): a change warns only.
+WARN_ONLY = "depends on the night's size: warns, never fails"
 
 
 def drift_checks(tonight: Scorecard, baseline: Scorecard, *, kl_warning: float | None, kl_failure: float | None,
@@ -33,21 +36,24 @@ def drift_checks(tonight: Scorecard, baseline: Scorecard, *, kl_warning: float |
     """Every check of tonight against `baseline`, in a stable order."""
     checks: list[DriftCheck] = []
 
-    def rate(name: str, base: float | None, now: float | None, note: str = "") -> None:
+    def rate(name: str, base: float | None, now: float | None, note: str = "", *, warn_only: bool = False) -> None:
+        failure = None if warn_only else rate_failure
         check = DriftCheck(name=name, kind="rate", expectation=RATE, baseline=base, tonight=now,
-                           warning=rate_warning, failure=rate_failure)
+                           warning=rate_warning, failure=failure,
+                           note=WARN_ONLY if warn_only else "")
         if base is None or now is None:
             check.severity, check.note = "not_computed", note or "the baseline has no such rate"
         else:
             check.value = round(now - base, 6)
-            check.severity = _severity(abs(check.value), rate_warning, rate_failure)
+            check.severity = _severity(abs(check.value), rate_warning, failure)
         checks.append(check)
 
     rate("pass rate", baseline.pass_rate if baseline.rows else None, tonight.pass_rate)
     rate("duplicate rate", baseline.duplicate_rate if baseline.rows else None, tonight.duplicate_rate)
     distributions: list[tuple[str, dict[Any, int], dict[Any, int], bool]] = [
         ("task-type mix", {t: s.passed for t, s in baseline.task_types.items()},
-         {t: s.passed for t, s in tonight.task_types.items()}, False)]
+         {t: s.passed for t, s in tonight.task_types.items()}, False),
+        ("writing systems", baseline.scripts, tonight.scripts, False)]
     for task, score in sorted(tonight.task_types.items()):
         base = baseline.task_types.get(task)
         if base is None:
@@ -57,6 +63,10 @@ def drift_checks(tonight: Scorecard, baseline: Scorecard, *, kl_warning: float |
         if score.labels or base.labels:
             distributions.append((f"labels of {task}", base.labels, score.labels, False))
         distributions.append((f"output length of {task}", base.output_lengths, score.output_lengths, True))
+        distributions.append((f"input length of {task}", base.input_lengths, score.input_lengths, True))
+        if score.verbatim_share is not None or base.verbatim_share is not None:
+            rate(f"verbatim answers of {task}", base.verbatim_share, score.verbatim_share)
+        rate(f"bigram diversity of {task}", base.distinct_bigrams, score.distinct_bigrams, warn_only=True)
     todo = []
     for name, base_counts, now_counts, numeric in distributions:
         check = DriftCheck(name=name, kind="distribution", expectation=KL, warning=kl_warning, failure=kl_failure)

@@ -18,7 +18,8 @@ from bonito_tasks.contracts import (
 
 def build_scorecard(run: RunRef, validated: Manifest, chunked: Manifest | None, tag: str = "") -> Scorecard:
     """The scorecard of a run: validate's quality summary (pass rates, quarantine reasons, output
-    lengths and labels per task type) and chunk's counts."""
+    lengths and labels per task type, and the mix of the validated rows: input lengths, verbatim
+    answers, bigram diversity, writing systems, top sources) and chunk's counts."""
     quality = validated.metrics_as(ValidateMetrics).quality
     tasks: dict[str, TaskScore] = {}
     for task, counts in sorted(quality.output_length_counts.items()):
@@ -28,10 +29,14 @@ def build_scorecard(run: RunRef, validated: Manifest, chunked: Manifest | None, 
         stats: LengthStats | None = quality.output_tokens.get(task)
         if kept_lengths:
             stats = length_stats(kept_lengths)
+        found, checked = quality.verbatim.get(task, (0, 0))
         tasks[task] = TaskScore(rows=rows, passed=passed, pass_rate=round(passed / rows, 6) if rows else 0.0,
                                 share=round(passed / quality.passed, 6) if quality.passed else 0.0,
                                 output_tokens=stats, labels=dict(quality.labels.get(task, {})),
-                                output_lengths=kept_lengths)
+                                output_lengths=kept_lengths,
+                                input_lengths=dict(sorted(quality.input_length_counts.get(task, {}).items())),
+                                verbatim_share=round(found / checked, 6) if checked else None,
+                                distinct_bigrams=quality.distinct_bigrams.get(task))
     chunk = chunked.metrics if chunked and isinstance(chunked.metrics, ChunkMetrics) else None
     return Scorecard(
         dag_id=run.dag_id, run_id=run.run_id, release_tag=tag, rows=quality.rows, passed=quality.passed,
@@ -39,6 +44,7 @@ def build_scorecard(run: RunRef, validated: Manifest, chunked: Manifest | None, 
         quarantine_reasons=dict(quality.failed_expectations), parse_failures=dict(quality.parse_failures),
         task_types=tasks, documents=chunk.documents if chunk else None, chunks=chunk.chunks if chunk else None,
         chunk_filters=dict(chunk.filtered) if chunk else {}, duplicate_chunks=chunk.duplicate_chunks if chunk else None,
+        scripts=dict(quality.scripts), top_sources=dict(list(quality.top_sources.items())[:10]),
     )
 
 

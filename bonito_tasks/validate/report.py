@@ -19,18 +19,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bonito_tasks.contracts import GenerateMetrics, LengthStats, Manifest, QualitySummary, ValidateAggregate
+from bonito_tasks.validate.mix import add_mix, distinct_share, text_mix, top
 
 TOP_LABELS = 10
+TOP_SOURCES = 10
 HIST_BINS = 12
 
 
 def quality_report(
     profile: pa.Table, passed: np.ndarray, failed_by_row: dict[int, list[str]], generated: list[Manifest],
     label_tasks: list[str], output_tokens: np.ndarray | None = None, tokenizer: str | None = None,
+    examples: pa.Table | None = None,
 ) -> tuple[QualitySummary, dict[str, bytes]]:
     """(summary, files) of a whole examples table in memory: its numbers (`run_numbers`), then
     `run_report`. `output_tokens`: each row's output length in tokens of the model `tokenizer`
-    (bonito_tasks.tokens.count_tokens); None: the profile's estimate (UTF-8 bytes / 4)."""
+    (bonito_tasks.tokens.count_tokens); None: the profile's estimate (UTF-8 bytes / 4). `examples`:
+    the rows themselves, for their mix (validate/mix.py)."""
     parse_failures: Counter = Counter()
     for manifest in generated:
         parse_failures.update(manifest.metrics_as(GenerateMetrics).parse_failures)
@@ -38,7 +42,7 @@ def quality_report(
         output_tokens, unit = profile["output_tokens"].to_numpy(zero_copy_only=False), ESTIMATED_UNIT
     else:
         unit = f"tokens of {tokenizer}" if tokenizer else "tokens"
-    numbers = run_numbers(profile, passed, failed_by_row, output_tokens, label_tasks)
+    numbers = run_numbers(profile, passed, failed_by_row, output_tokens, label_tasks, examples)
     numbers.parse_failures = dict(parse_failures)
     numbers.dropped_generations = sum(m.rows_of("dropped_generations") for m in generated)
     return run_report(numbers, label_tasks, unit)
@@ -48,20 +52,23 @@ ESTIMATED_UNIT = "tokens, estimated as bytes / 4"
 
 
 def run_numbers(profile: pa.Table, passed: np.ndarray, failed_by_row: dict[int, list[str]],
-                output_tokens: np.ndarray, label_tasks: list[str]) -> ValidateAggregate:
+                output_tokens: np.ndarray, label_tasks: list[str], examples: pa.Table | None = None
+                ) -> ValidateAggregate:
     """What the report and the dataset suite need of some rows, in numbers that add up across
-    partitions: rows, passed rows, repeats, quarantine reasons, output lengths and labels."""
+    partitions: rows, passed rows, repeats, quarantine reasons, output lengths and labels; with
+    the rows themselves (`examples`), their mix too (validate/mix.py)."""
     task_type = profile["task_type"].to_numpy(zero_copy_only=False)
     labels = {}
     for task in label_tasks:
         column = profile[f"label__{task}"].combine_chunks().filter(pa.array(passed))
         labels[task] = {c["values"]: c["counts"] for c in pc.value_counts(column.drop_null()).to_pylist()}
-    return ValidateAggregate(
+    numbers = text_mix(examples, profile) if examples is not None else ValidateAggregate()
+    return numbers.model_copy(update=dict(
         rows=len(passed), passed=int(passed.sum()),
         repeats=int(profile["repeats_input_output"].to_numpy(zero_copy_only=False).sum()),
         failed_expectations=dict(Counter(name for names in failed_by_row.values() for name in names)),
         lengths=length_counts(np.asarray(output_tokens), task_type, passed), labels=labels,
-    )
+    ))
 
 
 LengthCounts = dict[str, dict[int, tuple[int, int]]]  # task type -> output length -> (passed, quarantined) rows
@@ -99,6 +106,7 @@ def add_numbers(total: ValidateAggregate, part: ValidateAggregate) -> None:
         mine_labels = total.labels.setdefault(task, {})
         for label, n in labels.items():
             mine_labels[label] = mine_labels.get(label, 0) + n
+    add_mix(total, part)
 
 
 def run_report(numbers: ValidateAggregate, label_tasks: list[str], unit: str = ESTIMATED_UNIT
@@ -124,6 +132,12 @@ def run_report(numbers: ValidateAggregate, label_tasks: list[str], unit: str = E
         output_tokens=lengths,
         labels=labels,
         output_length_counts=numbers.lengths,
+        input_length_counts=numbers.input_lengths,
+        verbatim=numbers.verbatim,
+        scripts=dict(Counter(numbers.scripts).most_common()),
+        distinct_bigrams={task: share for task, sketch in sorted(numbers.bigrams.items())
+                          if (share := distinct_share(sketch)) is not None},
+        top_sources=top(numbers.sources, TOP_SOURCES),
     )
     histograms = {task: _histogram(counts, HIST_BINS) for task, counts in sorted(numbers.lengths.items())}
     plots = {

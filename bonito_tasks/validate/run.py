@@ -413,7 +413,8 @@ def check_examples(
     dataset = None
     if not any(e["level"] == "contract" for e in rows.failed):
         passed = _passed(examples.num_rows, failed_by_row)
-        numbers = run_numbers(profile, passed, failed_by_row, profile["output_tokens"].to_numpy(), label_tasks(config))
+        numbers = run_numbers(profile, passed, failed_by_row, profile["output_tokens"].to_numpy(), label_tasks(config),
+                              examples)
         dataset = dataset_check(config, numbers, portable_result(rows.result), docs_dir)
     return ExamplesCheck(rows=rows, dataset=dataset, failed_by_row=failed_by_row, profile=profile, docs_dir=docs_dir)
 

@@ -110,7 +110,7 @@ class ValidateShard(Stage):
             unit = f"tokens of {tokenizer_name(config)}" if tokens is not None else ESTIMATED_UNIT
             if tokens is None:  # no tokenizer on this worker: the estimate, for every window of the shard
                 tokens = profile["output_tokens"].to_numpy(zero_copy_only=False)
-            add_numbers(numbers, run_numbers(profile, passed, failed_by_row, tokens, label_tasks(config)))
+            add_numbers(numbers, run_numbers(profile, passed, failed_by_row, tokens, label_tasks(config), window))
             numbers.unit = unit
             row_result = add_results(row_result, portable_result(rows.result))
 

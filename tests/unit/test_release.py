@@ -35,7 +35,10 @@ def quality(yes: int, no: int, lengths: dict[int, tuple[int, int]] | None = None
     return QualitySummary(rows=rows, passed=passed, quarantined=rows - passed, pass_rate=round(passed / rows, 6),
                           duplicate_rate=dup, failed_expectations={"output_min_tokens": rows - passed},
                           labels={"ynqa": {k: v for k, v in (("yes", yes), ("no", no)) if v}},
-                          output_length_counts={"exqa": lengths, "ynqa": ynq})
+                          output_length_counts={"exqa": lengths, "ynqa": ynq},
+                          input_length_counts={"exqa": {128: 60, 144: 45}, "ynqa": {96: yes + no}},
+                          verbatim={"exqa": (100, 105)}, scripts={"Latin": rows},
+                          distinct_bigrams={"exqa": 0.8, "ynqa": 0.5}, top_sources={"doc-a": 90, "doc-b": 60})
 
 
 def commit_validate(store, run: RunRef, summary: QualitySummary) -> Manifest:
@@ -77,6 +80,9 @@ def test_scorecard_from_aggregates():
     assert exqa.output_tokens is not None and exqa.output_tokens.median == 12 and exqa.output_tokens.max == 20
     assert ynqa.labels == {"yes": 30, "no": 20} and ynqa.share == pytest.approx(50 / 150, abs=1e-5)
     assert card.quarantine_reasons == {"output_min_tokens": 5}
+    assert exqa.input_lengths == {128: 60, 144: 45} and exqa.verbatim_share == round(100 / 105, 6)
+    assert ynqa.verbatim_share is None and (exqa.distinct_bigrams, ynqa.distinct_bigrams) == (0.8, 0.5)
+    assert card.scripts == {"Latin": 155} and card.top_sources == {"doc-a": 90, "doc-b": 60}
 
 
 def test_first_release_says_so_and_passes(tmp_path, hub):
@@ -200,3 +206,70 @@ def test_the_lineage_run_event_carries_the_scorecard(tmp_path, hub):
     assert facet.scorecard["task_types"]["ynqa"]["labels"] == {"yes": 30, "no": 20}
     assert [c["name"] for c in facet.checks] == ["duplicate rate"]
     assert '"verdict": "warning"' in Serde.to_json(facet)  # serializable as a run facet
+
+
+def mix_rows(n: int, offset: int = 0):
+    """(examples, profile) of n rows: inputs in four writing systems, exqa answers found or not."""
+    import pyarrow as pa
+
+    scripts = ["The contract ends in May.", "Договор заканчивается в мае.", "合同五月结束。", "12 34 56"]
+    inputs = [scripts[i % 4] * (1 + i % 7) for i in range(offset, offset + n)]
+    outputs = [f"answer {i % 13} word {i % 5}" for i in range(offset, offset + n)]
+    tasks = ["exqa" if i % 2 else "ynqa" for i in range(offset, offset + n)]
+    docs = [f"doc-{i % 3}" for i in range(offset, offset + n)]
+    examples = pa.table({"input": inputs, "output": outputs, "doc_id": docs})
+    profile = pa.table({"task_type": tasks, "input_tokens": [len(t.encode()) // 4 for t in inputs],
+                        "answer_in_context": [bool(i % 3) if t == "exqa" else None
+                                              for i, t in zip(range(offset, offset + n), tasks)]})
+    return examples, profile
+
+
+def test_the_mix_of_partitions_adds_up_to_the_mix_of_the_whole():
+    import pyarrow as pa
+
+    from bonito_tasks.contracts import ValidateAggregate
+    from bonito_tasks.validate.mix import add_mix, distinct_share, text_mix
+
+    a, b = mix_rows(40), mix_rows(60, offset=40)
+    total = ValidateAggregate()
+    add_mix(total, text_mix(*a))
+    add_mix(total, text_mix(*b))
+    whole = text_mix(pa.concat_tables([a[0], b[0]]), pa.concat_tables([a[1], b[1]]))
+    assert total == whole
+    assert whole.scripts == {"Latin": 25, "Cyrillic": 25, "Han": 25, "none": 25}
+    assert whole.verbatim["exqa"] == (sum(1 for i in range(100) if i % 2 and i % 3), 50)
+    assert "ynqa" not in whole.verbatim and whole.sources == {"doc-0": 34, "doc-1": 33, "doc-2": 33}
+    assert sum(whole.input_lengths["exqa"].values()) == 50
+    # 13 x 5 distinct outputs of four words: "answer k", "k word", "word m" bigrams, 3 per row
+    assert distinct_share(whole.bigrams["exqa"]) == pytest.approx(round(len(
+        {("answer", i % 13) for i in range(1, 100, 2)} | {(i % 13, "word") for i in range(1, 100, 2)}
+        | {("word", i % 5) for i in range(1, 100, 2)}) / 150, 4))
+
+
+def test_the_bigram_sketch_estimates_many_distinct_bigrams_within_a_few_percent():
+    from bonito_tasks.validate.mix import SKETCH_SIZE, bigram_sketch, distinct_share, merge_sketches
+
+    texts = [f"w{i} x{i * 7 % 1000} w{i % 97}" for i in range(30_000)]  # 3 bigrams a text, most distinct
+    exact = len({(t.split()[0], t.split()[1]) for t in texts} | {(t.split()[1], t.split()[2]) for t in texts})
+    sketch = merge_sketches(bigram_sketch(texts[:10_000]), bigram_sketch(texts[10_000:]))
+    assert len(sketch.smallest) == SKETCH_SIZE and sketch.bigrams == 60_000
+    assert distinct_share(sketch) == pytest.approx(exact / 60_000, rel=0.1)
+
+
+def test_an_input_length_shift_fails_and_an_older_baseline_compares_what_it_has(tmp_path, hub):
+    store = LocalStore(tmp_path / "store")
+    base = compare(store, tmp_path, hub, "run-1", quality(30, 20)).metrics_as(CompareMetrics).scorecard
+    release(hub, base)
+    longer = quality(30, 20)
+    longer.input_length_counts["exqa"] = {512: 60, 528: 45}
+    with pytest.raises(DriftFailed, match="input length of exqa"):
+        compare(store, tmp_path, hub, "run-2", longer)
+    old = Scorecard.model_validate(base.model_dump(exclude={"scripts", "top_sources"}) | {"version": 1})
+    for score in old.task_types.values():
+        score.input_lengths, score.verbatim_share, score.distinct_bigrams = {}, None, None
+    release(hub, old)
+    metrics = compare(store, tmp_path, hub, "run-3", quality(30, 20)).metrics_as(CompareMetrics)
+    assert "version 1" in metrics.baseline_note and metrics.verdict == "warning"
+    not_computed = {c.name for c in metrics.checks if c.severity == "not_computed"}
+    assert {"writing systems", "input length of exqa", "verbatim answers of exqa"} <= not_computed
+    assert {c.name for c in metrics.checks if c.severity == "ok"} >= {"pass rate", "labels of ynqa"}

@@ -58,7 +58,8 @@ def whole_run(store, shards: list[Manifest], chunks: Manifest, config):
     passed = check.passed
     quarantine = examples.filter(pa.array(~passed)).append_column(
         "failed_expectations", pa.array([check.failed_by_row[i] for i in sorted(check.failed_by_row)]))
-    quality, _ = quality_report(check.profile, passed, check.failed_by_row, shards, label_tasks(config))
+    quality, _ = quality_report(check.profile, passed, check.failed_by_row, shards, label_tasks(config),
+                                examples=examples)
     return examples.filter(pa.array(passed)), quarantine, check, quality
 
 
