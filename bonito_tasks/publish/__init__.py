@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import replace
-from pathlib import PurePosixPath
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+import pyarrow as pa
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import (
@@ -33,9 +36,11 @@ from bonito_tasks.contracts import (
     ValidateMetrics,
     sha256_hex,
 )
-from bonito_tasks.publish.card import render_card
+from bonito_tasks.publish import files as content
+from bonito_tasks.publish.card import RowFacts, render_card
 from bonito_tasks.publish.export import READ_NOTE as EXPORT_READ_NOTE
 from bonito_tasks.publish.export import ExportFiles, export_files, read_export
+from bonito_tasks.publish.files import Content
 from bonito_tasks.publish.history import HIDDEN_DIR
 from bonito_tasks.publish.hub import HUB_RETRY, HubCommit, PublishError, PublishRejected, upload_dataset
 from bonito_tasks.publish.layout import (
@@ -46,13 +51,13 @@ from bonito_tasks.publish.layout import (
     SOURCE_COLUMNS,
     SOURCES_FILE,
     ExistingFiles,
-    Snapshot,
+    TaskSplit,
     append_indexed,
     append_snapshot,
     merged_sources,
     public_sources,
     sources_jsonl,
-    task_splits,
+    write_splits,
 )
 from bonito_tasks.release import scorecard_files, tag_name
 from bonito_tasks.release.card import changes_section
@@ -112,10 +117,16 @@ class Publish(Stage):
 
 
     def work(self, writer: StageWriter) -> PublishMetrics:
+        # Data files are written to a local folder as they are made and read from it one at a time
+        # (upload, store, export, metrics): the dataset is never held in memory (files.py).
+        with tempfile.TemporaryDirectory(prefix="bonito-publish-") as scratch:
+            return self._publish(writer, Path(scratch))
+
+    def _publish(self, writer: StageWriter, scratch: Path) -> PublishMetrics:
         store, run, config, examples, approval = self.store, self.run, self.config, self.examples, self.approval
         retry, rows_per_shard, token = self.retry, self.rows_per_shard, self.token
-        rows = store.read_table(examples, "examples")
-        if rows.num_rows == 0:
+        n_rows = examples.rows_of("examples")
+        if n_rows == 0:
             raise PublishRejected("the validated examples table is empty: nothing to publish")
         sources = store.read_table(self.documents, "documents", columns=SOURCE_COLUMNS)
         quality = examples.metrics.quality if isinstance(examples.metrics, ValidateMetrics) else None
@@ -123,11 +134,16 @@ class Publish(Stage):
         if self.compare and self.compare.plots:  # tonight vs the last release, beside the quality plots
             assets += quality_plots(store, QualitySummary(plots=self.compare.plots))
         export = open_store(config.export_s3_uri, **self.s3_client_kwargs) if config.export_s3_uri else None
-        built: list[Snapshot] = []
+        built: list[Built] = []
         chunked = self.chunks  # this run's chunk stage: filters, passages
         chunking = chunked.metrics if chunked and isinstance(chunked.metrics, ChunkMetrics) else None
+        appending = config.publish_mode == "append"
+        # An append holds the night's rows (its checks against history are by the night's keys); a
+        # snapshot streams them: read a part at a time and written a shard at a time (write_splits).
+        rows = store.read_table(examples, "examples") if appending else None
+        overwrite = None if rows is not None else self._snapshot(scratch / "snapshot", sources)
         contexts: dict[str, str] = {}
-        if config.publish_mode == "append" and config.example_near_dup_threshold is not None and chunked:
+        if rows is not None and config.example_near_dup_threshold is not None and chunked:
             wanted = set(rows["chunk_id"].to_pylist())
             for i in range(len(chunked.shards_of("chunks"))):
                 part = store.read_shard(chunked, "chunks", i, ["chunk_id", "text"])
@@ -136,38 +152,42 @@ class Publish(Stage):
 
         # Append to the Hub or the store: against the dataset's index, writing only the night's files
         # (history.py). An S3 export is a complete snapshot behind a pointer: it appends the old way.
-        indexed = config.publish_mode == "append" and export is None
+        indexed = appending and export is None
         tag = safe_segment(run.run_id)
         release_tag = tag_name(run.run_id)
 
-        def build(existing: ExistingFiles) -> dict[str, bytes]:
+        def build(existing: ExistingFiles) -> dict[str, Content]:
             """The dataset's files: this run's snapshot; (append) the files this run adds to it."""
             appended = None
-            if indexed:
+            if rows is None:
+                assert overwrite is not None  # a snapshot publish streamed its shards above
+                snapshot = overwrite
+            elif indexed:
                 appended = append_indexed(existing, rows, sources, tag, rows_per_shard,
-                                          config.example_near_dup_threshold, contexts)
-                snapshot = Snapshot(appended.splits, appended.fresh, merged_sources(existing, sources),
-                                    appended.skipped, appended.near_duplicates)
-            elif config.publish_mode == "append":
-                snapshot = append_snapshot(existing, rows, sources, tag, rows_per_shard,
-                                           config.example_near_dup_threshold, contexts)
+                                          config.example_near_dup_threshold, contexts,
+                                          Path(tempfile.mkdtemp(prefix="attempt-", dir=scratch)))
+                snapshot = Built(appended.splits, RowFacts.of(appended.fresh), merged_sources(existing, sources),
+                                 rows_added(appended.fresh), appended.skipped, appended.near_duplicates)
             else:
-                snapshot = Snapshot(task_splits(rows, rows_per_shard), rows, sources)
+                old = append_snapshot(existing, rows, sources, tag, rows_per_shard,
+                                      config.example_near_dup_threshold, contexts)
+                snapshot = Built(old.splits, RowFacts.of(old.examples), old.sources, rows_added(old.examples),
+                                 old.skipped, old.near_duplicates)
             # No local filesystem path is published: local sources relative to the source root.
             snapshot = replace(snapshot, sources=public_sources(snapshot.sources, config.source))
             built.append(snapshot)
-            if snapshot.skipped == rows.num_rows and CARD_FILE in existing.paths:
+            if snapshot.skipped == n_rows and CARD_FILE in existing.paths:
                 # An append that adds no row changes nothing, the card included.
                 if indexed:
                     return {}
                 kept = [p for p in existing.paths if p in (CARD_FILE, SOURCES_FILE) or p.startswith(REPLACED)]
                 return {p: existing.read(p) for p in kept}
             card = render_card(
-                run=run, config=config, splits=snapshot.splits, examples=snapshot.examples,
+                run=run, config=config, splits=snapshot.splits, facts=snapshot.facts,
                 documents=snapshot.sources, quality=quality, plots=[(label, path) for label, path, _ in assets],
                 export_note=EXPORT_READ_NOTE if export else "", review=review_line(approval),
                 chunking=chunking, history=appended,
-                changes=changes_section(self.compare, rows_added(snapshot.examples), config.hub_repo_id,
+                changes=changes_section(self.compare, snapshot.added, config.hub_repo_id,
                                         release_tag if config.hub_repo_id and config.publish_mode != "pr" else None),
             )
             files = appended.files if appended else {}
@@ -186,7 +206,7 @@ class Publish(Stage):
                 token=token,
                 private=config.hub_private,
                 replace_folders=() if indexed else REPLACED,
-                commit_message=f"Publish {rows.num_rows} Bonito examples ({run.run_id}, {config.publish_mode})",
+                commit_message=f"Publish {n_rows} Bonito examples ({run.run_id}, {config.publish_mode})",
                 commit_description=f"{run_line}\nMode: {config.publish_mode}",
                 create_pr=config.publish_mode == "pr",
                 endpoint=self.endpoint or os.environ.get("HF_ENDPOINT") or None,
@@ -197,13 +217,13 @@ class Publish(Stage):
         snapshot = built[-1]
 
         dataset_key = f"{writer.prefix}/{DATASET_DIR}"
-        for path, data in sorted(files.items()):
-            store.write_bytes(f"{dataset_key}/{path}", data)
-        logger.info("wrote %d files (%d examples) to %s", len(files), snapshot.examples.num_rows,
+        for path, data in sorted(files.items()):  # one file in memory at a time
+            store.write_bytes(f"{dataset_key}/{path}", content.read(data))
+        logger.info("wrote %d files (%d examples) to %s", len(files), sum(split.rows for split in snapshot.splits),
                     store.uri(dataset_key))
         # Rows this publish added: none when the Hub already held the files (a re-publish of this
         # run, or main already holding the PR's files); a commit whose answer was lost counts as made.
-        added = 0 if commit and not commit.created else rows.num_rows - snapshot.skipped
+        added = 0 if commit and not commit.created else n_rows - snapshot.skipped
         metrics = PublishMetrics(
             dataset_uri=store.uri(dataset_key),
             publish_mode=config.publish_mode,
@@ -213,7 +233,7 @@ class Publish(Stage):
             near_duplicates_skipped=snapshot.near_duplicates,
             documents=snapshot.sources.num_rows,
             examples_per_task_type={split.task_type: split.rows for split in snapshot.splits},
-            files={path: PublishedFile(bytes=len(data), sha256=sha256_hex(data))
+            files={path: PublishedFile(bytes=content.size(data), sha256=content.sha256(data))
                    for path, data in sorted(files.items())},
         )
         metrics.approval = approval
@@ -230,6 +250,32 @@ class Publish(Stage):
             metrics.export_uri = export.root_uri
         return metrics
 
+    def _snapshot(self, folder: Path, sources: pa.Table) -> Built:
+        """This run's rows as the whole dataset (overwrite, pr): read one validate part at a time,
+        written to `folder` one shard at a time; the card's facts gathered on the way."""
+        store, examples, facts = self.store, self.examples, RowFacts()
+
+        def parts() -> Iterator[pa.Table]:
+            for i in range(len(examples.shards_of("examples"))):
+                part = store.read_shard(examples, "examples", i)
+                facts.add(part)
+                yield part
+
+        splits = write_splits(parts(), folder, self.rows_per_shard)
+        return Built(splits, facts, sources, {split.task_type: split.rows for split in splits})
+
+
+@dataclass(frozen=True)
+class Built:
+    """What one build of the dataset's files holds: its splits, the card's facts of its rows, its
+    sources, the rows it adds per task type, and this run's rows it left out (duplicates, exact or near)."""
+
+    splits: list[TaskSplit]
+    facts: RowFacts
+    sources: pa.Table
+    added: dict[str, int]
+    skipped: int = 0
+    near_duplicates: int = 0
 
 
 def publish(store: ArtifactStore, run: RunRef, config: RunConfig, examples: Manifest, documents: Manifest,

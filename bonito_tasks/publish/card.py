@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from string import Template
 from typing import Any
@@ -14,7 +15,7 @@ import pyarrow.compute as pc
 import yaml
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import ChunkMetrics, QualitySummary, RunRef
+from bonito_tasks.contracts import EXAMPLES, ChunkMetrics, QualitySummary, RunRef
 from bonito_tasks.model_ref import looks_like_path
 from bonito_tasks.publish.layout import DATA_DIR, PUBLISHED, SOURCES_FILE, SPLIT, Appended, TaskSplit
 from bonito_tasks.task_types import TASK_TYPES
@@ -52,6 +53,36 @@ FIELD_DESCRIPTIONS = {
     "sampling_params": "sampling parameters, canonical JSON",
     "run_id": "pipeline run that produced the example",
 }
+
+@dataclass
+class RowFacts:
+    """What the card says of the rows besides the splits' counts, gathered one part of the rows at a
+    time (`add`): models, sampling parameters, runs, contributing documents, and the sample rows."""
+
+    models: set[tuple[str, str]] = field(default_factory=set)
+    sampling: set[str] = field(default_factory=set)
+    runs: set[str] = field(default_factory=set)
+    documents: set[str] = field(default_factory=set)
+    samples: pa.Table = field(default_factory=EXAMPLES.empty_table)  # the first rows (by example_id) per task type
+
+    @classmethod
+    def of(cls, rows: pa.Table) -> RowFacts:
+        facts = cls()
+        facts.add(rows)
+        return facts
+
+    def add(self, rows: pa.Table) -> None:
+        rows = rows.select(EXAMPLES.names).cast(EXAMPLES)
+        self.models |= {(m["model_id"], m["model_revision"])
+                        for m in rows.group_by(["model_id", "model_revision"]).aggregate([]).to_pylist()}
+        self.sampling |= set(pc.unique(rows["sampling_params"]).to_pylist())
+        self.runs |= set(pc.unique(rows["run_id"]).drop_null().to_pylist())
+        self.documents |= set(pc.unique(rows["doc_id"]).drop_null().to_pylist())
+        both = pa.concat_tables([self.samples, rows])
+        self.samples = pa.concat_tables([both.filter(pc.equal(both["task_type"], t)).sort_by("example_id")
+                                         .slice(0, SAMPLE_ROWS) for t in sorted(set(both["task_type"].to_pylist()))]
+                                        or [EXAMPLES.empty_table()])
+
 
 CARD_TEMPLATE = Template(
     """\
@@ -129,7 +160,7 @@ def render_card(
     run: RunRef,
     config: RunConfig,
     splits: list[TaskSplit],
-    examples: pa.Table,
+    facts: RowFacts,
     documents: pa.Table,
     quality: QualitySummary | None = None,
     plots: Sequence[tuple[str, str]] = (),
@@ -139,7 +170,8 @@ def render_card(
     history: Appended | None = None,
     changes: str = "",
 ) -> str:
-    """The card; `quality` is validate's quality summary of this run, `plots` (label, path in the
+    """The card; `facts` of the rows the dataset holds (an indexed append: of this run's new rows, the
+    rest from `history`), `quality` is validate's quality summary of this run, `plots` (label, path in the
     dataset) its images, `export_note` a paragraph on reading an S3 export (publish/export.py), `review`
     a line on who approved the publication.
 
@@ -169,13 +201,8 @@ def render_card(
         models, sampling, n_runs = [tuple(m) for m in history.totals.models], history.totals.sampling, history.runs
         n_contributing = history.totals.contributing
     else:
-        models = sorted(
-            (m["model_id"], m["model_revision"])
-            for m in examples.group_by(["model_id", "model_revision"]).aggregate([]).to_pylist()
-        )
-        sampling = sorted(pc.unique(examples["sampling_params"]).to_pylist())
-        n_runs = pc.count_distinct(examples["run_id"]).as_py()
-        n_contributing = pc.count_distinct(examples["doc_id"]).as_py()
+        models, sampling, n_runs = sorted(facts.models), sorted(facts.sampling), len(facts.runs)
+        n_contributing = len(facts.documents)
     media_types = Counter(documents.column("media_type").to_pylist())
     return CARD_TEMPLATE.substitute(
         metadata=yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True),
@@ -190,7 +217,8 @@ def render_card(
         split=SPLIT,
         export_note=export_note,
         sample_chars=SAMPLE_CHARS,
-        samples="".join(_samples(examples, t) for t in sorted(set(examples["task_type"].to_pylist()))).rstrip("\n"),
+        samples="".join(_samples(facts.samples, t)
+                        for t in sorted(set(facts.samples["task_type"].to_pylist()))).rstrip("\n"),
         models=", ".join(_model(model, revision) for model, revision in models),
         sampling=", ".join(f"`{params}`" for params in sampling),
         task_types=", ".join(f"{TASK_TYPES.get(t, t)} (`{t}`)" for t in config.task_types),

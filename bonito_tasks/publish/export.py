@@ -24,6 +24,8 @@ import logging
 from collections.abc import Mapping
 
 from bonito_tasks.contracts import canonical_json, sha256_hex
+from bonito_tasks.publish import files as content
+from bonito_tasks.publish.files import Content
 from bonito_tasks.publish.hub import PublishError
 from bonito_tasks.publish.layout import ASSETS_DIR, CARD_FILE, DATA_DIR, SOURCES_FILE
 from bonito_tasks.store import ArtifactStore, safe_segment
@@ -47,9 +49,10 @@ a snapshot still being written.
 """
 
 
-def snapshot_name(files: Mapping[str, bytes], run_id: str) -> str:
-    """`snapshots/<run>-<hash of the files>`: the same files of the same run, the same name."""
-    listing = canonical_json({path: sha256_hex(data) for path, data in sorted(files.items())})
+def snapshot_name(hashes: Mapping[str, str], run_id: str) -> str:
+    """`snapshots/<run>-<hash of the files>` (`hashes`: path -> sha256): the same files of the same
+    run, the same name."""
+    listing = canonical_json(dict(sorted(hashes.items())))
     return f"{SNAPSHOTS}/{safe_segment(run_id)}-{sha256_hex(listing)[:16]}"
 
 
@@ -63,18 +66,20 @@ def read_pointer(export: ArtifactStore) -> dict | None:
     return pointer
 
 
-def export_files(export: ArtifactStore, files: Mapping[str, bytes], run_id: str) -> str:
-    """Publish `files` as the export's current snapshot (see the module docstring); returns the
-    snapshot's URI. Readers following the pointer see the previous snapshot or this one, whole."""
+def export_files(export: ArtifactStore, files: Mapping[str, Content], run_id: str) -> str:
+    """Publish `files` (bytes or local files, written one at a time) as the export's current
+    snapshot (see the module docstring); returns the snapshot's URI. Readers following the pointer
+    see the previous snapshot or this one, whole."""
     previous = read_pointer(export)
-    snapshot = snapshot_name(files, run_id)
+    hashes = {path: content.sha256(data) for path, data in files.items()}
+    snapshot = snapshot_name(hashes, run_id)
     for path in sorted(files):
-        export.write_bytes(f"{snapshot}/{path}", files[path])
+        export.write_bytes(f"{snapshot}/{path}", content.read(files[path]))
     pointer = {
         "format": POINTER_FORMAT,
         "snapshot": snapshot,
         "run_id": run_id,
-        "files": {path: {"bytes": len(data), "sha256": sha256_hex(data)} for path, data in sorted(files.items())},
+        "files": {path: {"bytes": content.size(files[path]), "sha256": hashes[path]} for path in sorted(files)},
     }
     export.write_bytes(POINTER, json.dumps(pointer, indent=1, sort_keys=True).encode())  # the switch
     keep = {snapshot, previous["snapshot"]} if previous else {snapshot}

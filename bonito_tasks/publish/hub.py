@@ -12,12 +12,12 @@ Transient failures (408, 429, 5xx, timeouts, dropped connections, a head that mo
 are retried with full-jitter exponential backoff (bonito_tasks.retry); 401/403 and other errors are
 not. 401/403 raise `PublishRejected`, a `PermanentFailure` (Airflow does not retry the task either);
 transient errors that outlive the retries raise a plain `PublishError` (Airflow retries the task).
-The token never appears in logs or errors.
+The token never appears in logs or errors. A file is given as bytes or as a local file (files.py):
+a file is uploaded from its path (huggingface_hub streams it) and compared by a streamed sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 from bonito_tasks.compat import hf_request_timeout
 from bonito_tasks.errors import PermanentFailure
+from bonito_tasks.publish import files as content
+from bonito_tasks.publish.files import Content
 from bonito_tasks.retry import RetryPolicy, network_errors, retry_after_s, transient_status
 
 if TYPE_CHECKING:
-    from huggingface_hub import Discussion, HfApi, RepoFile
+    from huggingface_hub import CommitOperationAdd, Discussion, HfApi, RepoFile
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class HubFiles:
 
 
 def upload_dataset(
-    build: Callable[[HubFiles], Mapping[str, bytes]],
+    build: Callable[[HubFiles], Mapping[str, Content]],
     *,
     repo_id: str,
     token: str | None,  # None or "": PublishRejected
@@ -84,8 +86,9 @@ def upload_dataset(
     create_pr: bool = False,
     endpoint: str | None = None,
     retry: RetryPolicy = HUB_RETRY,
-) -> tuple[HubCommit, dict[str, bytes]]:
-    """Make the dataset repo hold the files `build` returns (path in repo -> bytes), in one commit.
+) -> tuple[HubCommit, dict[str, Content]]:
+    """Make the dataset repo hold the files `build` returns (path in repo -> bytes or a local file), in
+    one commit.
 
     `build` gets the repo's current files; every attempt calls it again on the head it looked at,
     so an append merges with what is really there. Repo files under `replace_folders` that are not
@@ -102,7 +105,7 @@ def upload_dataset(
     repo_url = f"{api.endpoint}/datasets/{repo_id}"
     unanswered: list[tuple[str, str]] = []  # (revision, parent) of each commit sent whose answer was lost
 
-    def attempt(cache_dir: str) -> tuple[HubCommit, dict[str, bytes]]:
+    def attempt(cache_dir: str) -> tuple[HubCommit, dict[str, Content]]:
         head = _head_creating_repo(api, repo_id, private, retry.timeout_s)
         remote = _remote_files(api, repo_id, head)
         files = dict(build(HubFiles(api, repo_id, head, remote, cache_dir)))
@@ -191,25 +194,25 @@ def _remote_files(api: HfApi, repo_id: str, revision: str) -> dict[str, RepoFile
     return {entry.path: entry for entry in tree if isinstance(entry, RepoFile)}
 
 
-def _operations(files: Mapping[str, bytes], remote: Mapping[str, RepoFile], replace_folders: tuple[str, ...]) -> list:
+def _operations(files: Mapping[str, Content], remote: Mapping[str, RepoFile], replace_folders: tuple[str, ...]) -> list:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    adds = [CommitOperationAdd(p, data) for p, data in sorted(files.items()) if not _same(remote.get(p), data)]
+    ops = {p: CommitOperationAdd(p, data if isinstance(data, bytes) else str(data)) for p, data in files.items()}
+    adds = [ops[p] for p in sorted(files) if not _same(remote.get(p), ops[p], files[p])]
     stale = [
         CommitOperationDelete(p) for p in sorted(remote) if p.startswith(replace_folders) and p not in files
     ]
     return adds + stale
 
 
-def _same(remote: RepoFile | None, data: bytes) -> bool:
-    """Whether a remote file holds exactly `data` (LFS/Xet files by sha256, others by git blob id)."""
-    if remote is None or remote.size != len(data):
+def _same(remote: RepoFile | None, op: CommitOperationAdd, data: Content) -> bool:
+    """Whether a remote file holds exactly `data` (LFS/Xet files by sha256, which `op` computes once
+    and the upload reuses; others by git blob id)."""
+    if remote is None or remote.size != op.upload_info.size:
         return False
     if remote.lfs is not None:
-        return remote.lfs.sha256 == hashlib.sha256(data).hexdigest()
-    blob = hashlib.sha1(b"blob %d\0" % len(data))
-    blob.update(data)
-    return remote.blob_id == blob.hexdigest()
+        return remote.lfs.sha256 == op.upload_info.sha256.hex()
+    return remote.blob_id == content.git_blob_id(data)
 
 
 def _with_retries(call: Callable[[], T], policy: RetryPolicy, repo_id: str, token: str) -> T:

@@ -19,13 +19,17 @@ earlier publish without it get it when an append rewrites the dataset (one schem
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from itertools import islice
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import numpy as np
@@ -34,10 +38,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bonito_tasks.contracts import DOCUMENTS, EXAMPLES, canonical_json, sha256_hex
+from bonito_tasks.publish import files as content
 from bonito_tasks.publish import history
+from bonito_tasks.publish.files import Content
 from bonito_tasks.publish.hub import PublishError
 from bonito_tasks.publish.neardup import near_duplicates
-from bonito_tasks.store import parquet_bytes
+from bonito_tasks.store import ROW_GROUP_ROWS, parquet_bytes
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,7 @@ class TaskSplit:
 
     task_type: str
     rows: int
-    shards: dict[str, bytes]  # path in the dataset -> Parquet bytes (an indexed append: its new shards)
+    shards: dict[str, Content]  # path in the dataset -> Parquet bytes or file (an indexed append: its new shards)
     num_bytes: int = 0  # size of the rows in memory (Arrow), as `datasets` records a split's num_bytes
     stored_size: int = 0  # Parquet bytes of the shards the dataset already holds and keeps (indexed append)
 
@@ -85,7 +91,7 @@ class TaskSplit:
 
     @property
     def download_size(self) -> int:
-        return self.stored_size + sum(len(data) for data in self.shards.values())
+        return self.stored_size + sum(map(content.size, self.shards.values()))
 
 
 @dataclass(frozen=True)
@@ -108,30 +114,109 @@ class ExistingFiles(Protocol):
 
 
 def task_splits(
-    examples: pa.Table, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, tag: str | None = None
+    examples: pa.Table, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, tag: str | None = None,
+    folder: Path | None = None,
 ) -> list[TaskSplit]:
     """One TaskSplit per task type present, sorted by name, rows sorted by example_id: the same
-    examples always give the same bytes. `tag` (an append's run) goes into the shard names."""
+    examples always give the same bytes. `tag` (an append's run) goes into the shard names. With
+    `folder`, each shard is written there (at its path in the dataset) as it is made, not kept in memory."""
     examples = examples.select(EXAMPLES.names).cast(EXAMPLES)
-    stem = f"{SPLIT}-{tag}-" if tag else f"{SPLIT}-"
     splits = []
     for task_type in sorted(set(examples.column("task_type").to_pylist())):
         rows = with_messages(examples.filter(pc.equal(examples["task_type"], task_type)).sort_by("example_id"))
         n_shards = -(-rows.num_rows // rows_per_shard)
         shards = {
-            f"{DATA_DIR}/{task_type}/{stem}{i:05d}-of-{n_shards:05d}.parquet": parquet_bytes(
-                rows.slice(i * rows_per_shard, rows_per_shard)
-            )
-            for i in range(n_shards)
+            path: write_shard(rows.slice(i * rows_per_shard, rows_per_shard), path, folder)
+            for i, path in enumerate(shard_paths(task_type, n_shards, tag))
         }
         splits.append(TaskSplit(task_type, rows.num_rows, shards, sum(map(parquet_arrow_bytes, shards.values()))))
     return splits
 
 
-def parquet_arrow_bytes(data: bytes) -> int:
+def shard_paths(task_type: str, n_shards: int, tag: str | None = None) -> list[str]:
+    stem = f"{SPLIT}-{tag}-" if tag else f"{SPLIT}-"
+    return [f"{DATA_DIR}/{task_type}/{stem}{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
+
+
+def write_shard(rows: pa.Table, path: str, folder: Path | None) -> Content:
+    """A shard as Parquet bytes (`parquet_bytes`), or with `folder`, the same bytes in the file
+    `folder/path`."""
+    if folder is None:
+        return parquet_bytes(rows)
+    file = folder / path
+    file.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(rows, file, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    return file
+
+
+RUN_GROUP = 1_024  # rows per row group of a sorted run (write_splits): what a merge holds per run
+
+
+def write_splits(parts: Iterable[pa.Table], folder: Path, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+                 ) -> list[TaskSplit]:
+    """`task_splits(concat(parts), rows_per_shard, folder=folder)`, the same files, without ever
+    holding more than a window of rows: an external merge sort. Parts are read one at a time and
+    gathered up to `rows_per_shard` rows; each window is sorted by example_id per task type into a
+    run (a Parquet file in a scratch folder). Then each task type's runs are merged one shard at a
+    time: the merge reads the runs' example_ids a row group at a time, and a shard's rows are a
+    contiguous slice of each run, read and sorted once more. Memory: a window, a shard and a row
+    group of ids per run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="runs-", dir=folder) as scratch:
+        runs: dict[str, list[Path]] = {}
+        window: list[pa.Table] = []
+
+        def spill() -> None:
+            rows = pa.concat_tables(window)
+            window.clear()
+            for task_type in sorted(set(rows["task_type"].to_pylist())):
+                run = Path(scratch) / f"{task_type}-{len(runs.get(task_type, [])):06d}.parquet"
+                pq.write_table(rows.filter(pc.equal(rows["task_type"], task_type)).sort_by("example_id"), run,
+                               compression="zstd", row_group_size=RUN_GROUP)
+                runs.setdefault(task_type, []).append(run)
+
+        for part in parts:
+            window.append(part.select(EXAMPLES.names).cast(EXAMPLES))
+            if sum(t.num_rows for t in window) >= rows_per_shard:
+                spill()
+        if window:
+            spill()
+        return [_merge_runs(task_type, runs[task_type], folder, rows_per_shard) for task_type in sorted(runs)]
+
+
+def _merge_runs(task_type: str, runs: list[Path], folder: Path, rows_per_shard: int) -> TaskSplit:
+    files = [pq.ParquetFile(run) for run in runs]
+    total = sum(f.metadata.num_rows for f in files)
+    merged = heapq.merge(*(_ids(f, r) for r, f in enumerate(files)))  # (example_id, run): ties in run order
+    taken = [0] * len(files)
+    shards: dict[str, Content] = {}
+    num_bytes = 0
+    for path in shard_paths(task_type, -(-total // rows_per_shard)):
+        counts = Counter(r for _, r in islice(merged, rows_per_shard))
+        rows = pa.concat_tables([_slice(files[r], taken[r], counts[r]) for r in sorted(counts)])
+        for r, n in counts.items():
+            taken[r] += n
+        shards[path] = write_shard(with_messages(rows.sort_by("example_id")), path, folder)
+        num_bytes += parquet_arrow_bytes(shards[path])
+    return TaskSplit(task_type, total, shards, num_bytes)
+
+
+def _ids(run: pq.ParquetFile, index: int) -> Iterator[tuple[str, int]]:
+    for batch in run.iter_batches(batch_size=RUN_GROUP, columns=["example_id"]):
+        for example_id in batch.column(0).to_pylist():
+            yield example_id, index
+
+
+def _slice(run: pq.ParquetFile, start: int, n: int) -> pa.Table:
+    """Rows [start, start + n) of a run, reading only the row groups that hold them."""
+    first, last = start // RUN_GROUP, (start + n - 1) // RUN_GROUP
+    return run.read_row_groups(range(first, last + 1)).slice(start - first * RUN_GROUP, n)
+
+
+def parquet_arrow_bytes(data: Content) -> int:
     """Bytes the rows of one Parquet shard take in memory as Arrow once read back: what `datasets`
     adds up as a split's num_bytes (it reads a shard a row group at a time)."""
-    return pq.read_table(io.BytesIO(data)).nbytes
+    return pq.read_table(io.BytesIO(data) if isinstance(data, bytes) else data).nbytes
 
 
 def arrow_bytes(table: pa.Table) -> int:
@@ -174,7 +259,8 @@ def append_snapshot(
         new = new_splits.get(task_type, TaskSplit(task_type, 0, {}))
         rows = sum(old_tables[p].num_rows for p in paths) + new.rows
         num_bytes = sum(arrow_bytes(old_tables[p]) for p in paths) + new.num_bytes
-        splits.append(TaskSplit(task_type, rows, {p: old_shards[p] for p in paths} | new.shards, num_bytes))
+        shards: dict[str, Content] = {p: old_shards[p] for p in paths}
+        splits.append(TaskSplit(task_type, rows, shards | new.shards, num_bytes))
     return Snapshot(
         splits=splits,
         examples=pa.concat_tables([old, fresh]),
@@ -188,7 +274,7 @@ def append_snapshot(
 class Appended:
     """An indexed append (history.py): the files it adds and the dataset it makes."""
 
-    files: dict[str, bytes]  # new shards, this run's index part, the stats (and, once, a migrated history)
+    files: dict[str, Content]  # new shards, this run's index part, the stats (and, once, a migrated history)
     splits: list[TaskSplit]  # every task type of the dataset: its totals, this run's new shards
     fresh: pa.Table  # the rows added
     totals: history.RunStats  # the dataset after this append
@@ -200,17 +286,19 @@ class Appended:
 
 def append_indexed(
     existing: ExistingFiles, examples: pa.Table, sources: pa.Table, tag: str, rows_per_shard: int,
-    near_dup_threshold: float | None = None, contexts: Mapping[str, str] | None = None,
+    near_dup_threshold: float | None = None, contexts: Mapping[str, str] | None = None, folder: Path | None = None,
 ) -> Appended:
     """This run's rows that the dataset does not hold yet, checked against its index (history.py)
     and never against its data: the existing shards are neither read nor rewritten. A dataset
     without an index (published before it existed) is indexed once, here. Re-publishing a run
-    (`tag`) yields the same files: its own shards, index part and stats entry count as not there."""
-    files: dict[str, bytes] = {}
+    (`tag`) yields the same files: its own shards, index part and stats entry count as not there.
+    With `folder`, the new shards are written there (see task_splits)."""
+    files: dict[str, Content] = {}
     if history.STATS_FILE in existing.paths:
         stats = history.DatasetStats.model_validate_json(existing.read(history.STATS_FILE)).without(tag)
     else:
-        stats, files = index_existing(existing, tag)
+        stats, migrated = index_existing(existing, tag)
+        files |= migrated
     own_part = history.index_part_path(tag)
     new = examples.select(EXAMPLES.names).cast(EXAMPLES).sort_by("example_id")
     sketched = history.sketches(new, contexts or {})
@@ -221,7 +309,7 @@ def append_indexed(
         keep &= ~seen.near
         keep &= ~history.near_within(sketched, keep, near_dup_threshold)
     fresh, fresh_sketches = new.filter(pa.array(keep)), sketched[keep]
-    new_splits = task_splits(fresh, rows_per_shard, tag)
+    new_splits = task_splits(fresh, rows_per_shard, tag, folder)
     added = history.RunStats(
         splits={s.task_type: history.SplitStats(rows=s.rows, num_bytes=s.num_bytes, download_size=s.download_size,
                                                 shards=sorted(s.shards)) for s in new_splits},
@@ -246,10 +334,11 @@ def append_indexed(
                     near_duplicates=exact_fresh - fresh.num_rows, rows_scanned=seen.rows_scanned)
 
 
-def _index_parts(existing: ExistingFiles, stats: history.DatasetStats, rebuilt: dict[str, bytes]) -> Iterator[bytes]:
+def _index_parts(existing: ExistingFiles, stats: history.DatasetStats, rebuilt: dict[str, Content]
+                 ) -> Iterator[bytes]:
     """The index part of every run the stats list; one that is missing or unreadable is rebuilt from
     the shards it indexes (and goes into `rebuilt`, so the commit repairs it): never skipped."""
-    migrated = {p: data for p, data in rebuilt.items() if p.startswith(f"{history.INDEX_DIR}/")}
+    migrated = {p: content.read(data) for p, data in rebuilt.items() if p.startswith(f"{history.INDEX_DIR}/")}
     yield from migrated.values()
     for tag, run in stats.runs.items():
         path = history.index_part_path(tag)

@@ -1,0 +1,45 @@
+"""A published file's content: bytes in memory (the card, the stats, an index part) or a local file
+(a data shard, written once to the publish's temporary folder). Every consumer (the Hub upload, the
+store's dataset folder, the S3 export, the metrics) reads a file one at a time and hashes it by
+streaming it, so a publish never holds the dataset in memory."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+Content = bytes | Path
+CHUNK = 1 << 20  # bytes read at a time when hashing a file
+
+
+def size(content: Content) -> int:
+    return len(content) if isinstance(content, bytes) else content.stat().st_size
+
+
+def read(content: Content) -> bytes:
+    return content if isinstance(content, bytes) else content.read_bytes()
+
+
+def _chunks(content: Content) -> Iterator[bytes]:
+    if isinstance(content, bytes):
+        yield content
+        return
+    with content.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def sha256(content: Content) -> str:
+    digest = hashlib.sha256()
+    for chunk in _chunks(content):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_blob_id(content: Content) -> str:
+    """The git blob id (sha1 of "blob <size>\\0" and the content) of a file the Hub stores in git."""
+    digest = hashlib.sha1(b"blob %d\0" % size(content))
+    for chunk in _chunks(content):
+        digest.update(chunk)
+    return digest.hexdigest()
