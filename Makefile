@@ -51,9 +51,12 @@ run: venv
 	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_dev.run "$(SOURCE)" $(if $(CONF),--conf '$(CONF)') $(if $(TINY),--tiny)
 
 # Restore a published release in one new commit (docs/releases.md): `make rollback REPO=org/name TO=release-<run>
-# REASON='why'` ($HF_TOKEN with write access); without TO: list the release tags.
+# REASON='why' [LEDGER=reprocess|skip] [STORE=...] [DAG_ID=...]` ($HF_TOKEN with write access); without TO: list the
+# release tags.
 rollback: venv
-	$(BIN)/python -m bonito_dev.rollback "$(REPO)" $(if $(TO),--to "$(TO)") --reason "$(REASON)"
+	PYTHONPATH=plugins:dags:. $(BIN)/python -m bonito_dev.rollback "$(REPO)" $(if $(TO),--to "$(TO)") \
+		--reason "$(REASON)" $(if $(LEDGER),--ledger "$(LEDGER)") $(if $(STORE),--store "$(STORE)") \
+		$(if $(DAG_ID),--dag-id "$(DAG_ID)")
 
 # Remove what `make demo` wrote (its Airflow home, store and published dataset); .venv stays.
 clean-demo:

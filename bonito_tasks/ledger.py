@@ -11,6 +11,12 @@ It holds two kinds of facts, one row each, in `<store>/<dag_id>/_ledger/*.parque
   settings `scope` (`reject_scope`). The key is the sha256 of the file's bytes when it was read,
   else a hash of what decided the reject without reading it (URI, size, mtime, reason, detail),
   so a changed file is read again. I/O errors (`unreadable`) are never remembered.
+- `revoke`, `restore`, `skip`: a rollback of the published dataset (bonito_dev.rollback) to a
+  release decided about the run whose release tag (`release.tag_name`) is `key`: `revoke`, its
+  documents are processed again (its `done` rows are ignored, and so are its near-duplicate
+  signatures); `skip`, they stay done (the rollback recorded, nothing revoked); `restore`, a later
+  rollback brought its release back. `scope` is the rollback's Hub commit, `reason` who and why;
+  the run's latest such row counts.
 
 Parts. `update_ledger` writes one part per run after publish succeeded,
 `part-<run_id>-<digest>.parquet`, in one atomic write; the digest is a hash of the part's
@@ -46,7 +52,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import TABLES, Manifest, RunRef, canonical_json, sha256_hex
-from bonito_tasks.parts import Compaction, PartsFolder, part_bytes
+from bonito_tasks.parts import Compaction, PartsFolder, Vanished, part_bytes
+from bonito_tasks.release import tag_name
 from bonito_tasks.stage import code_version
 from bonito_tasks.store import ArtifactStore, safe_segment
 
@@ -55,17 +62,19 @@ log = logging.getLogger(__name__)
 COMPACT_AFTER_PARTS = 64  # compact once more parts than this are live
 ANY = "*"  # scope and task_type of rows carried over from the first format: done for everything
 DONE, REJECT = "done", "reject"
+REVOKE, RESTORE, SKIP = "revoke", "restore", "skip"
+ROLLBACK_KINDS = (REVOKE, RESTORE, SKIP)
 NOT_REMEMBERED = frozenset({"unreadable"})  # I/O errors may pass: such files are tried every run
 REPLACES_KEY = b"bonito.ledger.replaces"  # compacted part's metadata: JSON list of the part names it replaces
 TARGETS_KEY = b"bonito.ledger.targets"  # JSON {target_key: target}: what the hashes in `scope` stand for
 
 LEDGER = pa.schema(
     [
-        pa.field("kind", pa.string(), nullable=False),  # "done" or "reject"
-        pa.field("key", pa.string(), nullable=False),  # done: doc_id; reject: the file's ledger key
-        pa.field("scope", pa.string(), nullable=False),  # done: target_key; reject: reject_scope
-        pa.field("task_type", pa.string()),  # done: the task type processed; reject: null
-        pa.field("reason", pa.string()),  # reject: the reject reason; done: null
+        pa.field("kind", pa.string(), nullable=False),  # "done", "reject" or one of ROLLBACK_KINDS
+        pa.field("key", pa.string(), nullable=False),  # done: doc_id; reject: the file's ledger key; rollback: a tag
+        pa.field("scope", pa.string(), nullable=False),  # done: target_key; reject: reject_scope; rollback: commit
+        pa.field("task_type", pa.string()),  # done: the task type processed; else null
+        pa.field("reason", pa.string()),  # reject: the reject reason; rollback: who and why; done: null
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("recorded_at", pa.string(), nullable=False),
@@ -198,6 +207,7 @@ def load_ledger(store: ArtifactStore, dag_id: str, config: RunConfig) -> Known:
         return Known(task_types)
     target, scope = target_key(config), reject_scope(config)
     remember_rejects = not config.retry_rejects
+    revoked = revoked_tags(store, dag_id)
 
     def scan(parts: list[tuple[str, Callable[[], pa.Table]]]) -> Known:
         known = Known(task_types)
@@ -205,6 +215,8 @@ def load_ledger(store: ArtifactStore, dag_id: str, config: RunConfig) -> Known:
         for _, read in parts:
             table = read()
             is_done = pc.and_(pc.equal(table["kind"], DONE), pc.is_in(table["scope"], pa.array([target, ANY])))
+            if revoked:
+                is_done = pc.and_(is_done, pc.invert(of_runs(table["run_id"], revoked)))
             for batch in table.filter(is_done).select(["key", "task_type"]).to_batches(max_chunksize=65536):
                 for key, task_type in zip(batch["key"].to_pylist(), batch["task_type"].to_pylist()):
                     digest = _digest(key)
@@ -220,10 +232,60 @@ def load_ledger(store: ArtifactStore, dag_id: str, config: RunConfig) -> Known:
                     known.rejects[_digest(key)] = reason
         return known
 
-    known = _scanned(store, dag_id, scan, columns=["kind", "key", "scope", "task_type", "reason"])
-    log.info("ledger: %d document(s) with work done for target %s, %d remembered reject(s)%s",
-             len(known.done), target[:12], len(known.rejects), "" if remember_rejects else " (retry_rejects: ignored)")
+    known = _scanned(store, dag_id, scan, columns=["kind", "key", "scope", "task_type", "reason", "run_id"])
+    log.info("ledger: %d document(s) with work done for target %s, %d remembered reject(s)%s%s",
+             len(known.done), target[:12], len(known.rejects), "" if remember_rejects else " (retry_rejects: ignored)",
+             f"; the documents of the run(s) a rollback revoked are processed again: {', '.join(sorted(revoked))}"
+             if revoked else "")
     return known
+
+
+# ---- Rollbacks
+
+
+def revoked_tags(store: ArtifactStore, dag_id: str) -> frozenset[str]:
+    """The release tags of the runs a rollback revoked: those whose latest rollback row is `revoke`.
+    Reads only the row groups of the parts that can hold rollback rows."""
+    folder = _parts(store, dag_id)
+
+    def rows(key: str) -> list[tuple[str, str, str]]:
+        try:
+            with store.open_read(key) as f:
+                if "kind" not in pq.read_schema(f).names:  # the first format: done rows only
+                    return []
+                table = pq.read_table(f, columns=["recorded_at", "kind", "key"],
+                                      filters=pc.is_in(pc.field("kind"), pa.array(ROLLBACK_KINDS)))
+        except Exception as err:
+            if not store.exists(key):
+                raise Vanished(key) from err
+            raise
+        return list(zip(*(table[c].to_pylist() for c in table.column_names)))
+
+    decisions = folder.scanned(lambda snap: [row for key in snap.live for row in rows(key)])
+    latest = {key: kind for _, kind, key in sorted(decisions)}  # in the order recorded: the last counts
+    return frozenset(tag for tag, kind in latest.items() if kind == REVOKE)
+
+
+def of_runs(run_ids: pa.Array | pa.ChunkedArray, tags: frozenset[str]) -> pa.Array | pa.ChunkedArray:
+    """Which of `run_ids` belong to a run whose release tag is in `tags` (a boolean mask)."""
+    hit = [r for r in pc.unique(run_ids).to_pylist() if r is not None and tag_name(r) in tags]
+    return pc.is_in(run_ids, pa.array(hit, pa.string()))
+
+
+def record_rollback(store: ArtifactStore, dag_id: str, *, commit: str, source: str, removed: list[str],
+                    returned: list[str], skip: bool, note: str) -> str | None:
+    """Record a rollback made by Hub commit `commit` (`source`: where): the runs of the `removed`
+    release tags revoked (their documents are processed again) or, with `skip`, marked skipped
+    (they stay done); those of `returned` restored. One part, one atomic write (a retry writes the
+    same part); returns its URI, or None when there is nothing to record."""
+    rows = [(SKIP if skip else REVOKE, tag) for tag in removed] + [(RESTORE, tag) for tag in returned]
+    if not rows:
+        return None
+    n, run = len(rows), RunRef(dag_id=dag_id, run_id=f"rollback-{commit[:12]}")
+    table = pa.table({"kind": [k for k, _ in rows], "key": [t for _, t in rows], "scope": [commit] * n,
+                      "task_type": pa.nulls(n, pa.string()), "reason": [note] * n, "source_uri": [source] * n,
+                      "run_id": [run.run_id] * n, "recorded_at": [datetime.now(UTC).isoformat()] * n}, schema=LEDGER)
+    return write_part(store, run, table)
 
 
 # ---- Reading the parts
@@ -268,15 +330,22 @@ def _scanned(store: ArtifactStore, dag_id: str, scan: Callable[[list[tuple[str, 
 
 
 def _dedupe(table: pa.Table) -> pa.Table:
-    """One row per fact (kind, key, scope, task_type): the earliest recorded, in a stable order."""
+    """One row per fact (kind, key, scope, task_type): the earliest recorded, in a stable order. The
+    done rows of a run a rollback decided about stay that run's own (a later rollback may revoke or
+    restore it alone, and another run's record of the same fact must then still count)."""
     if not table.num_rows:
         return table
-    ordered = table.sort_by([*((c, "ascending") for c in IDENTITY), ("recorded_at", "ascending"),
+    rolled = pc.is_in(table["kind"], pa.array(ROLLBACK_KINDS))
+    decided = frozenset(table.filter(rolled)["key"].to_pylist())
+    own = pc.and_(pc.equal(table["kind"], DONE), of_runs(table["run_id"], decided))
+    table = table.append_column("owner", pc.if_else(own, table["run_id"], pa.scalar("", pa.string())))
+    identity = [*IDENTITY, "owner"]
+    ordered = table.sort_by([*((c, "ascending") for c in identity), ("recorded_at", "ascending"),
                              ("run_id", "ascending")])
     rest = [c for c in LEDGER.names if c not in IDENTITY]
-    grouped = ordered.group_by(IDENTITY, use_threads=False).aggregate([(c, "first") for c in rest])
+    grouped = ordered.group_by(identity, use_threads=False).aggregate([(c, "first") for c in rest])
     grouped = grouped.rename_columns([n.removesuffix("_first") for n in grouped.column_names])
-    return grouped.select(LEDGER.names).cast(LEDGER).sort_by([(c, "ascending") for c in IDENTITY])
+    return grouped.select(LEDGER.names).cast(LEDGER).sort_by([(c, "ascending") for c in [*IDENTITY, "run_id"]])
 
 
 def read_ledger(store: ArtifactStore, dag_id: str) -> pa.Table:

@@ -10,7 +10,7 @@ signature; parts of the older format, with whole signatures, are read as sketche
 so a chunk is dropped as already done only for the same target and only when an earlier run
 generated every task type it needs; otherwise it goes on for the task types still missing (a run
 that adds `ynqa` to `[exqa]` still generates ynqa for the chunks it has seen). `full_refresh`
-ignores them.
+ignores them; so does every run for the chunks of runs a rollback revoked (`ledger.revoked_tags`).
 
 A night's cost follows the night: `load_earlier` takes tonight's chunks' sketches, then scans the
 recorded ones a row group at a time (LSH bands over the sketches find candidates, a candidate that
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from bonito_tasks import minhash
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import CHUNK_SIGNATURES, Manifest, RunRef, StageName, canonical_json, sha256_hex
-from bonito_tasks.ledger import LedgerUpdate, target_key
+from bonito_tasks.ledger import LedgerUpdate, of_runs, revoked_tags, target_key
 from bonito_tasks.parts import PART, Compaction, PartsFolder, Snapshot, name_of
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import ArtifactStore, safe_segment
@@ -123,6 +123,7 @@ def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig,
     night_keys = minhash.band_keys(night.astype(np.uint32), bands, rows_per_band)
     covered = [frozenset[str]()] * len(night)
     scope = target_key(config)
+    revoked = revoked_tags(store, dag_id)  # runs a rollback revoked: their chunks are generated again
     folder = _parts(store, dag_id)
 
     def scan(snap: Snapshot) -> int:
@@ -135,6 +136,8 @@ def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig,
             for batch in reader.iter_batches(batch_size=ROW_GROUP):
                 table = _as_sketches(pa.Table.from_batches([batch]))
                 table = table.filter(pc.equal(table["scope"], scope))
+                if revoked:
+                    table = table.filter(pc.invert(of_runs(table["run_id"], revoked)))
                 if not table.num_rows or not len(night):
                     scanned += table.num_rows
                     continue
