@@ -28,10 +28,13 @@ from bonito_tasks.contracts import (
     REPLACED_PREFIX,
     SCHEMA_VERSION,
     TABLES,
+    CompareMetrics,
+    DriftCheck,
     Manifest,
     RunRef,
     StageName,
 )
+from bonito_tasks.release import DRIFT_FILE, PLOT_FILE, REPORT_FILE
 from bonito_tasks.store import ArtifactStore, run_prefix
 
 # Where each table's parts live, in the order a person reads them. `examples` are the validated
@@ -297,6 +300,36 @@ class ManifestProblem:
     schema_version: int | None
     error: str
     counts: dict[str, int]
+
+
+@dataclass
+class Drift:
+    """The compare stage's comparison of a run with the last release, as the view shows it."""
+
+    comparison: CompareMetrics  # verdict, baseline, checks
+    plot: str | None  # tonight beside the baseline: its path in the run's folder
+    report: str | None  # the comparison's page (the checks and the plot)
+
+    @property
+    def flagged(self) -> list[DriftCheck]:
+        """The checks that are not ok, failures first."""
+        order = {"failure": 0, "warning": 1, "not_computed": 2}
+        return sorted((c for c in self.comparison.checks if c.severity != "ok"), key=lambda c: order[c.severity])
+
+
+def drift(store: ArtifactStore, run: RunRef) -> Drift | None:
+    """The run's comparison with the last release (`compare/drift.json`, written also when it failed
+    the run) with its plot and page; None before compare ran, or for a file another version wrote."""
+    folder = f"{run_prefix(run)}/{StageName.COMPARE.value}"
+    if not store.exists(f"{folder}/{DRIFT_FILE}"):
+        return None
+    try:
+        comparison = CompareMetrics.model_validate_json(store.read_bytes(f"{folder}/{DRIFT_FILE}"))
+    except ValidationError:
+        return None
+    plot, report = (f"{StageName.COMPARE.value}/{name}" if store.exists(f"{folder}/{name}") else None
+                    for name in (PLOT_FILE, REPORT_FILE))
+    return Drift(comparison, plot, report)
 
 
 def manifest_problems(store: ArtifactStore, run: RunRef) -> list[ManifestProblem]:

@@ -10,7 +10,7 @@ from typing import Any
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import CompareMetrics, Manifest, RunRef, StageName
 from bonito_tasks.errors import PermanentFailure
-from bonito_tasks.release import PLOT_FILE, SCORECARD_FILE, read_baseline, tag_name
+from bonito_tasks.release import DRIFT_FILE, PLOT_FILE, REPORT_FILE, SCORECARD_FILE, read_baseline, tag_name
 from bonito_tasks.release.drift import drift_checks, verdict
 from bonito_tasks.release.scorecard import build_scorecard, comparison_plot
 from bonito_tasks.stage import Stage, StageWriter
@@ -76,7 +76,8 @@ class Compare(Stage):
         plot = f"{writer.prefix}/{PLOT_FILE}"
         store.write_bytes(plot, comparison_plot(scorecard, baseline.scorecard))
         metrics.plots = {PLOT_FILE: store.uri(plot)}
-        store.write_bytes(f"{writer.prefix}/drift.json", metrics.model_dump_json(indent=2).encode())
+        store.write_bytes(f"{writer.prefix}/{DRIFT_FILE}", metrics.model_dump_json(indent=2).encode())
+        store.write_bytes(f"{writer.prefix}/{REPORT_FILE}", report_page(metrics).encode())
         for line in report_lines(metrics):
             (log.warning if line.startswith(("FAILURE", "WARNING", "NOT_COMPUTED")) else log.info)("%s", line)
         if metrics.verdict == "failure":
@@ -94,6 +95,29 @@ def report_lines(metrics: CompareMetrics) -> list[str]:
     order = {"failure": 0, "warning": 1, "not_computed": 2, "ok": 3}
     lines += [c.line() for c in sorted(metrics.checks, key=lambda c: order[c.severity]) if c.severity != "ok"]
     return lines
+
+
+def report_page(metrics: CompareMetrics) -> str:
+    """The comparison as a page beside the plot (compare/report.html): the verdict, the baseline and
+    every check with its expectation, baseline value, tonight's value and thresholds."""
+    import html
+
+    def cell(value: object) -> str:
+        return f"<td>{html.escape('' if value is None else str(value))}</td>"
+
+    lines = report_lines(metrics)
+    rows = "".join("<tr>" + "".join(cell(v) for v in (c.severity, c.name, c.expectation, c.value, c.baseline,
+                                                      c.tonight, c.warning, c.failure, c.note)) + "</tr>"
+                   for c in metrics.checks)
+    notes = "".join(f"<p>{html.escape(line)}</p>" for line in lines[1:] if not line.startswith(
+        ("FAILURE", "WARNING", "NOT_COMPUTED")))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Bonito drift report</title></head>"
+            "<body style='font-family:sans-serif'><h1>Drift since the last release</h1>"
+            f"<p>{html.escape(lines[0])}</p>{notes}"
+            "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>severity</th><th>check</th>"
+            "<th>expectation</th><th>value</th><th>baseline</th><th>tonight</th><th>warning at</th>"
+            f"<th>failure at</th><th>note</th></tr>{rows}</table>"
+            f"<h2>Tonight beside the baseline</h2><img src='{PLOT_FILE}' alt='tonight vs the baseline'></body></html>")
 
 
 def failure_message(metrics: CompareMetrics) -> str:

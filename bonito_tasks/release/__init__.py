@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 SCORECARD_FILE = "scorecard.json"
 PLOT_FILE = "drift.svg"
+DRIFT_FILE = "drift.json"  # every check, written also when the compare stage fails the run
+REPORT_FILE = "report.html"  # the comparison for a person: the checks, then the plot
 HIDDEN = ".bonito"  # publish/history.HIDDEN_DIR (the foundation imports no stage)
 LATEST_SCORECARD = f"{HIDDEN}/scorecard.json"  # the last release's, in the published dataset
 EXPORT_POINTER = "_latest.json"  # publish/export.POINTER

@@ -277,6 +277,34 @@ def test_the_task_tab_opens_the_tasks_section(api, failed_run):
     assert answer.status_code == 307 and answer.headers["location"].endswith("#quality")
 
 
+def test_a_drift_failure_shows_the_comparison_and_its_plot(api, tmp_path, monkeypatch):
+    """Compare failed the run (every yes/no answer "yes" against a release of 30 yes, 20 no): the page
+    shows the verdict, the failing check and the tonight-vs-baseline plot, and links the drift report."""
+    from bonito_tasks.compare import DriftFailed
+    from bonito_tasks.contracts import CompareMetrics
+    from tests.hub_server import HubServer
+    from tests.unit.test_release import compare, quality, release
+
+    store = LocalStore(tmp_path / "store")
+    run = add_run({"store": str(tmp_path / "store"), "source": str(tmp_path)})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    with HubServer() as hub:
+        release(hub, compare(store, tmp_path, hub, "run-1", quality(30, 20)).metrics_as(CompareMetrics).scorecard)
+        with pytest.raises(DriftFailed):
+            compare(store, tmp_path, hub, run.run_id, quality(50, 0))
+    page = view(api, run)
+    assert page.status_code == 200, page.text
+    section = page.text.split('id="drift"', 1)[1].split('id="samples"', 1)[0]
+    assert "failure" in section and "run-1" in section and "labels of ynqa" in section
+    assert "expect_column_kl_divergence_to_be_less_than" in section
+    assert '/files/compare/drift.svg"' in section and "/files/compare/report.html" in page.text
+    plot = view(api, run, "/files/compare/drift.svg")
+    assert plot.status_code == 200 and plot.headers["content-type"].startswith("image/svg+xml")
+    report = view(api, run, "/files/compare/report.html").text
+    assert "labels of ynqa" in report and "<img src='drift.svg'" in report
+    assert view(api, run, "/tasks/compare", follow_redirects=False).headers["location"].endswith("#drift")
+
+
 def test_runbook_page_renders_the_tasks_doc(api, monkeypatch):
     from bonito_airflow.view import app as view_app
 

@@ -63,7 +63,7 @@ _VISIBLE = ({c: chr(0x2400 + c) for c in range(32) if c not in (9, 10, 13)} | {0
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                         autoescape=select_autoescape(default=True, default_for_string=True), finalize=visible)
 TASK_SECTIONS = {"extract": "rejects", "chunk": "summary", "generate": "dropped", "validate_shard": "quarantine",
-                 "validate": "quality",
+                 "validate": "quality", "compare": "drift",
                  "publish": "published", "update_ledger": "published", "summarize": "summary"}
 SAMPLES_PER_TASK_TYPE = 3
 PREVIEW_ROWS = 5
@@ -317,6 +317,7 @@ def run_context(store, info: RunInfo) -> dict[str, Any]:
         "expectations": expectations,
         "files": files,
         "plots": plots,
+        "drift": browse.drift(store, info.run),
         "samples": {value: (count, [_display("examples", r) for r in rows])
                     for value, (count, rows) in samples.rows.items()},
         "samples_stage": samples.stage,
