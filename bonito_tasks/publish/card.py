@@ -78,10 +78,12 @@ class RowFacts:
         self.sampling |= set(pc.unique(rows["sampling_params"]).to_pylist())
         self.runs |= set(pc.unique(rows["run_id"]).drop_null().to_pylist())
         self.documents |= set(pc.unique(rows["doc_id"]).drop_null().to_pylist())
-        both = pa.concat_tables([self.samples, rows])
-        self.samples = pa.concat_tables([both.filter(pc.equal(both["task_type"], t)).sort_by("example_id")
-                                         .slice(0, SAMPLE_ROWS) for t in sorted(set(both["task_type"].to_pylist()))]
-                                        or [EXAMPLES.empty_table()])
+        both, kept = pa.concat_tables([self.samples, rows]), []
+        for task_type in sorted(set(both["task_type"].to_pylist())):
+            of_type = both.filter(pc.equal(both["task_type"], task_type))
+            # take: a copy of the few rows kept, not a view of the part's buffers
+            kept.append(of_type.take(pc.sort_indices(of_type, [("example_id", "ascending")])[:SAMPLE_ROWS]))
+        self.samples = pa.concat_tables(kept or [EXAMPLES.empty_table()])
 
 
 CARD_TEMPLATE = Template(

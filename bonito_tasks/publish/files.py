@@ -6,11 +6,9 @@ streaming it, so a publish never holds the dataset in memory."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 Content = bytes | Path
-CHUNK = 1 << 20  # bytes read at a time when hashing a file
 
 
 def size(content: Content) -> int:
@@ -21,25 +19,18 @@ def read(content: Content) -> bytes:
     return content if isinstance(content, bytes) else content.read_bytes()
 
 
-def _chunks(content: Content) -> Iterator[bytes]:
-    if isinstance(content, bytes):
-        yield content
-        return
-    with content.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
-
-
 def sha256(content: Content) -> str:
-    digest = hashlib.sha256()
-    for chunk in _chunks(content):
-        digest.update(chunk)
-    return digest.hexdigest()
+    if isinstance(content, bytes):
+        return hashlib.sha256(content).hexdigest()
+    with content.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()  # a 256 KiB buffer at a time
 
 
 def git_blob_id(content: Content) -> str:
     """The git blob id (sha1 of "blob <size>\\0" and the content) of a file the Hub stores in git."""
     digest = hashlib.sha1(b"blob %d\0" % size(content))
-    for chunk in _chunks(content):
-        digest.update(chunk)
-    return digest.hexdigest()
+    if isinstance(content, bytes):
+        digest.update(content)
+        return digest.hexdigest()
+    with content.open("rb") as f:
+        return hashlib.file_digest(f, lambda: digest).hexdigest()

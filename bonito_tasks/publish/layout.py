@@ -149,7 +149,7 @@ def write_shard(rows: pa.Table, path: str, folder: Path | None) -> Content:
     return file
 
 
-RUN_GROUP = 1_024  # rows per row group of a sorted run (write_splits): what a merge holds per run
+RUN_GROUP = 1_024  # at most, rows per row group of a sorted run (write_splits): what a merge reads of a run at a time
 
 
 def write_splits(parts: Iterable[pa.Table], folder: Path, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
@@ -159,29 +159,37 @@ def write_splits(parts: Iterable[pa.Table], folder: Path, rows_per_shard: int = 
     gathered up to `rows_per_shard` rows; each window is sorted by example_id per task type into a
     run (a Parquet file in a scratch folder). Then each task type's runs are merged one shard at a
     time: the merge reads the runs' example_ids a row group at a time, and a shard's rows are a
-    contiguous slice of each run, read and sorted once more. Memory: a window, a shard and a row
-    group of ids per run."""
+    contiguous slice of each run, read and sorted once more. Memory: a window, or a shard and two row
+    groups (at most RUN_GROUP rows, a sixteenth of a shard) per run."""
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="runs-", dir=folder) as scratch:
-        runs: dict[str, list[Path]] = {}
-        window: list[pa.Table] = []
-
-        def spill() -> None:
-            rows = pa.concat_tables(window)
-            window.clear()
-            for task_type in sorted(set(rows["task_type"].to_pylist())):
-                run = Path(scratch) / f"{task_type}-{len(runs.get(task_type, [])):06d}.parquet"
-                pq.write_table(rows.filter(pc.equal(rows["task_type"], task_type)).sort_by("example_id"), run,
-                               compression="zstd", row_group_size=RUN_GROUP)
-                runs.setdefault(task_type, []).append(run)
-
-        for part in parts:
-            window.append(part.select(EXAMPLES.names).cast(EXAMPLES))
-            if sum(t.num_rows for t in window) >= rows_per_shard:
-                spill()
-        if window:
-            spill()
+        runs = _sorted_runs(parts, Path(scratch), rows_per_shard)
         return [_merge_runs(task_type, runs[task_type], folder, rows_per_shard) for task_type in sorted(runs)]
+
+
+def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, rows_per_shard: int) -> dict[str, list[Path]]:
+    """The parts in windows of at least `rows_per_shard` rows, each sorted by example_id per task
+    type into a run file (task type -> its runs, in part order)."""
+    group = max(1, min(RUN_GROUP, rows_per_shard // 16))
+    runs: dict[str, list[Path]] = {}
+    window: list[pa.Table] = []
+
+    def spill() -> None:
+        rows = pa.concat_tables(window)
+        window.clear()
+        for task_type in sorted(set(rows["task_type"].to_pylist())):
+            run = scratch / f"{task_type}-{len(runs.get(task_type, [])):06d}.parquet"
+            pq.write_table(rows.filter(pc.equal(rows["task_type"], task_type)).sort_by("example_id"), run,
+                           compression="zstd", row_group_size=group)
+            runs.setdefault(task_type, []).append(run)
+
+    for part in parts:
+        window.append(part.select(EXAMPLES.names).cast(EXAMPLES))
+        if sum(t.num_rows for t in window) >= rows_per_shard:
+            spill()
+    if window:
+        spill()
+    return runs
 
 
 def _merge_runs(task_type: str, runs: list[Path], folder: Path, rows_per_shard: int) -> TaskSplit:
@@ -193,24 +201,25 @@ def _merge_runs(task_type: str, runs: list[Path], folder: Path, rows_per_shard: 
     num_bytes = 0
     for path in shard_paths(task_type, -(-total // rows_per_shard)):
         counts = Counter(r for _, r in islice(merged, rows_per_shard))
-        rows = pa.concat_tables([_slice(files[r], taken[r], counts[r]) for r in sorted(counts)])
+        rows = pa.concat_tables([_slice(files[r], taken[r], counts[r]) for r in sorted(counts)]).sort_by("example_id")
         for r, n in counts.items():
             taken[r] += n
-        shards[path] = write_shard(with_messages(rows.sort_by("example_id")), path, folder)
+        shards[path] = write_shard(with_messages(rows), path, folder)
         num_bytes += parquet_arrow_bytes(shards[path])
     return TaskSplit(task_type, total, shards, num_bytes)
 
 
 def _ids(run: pq.ParquetFile, index: int) -> Iterator[tuple[str, int]]:
-    for batch in run.iter_batches(batch_size=RUN_GROUP, columns=["example_id"]):
+    for batch in run.iter_batches(batch_size=run.metadata.row_group(0).num_rows, columns=["example_id"]):
         for example_id in batch.column(0).to_pylist():
             yield example_id, index
 
 
 def _slice(run: pq.ParquetFile, start: int, n: int) -> pa.Table:
     """Rows [start, start + n) of a run, reading only the row groups that hold them."""
-    first, last = start // RUN_GROUP, (start + n - 1) // RUN_GROUP
-    return run.read_row_groups(range(first, last + 1)).slice(start - first * RUN_GROUP, n)
+    group = run.metadata.row_group(0).num_rows  # every row group but the last
+    first, last = start // group, (start + n - 1) // group
+    return run.read_row_groups(range(first, last + 1)).slice(start - first * group, n)
 
 
 def parquet_arrow_bytes(data: Content) -> int:
