@@ -144,6 +144,7 @@ def alert_webhook(monkeypatch):
         yield receiver
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which tags node ids with their group
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), the tests that share an expensive
     fixture run on one worker: every vLLM test shares one engine (and two engines never compile at
