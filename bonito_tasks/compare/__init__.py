@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import CompareMetrics, Manifest, RunRef, StageName
+from bonito_tasks.contracts import CheckFindings, CompareMetrics, ExpectationOutcome, Manifest, RunRef, StageName
 from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.release import DRIFT_FILE, PLOT_FILE, REPORT_FILE, SCORECARD_FILE, read_baseline, tag_name
 from bonito_tasks.release.drift import drift_checks, verdict
@@ -20,7 +20,16 @@ log = logging.getLogger(__name__)
 
 
 class DriftFailed(PermanentFailure):
-    """Tonight drifted from the last release beyond a failure threshold; the same data drifts the same way."""
+    """Tonight drifted from the last release beyond a failure threshold; the same data drifts the same way.
+    `findings`: the failing checks as expectation outcomes (the run summary's cause and the Dataset view
+    show them with observed value and threshold)."""
+
+    def __init__(self, message: str, findings: CheckFindings):
+        super().__init__(message)
+        self.findings = findings
+
+    def __reduce__(self):
+        return type(self), (str(self), self.findings)
 
 
 class Compare(Stage):
@@ -81,7 +90,7 @@ class Compare(Stage):
         for line in report_lines(metrics):
             (log.warning if line.startswith(("FAILURE", "WARNING", "NOT_COMPUTED")) else log.info)("%s", line)
         if metrics.verdict == "failure":
-            raise DriftFailed(failure_message(metrics))
+            raise DriftFailed(failure_message(metrics), findings(self.run, metrics))
         return metrics
 
 
@@ -120,10 +129,19 @@ def report_page(metrics: CompareMetrics) -> str:
             f"<h2>Tonight beside the baseline</h2><img src='{PLOT_FILE}' alt='tonight vs the baseline'></body></html>")
 
 
+def findings(run: RunRef, metrics: CompareMetrics) -> CheckFindings:
+    """The failing checks as expectation outcomes: observed value and threshold, baseline and tonight."""
+    failed = [ExpectationOutcome(name=c.name, level="release", expectation=c.expectation, success=False,
+                                 observed_value=c.value, bound={"threshold": c.failure},
+                                 expected=c.line().split("; ", 1)[-1]).model_dump()
+              for c in metrics.checks if c.severity == "failure"]
+    return CheckFindings(dag_id=run.dag_id, run_id=run.run_id, failed=failed)
+
+
 def failure_message(metrics: CompareMetrics) -> str:
     failed = [c for c in metrics.checks if c.severity == "failure"]
     return (f"tonight drifted from the last release (run {metrics.baseline_run}, tag {metrics.baseline_tag}) "
-            f"beyond {len(failed)} failure threshold(s); nothing is published:\n"
+            f"beyond {len(failed)} failure threshold(s) ({', '.join(c.name for c in failed)}); nothing is published:\n"
             + "\n".join(f"- {c.line()}" for c in failed)
             + "\nIf the change is intended, raise the drift_* thresholds for this run (or turn on "
               "require_approval to review it); see dags/runbooks/compare.md.")
