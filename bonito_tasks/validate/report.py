@@ -13,6 +13,8 @@ import html
 import io
 import math
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -198,58 +200,53 @@ def _histogram(counts: dict[int, tuple[int, int]], bins: int) -> list[tuple[str,
 
 def _length_panels(title: str, histograms: dict[str, list[tuple[str, int, int]]], unit: str) -> str:
     """One horizontal bar chart per task type: the output-length ranges down, rows across, the
-    passed rows and the quarantined rows stacked in two colours (matplotlib, SVG, text as text)."""
-    import matplotlib
-    from matplotlib.figure import Figure
+    passed rows and the quarantined rows stacked in two colours."""
+    def draw(ax: Any, rows: list[tuple[str, int, int]]) -> None:
+        positions = range(len(rows))
+        kept = [r[1] for r in rows]
+        ax.barh(positions, kept, color="#4c78a8", label="passed")
+        ax.barh(positions, [r[2] for r in rows], left=kept, color="#f58518", label="quarantined")
+        ax.set_yticks(positions, [r[0] for r in rows])
+        ax.invert_yaxis()  # shortest outputs on top
+        ax.set_xlabel("rows")
+        ax.set_ylabel(f"output length\n({unit})")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
 
-    heights = [max(1, len(rows)) * 0.28 + 0.9 for rows in histograms.values()] or [1.0]
-    with matplotlib.rc_context({"svg.hashsalt": "bonito", "svg.fonttype": "none", "font.size": 9}):
-        fig = Figure(figsize=(7.5, sum(heights) + 0.6), layout="constrained")
-        fig.suptitle(title, fontweight="bold", fontsize=10)
-        axes = fig.subplots(max(1, len(histograms)), 1, squeeze=False, height_ratios=heights)[:, 0]
-        for ax, (task, rows) in zip(axes, histograms.items()):
-            ax.set_title(task, loc="left", fontstyle="italic", fontsize=9)
-            positions = range(len(rows))
-            kept = [r[1] for r in rows]
-            ax.barh(positions, kept, color="#4c78a8", label="passed")
-            ax.barh(positions, [r[2] for r in rows], left=kept, color="#f58518", label="quarantined")
-            ax.set_yticks(positions, [r[0] for r in rows])
-            ax.invert_yaxis()  # shortest outputs on top
-            ax.set_xlabel("rows")
-            ax.set_ylabel(f"output length\n({unit})")
-            ax.legend(loc="lower right", fontsize=8, frameon=False)
-            ax.spines[["top", "right"]].set_visible(False)
-        buffer = io.StringIO()
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]
+    return _stacked_svg(title, histograms, 0.9, draw)
 
 
 def _panels(title: str, panels: dict[str, list[tuple[str, int]]]) -> str:
-    """Horizontal bar charts, one per panel, stacked under one title, as one SVG document (matplotlib;
-    text stays text, and the output is byte-for-byte the same for the same numbers)."""
+    """Horizontal bar charts, one per panel, stacked under one title."""
+    def draw(ax: Any, bars: list[tuple[str, int]]) -> None:
+        if not bars:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", color="#777", transform=ax.transAxes)
+            ax.set_axis_off()
+            return
+        positions = range(len(bars))
+        ax.barh(positions, [value for _, value in bars], color="#4c78a8")
+        ax.set_yticks(positions, [str(label)[:40] for label, _ in bars])
+        ax.invert_yaxis()  # first bar on top, in the given order
+        ax.bar_label(ax.containers[0], padding=3, fontsize=8)
+        ax.margins(x=0.12)
+
+    return _stacked_svg(title, panels, 0.6, draw)
+
+
+def _stacked_svg(title: str, panels: Mapping[str, Sequence[Any]], padding: float,
+                 draw: Callable[[Any, Any], None]) -> str:
+    """One SVG document (matplotlib; text stays text, the same numbers give the same bytes): a
+    panel per entry under one title, each as tall as its bars, drawn by `draw(axes, bars)`."""
     import matplotlib
     from matplotlib.figure import Figure
 
-    heights = [max(1, len(bars)) * 0.28 + 0.6 for bars in panels.values()] or [1.0]
+    heights = [max(1, len(bars)) * 0.28 + padding for bars in panels.values()] or [1.0]
     with matplotlib.rc_context({"svg.hashsalt": "bonito", "svg.fonttype": "none", "font.size": 9}):
         fig = Figure(figsize=(7.5, sum(heights) + 0.6), layout="constrained")
         fig.suptitle(title, fontweight="bold", fontsize=10)
         axes = fig.subplots(max(1, len(panels)), 1, squeeze=False, height_ratios=heights)[:, 0]
         for ax, (name, bars) in zip(axes, panels.items()):
             ax.set_title(name, loc="left", fontstyle="italic", fontsize=9)
-            if not bars:
-                ax.text(0.5, 0.5, "none", ha="center", va="center", color="#777", transform=ax.transAxes)
-                ax.set_axis_off()
-                continue
-            labels = [str(label)[:40] for label, _ in bars]
-            values = [value for _, value in bars]
-            positions = range(len(bars))
-            ax.barh(positions, values, color="#4c78a8")
-            ax.set_yticks(positions, labels)
-            ax.invert_yaxis()  # first bar on top, in the given order
-            ax.bar_label(ax.containers[0], padding=3, fontsize=8)
-            ax.margins(x=0.12)
+            draw(ax, bars)
             ax.spines[["top", "right"]].set_visible(False)
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None})
