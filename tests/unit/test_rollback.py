@@ -162,3 +162,16 @@ def test_a_revoked_runs_chunks_are_no_near_duplicates_of_the_next_nights(tmp_pat
     record_rollback(store, DAG, commit="c" * 40, source="hf://datasets/x@c", removed=[tag_name("scheduled__2")],
                     returned=[], skip=False, note="oncall: bad")
     assert load_earlier(store, DAG, config, [(0, sigs)]).covered(0, np.array([0])) == [frozenset()]
+
+
+def test_the_default_store_is_the_nightly_runs(monkeypatch, tmp_path):
+    from bonito_dev.rollback import default_store
+
+    monkeypatch.delenv("BONITO_SCHEDULE_CONFIG", raising=False)
+    monkeypatch.delenv("BONITO_STORE", raising=False)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    assert default_store() == f"{tmp_path}/airflow/bonito-store"
+    monkeypatch.setenv("BONITO_STORE", "s3://bucket/store")
+    assert default_store() == "s3://bucket/store"
+    monkeypatch.setenv("BONITO_SCHEDULE_CONFIG", '{"store": "s3://bucket/nightly"}')
+    assert default_store() == "s3://bucket/nightly"
