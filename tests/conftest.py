@@ -49,6 +49,25 @@ def s3_bucket(s3_endpoint):
     return name, kwargs
 
 
+@pytest.fixture
+def hub(monkeypatch):
+    """The Hub stand-in on loopback (tests/hub_server.py). HF_HUB_OFFLINE=1 (set above) was read by
+    huggingface_hub at import: it goes online, to loopback only."""
+    from tests.hub_server import HubServer
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hub_env(hub, monkeypatch):
+    """The Hub stand-in, with HF_TOKEN and HF_ENDPOINT set as an on-call's shell has them."""
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    return hub
+
+
 @pytest.fixture(params=["local", "s3"])
 def any_store(request, tmp_path):
     """The same tests on both stores: a local folder and S3 (moto in server mode on loopback)."""

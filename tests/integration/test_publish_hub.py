@@ -19,19 +19,10 @@ from bonito_tasks.publish import PublishError, PublishRejected, publish
 from bonito_tasks.retry import RetryPolicy
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore
-from tests.hub_server import HubServer
 from tests.unit.test_publish import RUN, front_matter, make_config, make_inputs
 
 REPO = "bonito-team/contracts-qa"
 FAST = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05, timeout_s=5)
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    # tests/conftest.py sets HF_HUB_OFFLINE=1, which huggingface_hub read at import: go online, to loopback only.
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    with HubServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from bonito_tasks.release import tag_name
 from bonito_tasks.store import LocalStore, run_prefix
 from bonito_tasks.task_types import TASK_TYPES
 from tests.conftest import SAMPLE_DOCS, make_config
-from tests.hub_server import HubServer
 
 REPO = "bonito-team/nightly"
 DAG = "bonito_dataset"
@@ -76,13 +75,7 @@ def nightly(store, config, token: str, endpoint: str, n: int, engine: Bonito):
     return run, documents
 
 
-@pytest.fixture
-def hub(monkeypatch):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    with HubServer() as server:
-        monkeypatch.setenv("HF_TOKEN", server.token)
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
+pytestmark = pytest.mark.usefixtures("hub_env")  # HF_TOKEN and HF_ENDPOINT set, as the CLI reads them
 
 
 def test_a_drifted_night_fails_and_a_rollback_restores_the_last_good_release(tmp_path, hub, caplog, capsys):

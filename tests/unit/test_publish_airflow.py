@@ -16,7 +16,6 @@ from unittest import mock
 import pytest
 
 from bonito_tasks.store import LocalStore
-from tests.hub_server import HubServer
 from tests.unit.test_publish import RUN, make_inputs
 
 pytestmark = pytest.mark.airflow
@@ -25,11 +24,9 @@ REPO = "bonito-team/nightly"
 
 
 @pytest.fixture
-def hub(monkeypatch):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
+def hub(hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    return hub
 
 
 def test_execute_publishes_returns_commit_and_emits_asset_event(hub, tmp_path, monkeypatch, caplog):

@@ -21,7 +21,6 @@ from bonito_tasks.release.scorecard import build_scorecard
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore
 from tests.conftest import make_config
-from tests.hub_server import HubServer
 
 REPO = "bonito-team/releases"
 
@@ -46,13 +45,6 @@ def commit_validate(store, run: RunRef, summary: QualitySummary) -> Manifest:
     metrics = ValidateMetrics(examples_in=summary.rows, passed=summary.passed, quarantined=summary.quarantined,
                               suite=SuiteRef(name="s", dataset_suite="d", version="4"), quality=summary)
     return writer.commit(metrics)
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    with HubServer() as server:
-        yield server
 
 
 def compare(store, tmp_path, hub, run_id: str, summary: QualitySummary, gated: bool = False, **overrides):

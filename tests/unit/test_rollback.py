@@ -15,19 +15,12 @@ from bonito_tasks.release import tag_name
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore
 from tests.conftest import make_config
-from tests.hub_server import HubServer
 
 REPO = "bonito-team/rollback"
 DAG = "bonito_dataset"
 
 
-@pytest.fixture
-def hub(monkeypatch):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    with HubServer() as server:
-        monkeypatch.setenv("HF_TOKEN", server.token)
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
+pytestmark = pytest.mark.usefixtures("hub_env")  # HF_TOKEN and HF_ENDPOINT set, as the CLI reads them
 
 
 def night(store, tmp_path, hub, run_id: str, docs: list[str]):
