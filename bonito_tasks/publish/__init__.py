@@ -261,7 +261,7 @@ class Publish(Stage):
                 facts.add(part)
                 yield part
 
-        splits = write_splits(parts(), folder, self.rows_per_shard)
+        splits = write_splits(parts(), folder, self.rows_per_shard, examples.rows_of("examples"))
         return Built(splits, facts, sources, {split.task_type: split.rows for split in splits})
 
 

@@ -152,25 +152,27 @@ def write_shard(rows: pa.Table, path: str, folder: Path | None) -> Content:
 RUN_GROUP = 1_024  # at most, rows per row group of a sorted run (write_splits): what a merge reads of a run at a time
 
 
-def write_splits(parts: Iterable[pa.Table], folder: Path, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
-                 ) -> list[TaskSplit]:
+def write_splits(parts: Iterable[pa.Table], folder: Path, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+                 rows: int | None = None) -> list[TaskSplit]:
     """`task_splits(concat(parts), rows_per_shard, folder=folder)`, the same files, without ever
     holding more than a window of rows: an external merge sort. Parts are read one at a time and
     gathered up to `rows_per_shard` rows; each window is sorted by example_id per task type into a
     run (a Parquet file in a scratch folder). Then each task type's runs are merged one shard at a
     time: the merge reads the runs' example_ids a row group at a time, and a shard's rows are a
-    contiguous slice of each run, read and sorted once more. Memory: a window, or a shard and two row
-    groups (at most RUN_GROUP rows, a sixteenth of a shard) per run."""
+    contiguous slice of each run, read and sorted once more. Memory: a window, or a shard and up to
+    two row groups per run. `rows` (the parts' total, when known) sizes the runs' row groups so that
+    those add up to at most half a shard, however many runs there are."""
+    windows = -(-rows // rows_per_shard) if rows else 4
+    group = max(1, min(RUN_GROUP, rows_per_shard // (4 * windows)))
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="runs-", dir=folder) as scratch:
-        runs = _sorted_runs(parts, Path(scratch), rows_per_shard)
+        runs = _sorted_runs(parts, Path(scratch), rows_per_shard, group)
         return [_merge_runs(task_type, runs[task_type], folder, rows_per_shard) for task_type in sorted(runs)]
 
 
-def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, rows_per_shard: int) -> dict[str, list[Path]]:
+def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, rows_per_shard: int, group: int) -> dict[str, list[Path]]:
     """The parts in windows of at least `rows_per_shard` rows, each sorted by example_id per task
-    type into a run file (task type -> its runs, in part order)."""
-    group = max(1, min(RUN_GROUP, rows_per_shard // 16))
+    type into a run file of row groups of `group` rows (task type -> its runs, in part order)."""
     runs: dict[str, list[Path]] = {}
     window: list[pa.Table] = []
 
