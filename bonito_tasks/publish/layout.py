@@ -28,7 +28,8 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, repeat
+from operator import itemgetter
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -182,7 +183,7 @@ def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, rows_per_shard: int, 
         for task_type in sorted(set(rows["task_type"].to_pylist())):
             run = scratch / f"{task_type}-{len(runs.get(task_type, [])):06d}.parquet"
             pq.write_table(rows.filter(pc.equal(rows["task_type"], task_type)).sort_by("example_id"), run,
-                           compression="zstd", row_group_size=group)
+                           compression="zstd", row_group_size=group, use_dictionary=False)  # text, read once
             runs.setdefault(task_type, []).append(run)
 
     for part in parts:
@@ -202,7 +203,7 @@ def _merge_runs(task_type: str, runs: list[Path], folder: Path, rows_per_shard: 
     shards: dict[str, Content] = {}
     num_bytes = 0
     for path in shard_paths(task_type, -(-total // rows_per_shard)):
-        counts = Counter(r for _, r in islice(merged, rows_per_shard))
+        counts = Counter(map(itemgetter(1), islice(merged, rows_per_shard)))
         rows = pa.concat_tables([_slice(files[r], taken[r], counts[r]) for r in sorted(counts)]).sort_by("example_id")
         for r, n in counts.items():
             taken[r] += n
@@ -213,8 +214,7 @@ def _merge_runs(task_type: str, runs: list[Path], folder: Path, rows_per_shard: 
 
 def _ids(run: pq.ParquetFile, index: int) -> Iterator[tuple[str, int]]:
     for batch in run.iter_batches(batch_size=run.metadata.row_group(0).num_rows, columns=["example_id"]):
-        for example_id in batch.column(0).to_pylist():
-            yield example_id, index
+        yield from zip(batch.column(0).to_pylist(), repeat(index))
 
 
 def _slice(run: pq.ParquetFile, start: int, n: int) -> pa.Table:

@@ -61,9 +61,10 @@ def test_publish_holds_a_window_of_rows_and_one_shard_never_the_dataset(tmp_path
     assert dataset > 4_000_000
     # Python objects (bytes read and written): about a part and a shard, not the dataset's bytes.
     assert python_peak < dataset / 4, (python_peak, dataset)
-    # Arrow: the shard being written and its rows before `messages` (about two shards), never the run's 24.
+    # Arrow: the shard being written, its rows before `messages` and the runs' readers (2-3 shards),
+    # never the run's 24.
     in_use, shard = max(in_use for in_use, _ in arrow_at_write), max(rows for _, rows in arrow_at_write)
-    assert in_use < 3 * shard, (in_use, shard)
+    assert in_use < 4 * shard, (in_use, shard)
 
 
 def test_the_hub_gets_the_data_shards_from_local_files(tmp_path, monkeypatch):
