@@ -1,13 +1,15 @@
 """Nightly at scale (issue #21): is a night's cost flat in the night's size and in the history?
 
     .venv/bin/python benchmarks/nightly_bench.py            # S = 100,000 and 10·S = 1,000,000 examples; H = 200,000
-    .venv/bin/python benchmarks/nightly_bench.py --night-examples 2000 --history 20000 --night 2000   # a quick look
+    .venv/bin/python benchmarks/nightly_bench.py --night-examples 3000 --partition-mb 0.25 --shard-chunks 500 \
+        --publish-shard-rows 1500 --history 20000 --night 2000   # a quick look
 
 1. The whole DAG at two night sizes, S and 10·S examples: a text corpus sized for the night (3 task
    types) is run through every task of bonito_dataset as the executor runs them, each task in a
    fresh process calling what its operator calls (plan, extract and chunk per partition,
    collect_documents, plan_shards, generate and validate_shard per shard, validate, compare,
-   publish to the loopback Hub stand-in (tests/hub_server.py, append), update_ledger, summarize);
+   publish (append, to the store's dataset; `--hub`: to the loopback Hub stand-in,
+   tests/hub_server.py), update_ledger, summarize);
    the mapped tasks' instances run `--workers` at a time. Partitions (`--partition-mb`) and shards
    (`--shard-chunks`) have the same size at both sizes, so a task that grows with the night shows.
    Generation is a stand-in: an in-process engine answers every prompt at once in Bonito's format
@@ -201,7 +203,7 @@ class Night:
 
 def run_night(target_examples: int, args, tmp: Path) -> dict:
     """One night of about `target_examples` examples (3 task types) through every task of the DAG,
-    published (append) to a fresh repo of the loopback Hub stand-in."""
+    appended to the store's dataset (`--hub`: to a fresh repo of the loopback Hub stand-in)."""
     from bonito_tasks.config import RunConfig
     from bonito_tasks.contracts import ChunkMetrics, PlanMetrics, RunRef
     from bonito_tasks.store import LocalStore
@@ -209,8 +211,8 @@ def run_night(target_examples: int, args, tmp: Path) -> dict:
     from hub_server import HubServer
 
     config = RunConfig(source=str(tmp / "corpus"), store=str(tmp / "store"), model_id=MODEL,
-                       task_types=list(TASK_TYPES), hub_repo_id=REPO_ID, publish_mode="append",
-                       partition_bytes=args.partition_mb * 2**20, chunk_shard_size=args.shard_chunks)
+                       task_types=list(TASK_TYPES), hub_repo_id=REPO_ID if args.hub else None, publish_mode="append",
+                       partition_bytes=int(args.partition_mb * 2**20), chunk_shard_size=args.shard_chunks)
     corpus_bytes = make_corpus(tmp / "corpus", int(target_examples / len(TASK_TYPES) * args.bytes_per_chunk),
                                args.doc_kb * 1024)
     store, run = LocalStore(tmp / "store"), RunRef(dag_id="bonito_dataset", run_id="scheduled__2026-12-05T02:00:00")
@@ -427,10 +429,14 @@ def main() -> None:
     parser.add_argument("--night-examples", type=int, default=100_000, help="S: examples of the small night "
                         "(10·S is measured too)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="mapped tasks run at once")
-    parser.add_argument("--partition-mb", type=int, default=8, help="MiB of documents per extract/chunk partition")
+    parser.add_argument("--partition-mb", type=float, default=8, help="MiB of documents per extract/chunk partition")
     parser.add_argument("--shard-chunks", type=int, default=20_000, help="chunks per generate shard")
     parser.add_argument("--publish-shard-rows", type=int, default=100_000,
                         help="rows per published data shard (the library's default; smaller for a small run)")
+    parser.add_argument("--hub", action="store_true",
+                        help="publish to the Hub stand-in (it takes every file inside the commit, which "
+                             "huggingface_hub then holds in memory: publish's RSS grows with the night there, "
+                             "unlike on the Hub, where Parquet files go by LFS from their paths)")
     parser.add_argument("--doc-kb", type=int, default=20, help="KiB per document of the corpus")
     parser.add_argument("--project-examples", type=float, default=15e6, help="projection: examples a night")
     parser.add_argument("--cpu-cores", type=int, default=32, help="projection: CPU cores")
