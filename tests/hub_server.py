@@ -4,7 +4,10 @@ A stdlib HTTP server on 127.0.0.1 (random port) that speaks the subset of the Hu
 huggingface_hub 2.x and datasets 5.x use to create a dataset repo, commit files and read them back,
 and open pull requests (a commit with `create_pr=1`, or `POST .../discussions`, makes `refs/pr/N`).
 Preupload answers "regular" for every file, so clients send contents inside the commit and never
-use LFS or Xet; the tree lists *.parquet files as the Hub lists LFS files. Repos and commits live
+use LFS or Xet; the tree lists *.parquet files as the Hub lists LFS files. With `lfs=True` it
+answers "lfs" for *.parquet files instead: clients upload them through the LFS batch API (a PUT of
+each blob the server does not hold yet) and the commit names them by sha256, as on the Hub (the
+client must not use Xet: set huggingface_hub.constants.HF_HUB_DISABLE_XET). Repos and commits live
 in memory so tests can inspect them. Faults can be
 injected: fail the next N matching requests with a status, stall them (then handle them
 normally, as a server whose answer the client gave up on), or lose their answer (handle them, then
@@ -42,6 +45,8 @@ REFS_ROUTE = re.compile(r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/
 RESOLVE_ROUTE = re.compile(
     r"^/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
 )
+LFS_BATCH_ROUTE = re.compile(r"^/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch$")
+LFS_UPLOAD_ROUTE = re.compile(r"^/lfs-upload/(?P<oid>[0-9a-f]{64})$")
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
 
 
@@ -112,8 +117,9 @@ class HubError(Exception):
 
 
 class HubServer:
-    def __init__(self, token: str = "hf_test_write_token", read_token: str = "hf_test_read_token"):
-        self.token, self.read_token = token, read_token
+    def __init__(self, token: str = "hf_test_write_token", read_token: str = "hf_test_read_token", lfs: bool = False):
+        self.token, self.read_token, self.lfs = token, read_token, lfs
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> blob uploaded through the LFS batch API
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.sent: list[tuple[str, str, int]] = []  # (method, path, body bytes) of every answer
@@ -213,6 +219,18 @@ class HubServer:
                 return self._create_repo(headers, json.loads(body))
             if raw_path == "/api/validate-yaml" and method == "POST":
                 return _json({"errors": [], "warnings": []})
+            if (match := LFS_BATCH_ROUTE.match(raw_path)) and method == "POST":
+                self._auth(headers, self._repo((match["type"] or "models")[:-1], match["repo"]), write=True)
+                return _json({"transfer": "basic", "objects": [
+                    {"oid": o["oid"], "size": o["size"], "authenticated": True}
+                    | ({} if o["oid"] in self.lfs_objects else
+                       {"actions": {"upload": {"href": f"{self.url}/lfs-upload/{o['oid']}"}}})
+                    for o in json.loads(body)["objects"]]})
+            if (match := LFS_UPLOAD_ROUTE.match(raw_path)) and method == "PUT":
+                if hashlib.sha256(body).hexdigest() != match["oid"]:
+                    raise HubError(400, "the blob does not match its sha256")
+                self.lfs_objects[match["oid"]] = body
+                return 200, {}, b""
             if match := API_ROUTE.match(raw_path):
                 repo_type = match["type"][:-1]
                 repo = self._repo(repo_type, match["repo"])
@@ -329,7 +347,8 @@ class HubServer:
             raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         if action == "preupload":
             files = [
-                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                {"path": f["path"], "uploadMode": "lfs" if self.lfs and f["path"].endswith(".parquet") else "regular",
+                 "shouldIgnore": False}
                 | ({"oid": git_blob_sha1(head.files[f["path"]])} if f["path"] in head.files else {})
                 for f in json.loads(body)["files"]
             ]
@@ -372,6 +391,10 @@ class HubServer:
             key, value = line["key"], line["value"]
             if key == "file":
                 files[value["path"]] = base64.b64decode(value["content"])
+            elif key == "lfsFile":
+                if value["oid"] not in self.lfs_objects:
+                    raise HubError(422, f"LFS object {value['oid']} of {value['path']} was not uploaded")
+                files[value["path"]] = self.lfs_objects[value["oid"]]
             elif key == "deletedFile":
                 files.pop(value["path"], None)
             elif key == "deletedFolder":

@@ -109,3 +109,34 @@ def test_a_streamed_snapshot_has_the_bytes_of_one_built_in_memory(tmp_path, part
         (s.task_type, s.rows, s.num_bytes, list(s.shards)) for s in in_memory]
     assert all(s.shards[p].read_bytes() == m.shards[p] for s, m in zip(streamed, in_memory) for p in s.shards)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # the sorted runs are gone
+
+
+def test_lfs_blobs_uploaded_before_a_commit_that_fails_leave_the_dataset_as_it_was(tmp_path, monkeypatch):
+    """The Hub's way: each shard goes up from its file as an LFS blob, then one commit names them. A
+    commit that fails after the blobs went up changes nothing; the retry commits once and does not
+    upload the blobs again."""
+    from bonito_tasks.publish import PublishError
+    from bonito_tasks.retry import RetryPolicy
+    from tests.hub_server import HubServer
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_XET", True)
+    store = LocalStore(tmp_path / "store")
+    examples, documents = make_run(store)
+    config = make_config(tmp_path, hub_repo_id="org/lfs")
+    options = dict(token=None, retry=RetryPolicy(attempts=1, timeout_s=10), rows_per_shard=ROWS_PER_SHARD)
+    with HubServer(lfs=True) as hub:
+        options |= dict(token=hub.token, endpoint=hub.url)
+        hub.fail("POST", r"/commit/", status=500)
+        with pytest.raises(PublishError):
+            publish(store, RUN, config, examples, documents, **options)
+        repo = hub.repo("org/lfs")
+        assert len(hub.lfs_objects) == 24 and len(repo.history()) == 1  # blobs up, no commit: the repo as created
+        uploads = hub.count("PUT", r"^/lfs-upload/")
+        manifest = publish(store, RUN, config, examples, documents, **options)  # Airflow's retry
+        assert len(repo.history()) == 2 and manifest.metrics.hub_new_commit  # one commit
+        assert hub.count("PUT", r"^/lfs-upload/") == uploads  # the blobs were there already
+        files = repo.resolve("main").files
+    shards = [p for p in manifest.metrics.files if p.startswith("data/")]
+    assert len(shards) == 24
+    assert all(sha256_hex(files[p]) == manifest.metrics.files[p].sha256 for p in shards)
