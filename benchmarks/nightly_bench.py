@@ -78,6 +78,7 @@ class InstantBonito:
 
 
 def bonito_answer(index: int, prompt: str):
+    """Prompt `index`'s completion: its task type and passage read back from Bonito's prompt."""
     from bonito_tasks.format import CONTEXT_MARKER, CONTEXT_PLACEHOLDER, PIPE_MARKER, TASK_MARKER, TASKTYPE_MARKER
     from bonito_tasks.generate.engine import Completion
     from bonito_tasks.task_types import normalize_task_type
@@ -278,8 +279,9 @@ def dag_figures(small: dict, large: dict, args) -> dict:
     ratios = {}
     for name in rows_l:
         ratios[name] = rows_l[name]["rss_mib"] / rows_s[name]["rss_mib"]
+        over = ratios[name] > 1.25 or rows_l[name]["rss_mib"] > 1024
         print(f"   {name:<18}{rows_s[name]['rss_mib']:>8.0f} -> {rows_l[name]['rss_mib']:>6.0f} MiB  "
-              f"{ratios[name]:5.2f}x")
+              f"{ratios[name]:5.2f}x{'  over target' if over else ''}")
     others = [row for name, row in rows_l.items() if name != "generate"]
     us = 1e6 * sum(row["wall_s"] for row in others) / large["examples"]
     cpu_us = 1e6 * sum(row["cpu_s"] for row in others) / large["examples"]
