@@ -166,8 +166,9 @@ class PlanShards(Stage):
     once (with every other place in `also_in`: a near-duplicate goes to the first kept chunk it
     matches), chunks an earlier run generated from dropped (or narrowed to the task types still
     missing), in parts of at most PART_ROWS that make up the generate shards.
-    Memory: the 128-bit digests of the distinct chunks (about 80 bytes each), the kept chunks'
-    MinHash signatures and band keys (about 720 bytes each) and one part; never the texts."""
+    Memory: the digests and places of the distinct chunks (Python dicts), the kept chunks' MinHash
+    signatures and band keys (about 720 bytes each) and one part; never the texts. About 3.7 KB a
+    chunk in all (measured by benchmarks/nightly_bench.py): it grows with the night's chunks."""
 
     name = StageName.CHUNK
     reads = (StageName.CHUNK,)
