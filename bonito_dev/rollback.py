@@ -18,6 +18,9 @@ import os
 import sys
 import tempfile
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 from bonito_tasks.errors import PermanentFailure
 from bonito_tasks.release.tags import ROLLBACK_TITLE, RollbackRefused, release_tags, releases_undone
 
@@ -109,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     token, endpoint = os.environ.get("HF_TOKEN"), os.environ.get("HF_ENDPOINT")
     try:
+        validate_repo_id(args.repo)
+    except HFValidationError as err:
+        print(f"rollback refused: name the Hub dataset repo as org/name (REPO= for make): {err}", file=sys.stderr)
+        return 2
+    try:
         if not args.to:
             for tag, commit in sorted(release_tags(args.repo, token, endpoint).items()):
                 print(f"{tag}\t{commit}")
@@ -121,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     except PermanentFailure as err:
         print(f"rollback refused: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # the Hub unreachable or failing: said in one line, the token never shown
+        message = f"{type(err).__name__}: {err}".replace(token, "***") if token else f"{type(err).__name__}: {err}"
+        print(f"rollback failed talking to {endpoint or 'the Hub'}: {message[:500]}; run the same command again "
+              "(a commit already made is found, not repeated)", file=sys.stderr)
+        return 1
     print(f"{args.repo} main is now {args.to}'s tree at commit {sha}"
           + ("" if created else " (main already held it: no new commit)"))
     try:

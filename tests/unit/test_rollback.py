@@ -168,3 +168,19 @@ def test_the_default_store_is_the_nightly_runs(monkeypatch, tmp_path):
     assert default_store() == "s3://bucket/store"
     monkeypatch.setenv("BONITO_SCHEDULE_CONFIG", '{"store": "s3://bucket/nightly"}')
     assert default_store() == "s3://bucket/nightly"
+
+
+def test_a_missing_repo_or_an_unreachable_hub_is_one_clear_line(monkeypatch, capsys, tmp_path):
+    """As `make rollback` without REPO=, and with HF_ENDPOINT pointing at nothing: no traceback,
+    no token in the message, a non-zero exit."""
+    from bonito_dev.processes import free_port
+    from bonito_dev.rollback import main
+
+    assert main(["", "--to", "release-x", "--reason", "bad night"]) == 2
+    assert "org/name" in capsys.readouterr().err
+    monkeypatch.setenv("HF_TOKEN", "hf_SECRETsecret123")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    assert main(["org/name"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rollback failed talking to http://127.0.0.1:") and "Traceback" not in err
+    assert "hf_SECRETsecret123" not in err and len(err.splitlines()) == 1
