@@ -167,8 +167,8 @@ class PlanShards(Stage):
     matches), chunks an earlier run generated from dropped (or narrowed to the task types still
     missing), in parts of at most PART_ROWS that make up the generate shards.
     Memory: the digests and places of the distinct chunks (Python dicts), the kept chunks' MinHash
-    signatures and band keys (about 720 bytes each) and one part; never the texts. About 3.7 KB a
-    chunk in all (measured by benchmarks/nightly_bench.py): it grows with the night's chunks."""
+    signatures and band keys (about 720 bytes each) and one part; never the texts. It grows with
+    the night's chunks (docs/scale.md, "A night's cost as the night grows")."""
 
     name = StageName.CHUNK
     reads = (StageName.CHUNK,)
