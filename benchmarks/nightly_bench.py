@@ -327,9 +327,8 @@ def rows(first: int, n: int, run_id: str, repeat_from: int | None = None):
 
 def seed_history(history_rows: int) -> dict[str, bytes]:
     """The files of a dataset that `history_rows` rows were appended to, SEED_NIGHT at a time."""
-    import pyarrow as pa
-
-    from bonito_tasks.publish.layout import SOURCE_COLUMNS, append_indexed
+    from bonito_tasks.publish import files as content
+    from bonito_tasks.publish.layout import append_indexed
 
     class Files:
         def __init__(self, files: dict[str, bytes]):
@@ -339,11 +338,12 @@ def seed_history(history_rows: int) -> dict[str, bytes]:
             return self.files[path]
 
     files: dict[str, bytes] = {}
-    sources = pa.table({c: pa.array([], t) for c, t in zip(SOURCE_COLUMNS, (pa.string(),) * 3 + (pa.int64(),))})
-    for night, first in enumerate(range(0, history_rows, SEED_NIGHT)):
-        tag = f"seed-{night:04d}"
-        batch = rows(first, min(SEED_NIGHT, history_rows - first), tag)
-        files |= append_indexed(Files(files), batch, sources, tag, 100_000, 0.9).files
+    with tempfile.TemporaryDirectory() as tmp:
+        for night, first in enumerate(range(0, history_rows, SEED_NIGHT)):
+            tag = f"seed-{night:04d}"
+            batch = rows(first, min(SEED_NIGHT, history_rows - first), tag)
+            appended = append_indexed(Files(files), lambda batch=batch: [batch], tag, 100_000, Path(tmp) / tag, 0.9)
+            files |= {path: content.read(data) for path, data in appended.files.items()}
     return files
 
 

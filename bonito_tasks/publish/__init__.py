@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bonito_tasks.config import RunConfig
 from bonito_tasks.contracts import (
@@ -36,6 +37,7 @@ from bonito_tasks.contracts import (
     ValidateMetrics,
     sha256_hex,
 )
+from bonito_tasks.passages import chunk_texts
 from bonito_tasks.publish import files as content
 from bonito_tasks.publish.card import RowFacts, render_card
 from bonito_tasks.publish.export import READ_NOTE as EXPORT_READ_NOTE
@@ -137,38 +139,30 @@ class Publish(Stage):
         built: list[Built] = []
         chunked = self.chunks  # this run's chunk stage: filters, passages
         chunking = chunked.metrics if chunked and isinstance(chunked.metrics, ChunkMetrics) else None
-        appending = config.publish_mode == "append"
-        # An append holds the night's rows (its checks against history are by the night's keys); a
-        # snapshot streams them: read a part at a time and written a shard at a time (write_splits).
-        rows = store.read_table(examples, "examples") if appending else None
-        overwrite = None if rows is not None else self._snapshot(scratch / "snapshot", sources)
-        contexts: dict[str, str] = {}
-        if rows is not None and config.example_near_dup_threshold is not None and chunked:
-            wanted = set(rows["chunk_id"].to_pylist())
-            for i in range(len(chunked.shards_of("chunks"))):
-                part = store.read_shard(chunked, "chunks", i, ["chunk_id", "text"])
-                contexts.update((c, t) for c, t in zip(*(part[n].to_pylist() for n in part.column_names))
-                                if c in wanted)
-
-        # Append to the Hub or the store: against the dataset's index, writing only the night's files
-        # (history.py). An S3 export is a complete snapshot behind a pointer: it appends the old way.
-        indexed = appending and export is None
+        # Append to the Hub or the store: against the dataset's index, a validate part at a time,
+        # writing only the night's files (history.py). An S3 export is a complete snapshot behind a
+        # pointer: its append reads the snapshot and the night whole (layout.append_snapshot).
+        indexed = config.publish_mode == "append" and export is None
+        rows = store.read_table(examples, "examples") if config.publish_mode == "append" and not indexed else None
+        overwrite = None if config.publish_mode == "append" else self._snapshot(scratch / "snapshot", sources)
+        contexts = self._passages(rows) if rows is not None else {}
         tag = safe_segment(run.run_id)
         release_tag = tag_name(run.run_id)
 
         def build(existing: ExistingFiles) -> dict[str, Content]:
             """The dataset's files: this run's snapshot; (append) the files this run adds to it."""
             appended = None
-            if rows is None:
-                assert overwrite is not None  # a snapshot publish streamed its shards above
+            if overwrite is not None:  # a snapshot publish streamed its shards above
                 snapshot = overwrite
             elif indexed:
-                appended = append_indexed(existing, rows, sources, tag, rows_per_shard,
-                                          config.example_near_dup_threshold, contexts,
-                                          Path(tempfile.mkdtemp(prefix="attempt-", dir=scratch)))
-                snapshot = Built(appended.splits, RowFacts.of(appended.fresh), merged_sources(existing, sources),
-                                 rows_added(appended.fresh), appended.skipped, appended.near_duplicates)
+                facts = RowFacts()
+                appended = append_indexed(existing, self._night, tag, rows_per_shard,
+                                          Path(tempfile.mkdtemp(prefix="attempt-", dir=scratch)),
+                                          config.example_near_dup_threshold, self._passages, facts.add)
+                snapshot = Built(appended.splits, facts, merged_sources(existing, sources), appended.added,
+                                 appended.skipped, appended.near_duplicates)
             else:
+                assert rows is not None  # an S3 export's append
                 old = append_snapshot(existing, rows, sources, tag, rows_per_shard,
                                       config.example_near_dup_threshold, contexts)
                 snapshot = Built(old.splits, RowFacts.of(old.examples), old.sources, rows_added(old.examples),
@@ -263,6 +257,19 @@ class Publish(Stage):
 
         splits = write_splits(parts(), folder, self.rows_per_shard, examples.rows_of("examples"))
         return Built(splits, facts, sources, {split.task_type: split.rows for split in splits})
+
+    def _night(self) -> Iterator[pa.Table]:
+        """The validated rows, one validate part at a time."""
+        for i in range(len(self.examples.shards_of("examples"))):
+            yield self.store.read_shard(self.examples, "examples", i)
+
+    def _passages(self, rows: pa.Table) -> dict[str, str]:
+        """chunk_id -> text of the chunks `rows` name, for the near-duplicate check (none without it)."""
+        if self.config.example_near_dup_threshold is None or self.chunks is None:
+            return {}
+        wanted = set(pc.unique(rows["chunk_id"]).drop_null().to_pylist())
+        texts = chunk_texts(self.store, self.chunks, wanted)
+        return dict(zip(texts["chunk_id"].to_pylist(), texts["text"].to_pylist()))
 
 
 @dataclass(frozen=True)

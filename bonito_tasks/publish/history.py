@@ -146,14 +146,46 @@ def sketches(rows: pa.Table, contexts: Mapping[str, str]) -> np.ndarray:
     return (minhash.signatures(stripped)[:, :SKETCH_PERM] & 0xFFFF).astype(np.uint16)
 
 
-def index_table(rows: pa.Table, sketched: np.ndarray) -> pa.Table:
-    """The index rows of published `rows` (EXAMPLES columns) with their sketches."""
-    return pa.table({
-        "id_key": pa.array(key64(rows["example_id"].to_pylist()), pa.uint64()),
-        "pair_key": pa.array(pair_keys(rows["input"].to_pylist(), rows["output"].to_pylist()), pa.uint64()),
-        "doc_key": pa.array(key64(rows["doc_id"].to_pylist()), pa.uint64()),
-        "sketch": pa.array([s.tobytes() for s in sketched], pa.binary(SKETCH_PERM * 2)),
-    }, schema=INDEX)
+@dataclass(frozen=True)
+class RowKeys:
+    """What an append checks and indexes of some rows, one entry per row (88 bytes): the keys of
+    their example_id, (input, output) pair and document, and their sketches."""
+
+    ids: np.ndarray  # uint64
+    pairs: np.ndarray  # uint64
+    docs: np.ndarray  # uint64
+    sketches: np.ndarray  # (rows x SKETCH_PERM) uint16
+
+    @classmethod
+    def of(cls, rows: pa.Table, contexts: Mapping[str, str]) -> RowKeys:
+        """The keys of `rows` (EXAMPLES columns); `contexts` as for `sketches`."""
+        return cls(key64(rows["example_id"].to_pylist()),
+                   pair_keys(rows["input"].to_pylist(), rows["output"].to_pylist()),
+                   key64(rows["doc_id"].to_pylist()), sketches(rows, contexts))
+
+    @classmethod
+    def concat(cls, parts: list[RowKeys]) -> RowKeys:
+        if not parts:
+            empty = np.zeros(0, np.uint64)
+            return cls(empty, empty, empty, np.zeros((0, SKETCH_PERM), np.uint16))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "pairs", "docs", "sketches")))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> RowKeys:
+        """The keys of `rows` (indices or a boolean mask), in that order."""
+        return RowKeys(self.ids[rows], self.pairs[rows], self.docs[rows], self.sketches[rows])
+
+    def index_table(self) -> pa.Table:
+        """These rows as index rows."""
+        return pa.table({
+            "id_key": pa.array(self.ids, pa.uint64()),
+            "pair_key": pa.array(self.pairs, pa.uint64()),
+            "doc_key": pa.array(self.docs, pa.uint64()),
+            "sketch": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(SKETCH_PERM * 2), len(self), [None, pa.py_buffer(np.ascontiguousarray(self.sketches))]),
+        }, schema=INDEX)
 
 
 def index_bytes(table: pa.Table) -> bytes:
@@ -214,13 +246,10 @@ class _Keys:
         return np.repeat(history, counts), self.order[starts]
 
 
-def check_history(parts: Iterator[bytes], night: pa.Table, night_sketches: np.ndarray,
-                  threshold: float | None) -> Seen:
+def check_history(parts: Iterator[bytes], night: RowKeys, threshold: float | None) -> Seen:
     """Scan the index parts (one row group in memory at a time) for the night's keys."""
-    n = night.num_rows
-    keys = {"id_key": _Keys(key64(night["example_id"].to_pylist())),
-            "pair_key": _Keys(pair_keys(night["input"].to_pylist(), night["output"].to_pylist())),
-            "doc_key": _Keys(key64(night["doc_id"].to_pylist()))}
+    n, night_sketches = len(night), night.sketches
+    keys = {"id_key": _Keys(night.ids), "pair_key": _Keys(night.pairs), "doc_key": _Keys(night.docs)}
     seen = Seen(np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
     marks = {"id_key": seen.ids, "pair_key": seen.pairs, "doc_key": seen.docs}
     bands = [_Keys(column) for column in _band_keys(night_sketches, threshold).T] \
@@ -245,20 +274,27 @@ def check_history(parts: Iterator[bytes], night: pa.Table, night_sketches: np.nd
 
 
 def near_within(sketched: np.ndarray, keep: np.ndarray, threshold: float) -> np.ndarray:
-    """Per row: whether it nearly repeats an earlier row that is kept (rows in publish order)."""
+    """Per row: whether it nearly repeats an earlier row that is kept (rows in publish order). Only
+    kept rows that share a band key with another kept row are compared, one at a time in order."""
     n = len(sketched)
     near = np.zeros(n, dtype=bool)
-    if n < 2:
+    kept = np.flatnonzero(keep)
+    if len(kept) < 2:
         return near
-    bands = _band_keys(sketched, threshold)
-    first: dict[tuple[int, int], list[int]] = {}
-    for i in range(n):
-        candidates = {j for b, key in enumerate(bands[i].tolist()) for j in first.get((b, key), ())}
-        if keep[i] and any(np.mean(sketched[i] == sketched[j]) >= threshold for j in candidates):
-            near[i] = True
-        if keep[i] and not near[i]:
-            for b, key in enumerate(bands[i].tolist()):
-                first.setdefault((b, key), []).append(i)
+    bands = _band_keys(sketched[kept], threshold)
+    shared = np.zeros(len(kept), dtype=bool)
+    for column in bands.T:
+        _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+        shared |= counts[inverse] > 1
+    first: dict[tuple[int, int], list[int]] = {}  # (band, key) -> rows kept so far that have it
+    for i, row in zip(np.flatnonzero(shared).tolist(), kept[shared].tolist()):
+        row_bands = list(enumerate(bands[i].tolist()))
+        candidates = {j for key in row_bands for j in first.get(key, ())}
+        if any(np.mean(sketched[row] == sketched[j]) >= threshold for j in candidates):
+            near[row] = True
+            continue
+        for key in row_bands:
+            first.setdefault(key, []).append(row)
     return near
 
 

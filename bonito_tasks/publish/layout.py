@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import itemgetter
@@ -154,8 +154,8 @@ RUN_GROUP = 1_024  # at most, rows per row group of a sorted run (write_splits):
 
 
 def write_splits(parts: Iterable[pa.Table], folder: Path, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
-                 rows: int | None = None) -> list[TaskSplit]:
-    """`task_splits(concat(parts), rows_per_shard, folder=folder)`, the same files, without ever
+                 rows: int | None = None, tag: str | None = None) -> list[TaskSplit]:
+    """`task_splits(concat(parts), rows_per_shard, tag, folder)`, the same files, without ever
     holding more than a window of rows: an external merge sort. Parts are read one at a time and
     gathered up to `rows_per_shard` rows; each window is sorted by example_id per task type into a
     run (a Parquet file in a scratch folder). Then each task type's runs are merged one shard at a
@@ -168,7 +168,7 @@ def write_splits(parts: Iterable[pa.Table], folder: Path, rows_per_shard: int = 
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="runs-", dir=folder) as scratch:
         runs = _sorted_runs(parts, Path(scratch), rows_per_shard, group)
-        return [_merge_runs(task_type, runs[task_type], folder, rows_per_shard) for task_type in sorted(runs)]
+        return [_merge_runs(task_type, runs[task_type], folder, rows_per_shard, tag) for task_type in sorted(runs)]
 
 
 def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, rows_per_shard: int, group: int) -> dict[str, list[Path]]:
@@ -195,14 +195,14 @@ def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, rows_per_shard: int, 
     return runs
 
 
-def _merge_runs(task_type: str, runs: list[Path], folder: Path, rows_per_shard: int) -> TaskSplit:
+def _merge_runs(task_type: str, runs: list[Path], folder: Path, rows_per_shard: int, tag: str | None) -> TaskSplit:
     files = [pq.ParquetFile(run) for run in runs]
     total = sum(f.metadata.num_rows for f in files)
     merged = heapq.merge(*(_ids(f, r) for r, f in enumerate(files)))  # (example_id, run): ties in run order
     taken = [0] * len(files)
     shards: dict[str, Content] = {}
     num_bytes = 0
-    for path in shard_paths(task_type, -(-total // rows_per_shard)):
+    for path in shard_paths(task_type, -(-total // rows_per_shard), tag):
         counts = Counter(map(itemgetter(1), islice(merged, rows_per_shard)))
         rows = pa.concat_tables([_slice(files[r], taken[r], counts[r]) for r in sorted(counts)]).sort_by("example_id")
         for r, n in counts.items():
@@ -287,7 +287,7 @@ class Appended:
 
     files: dict[str, Content]  # new shards, this run's index part, the stats (and, once, a migrated history)
     splits: list[TaskSplit]  # every task type of the dataset: its totals, this run's new shards
-    fresh: pa.Table  # the rows added
+    added: dict[str, int]  # rows added per task type
     totals: history.RunStats  # the dataset after this append
     runs: int  # publishes whose rows the dataset holds
     skipped: int = 0
@@ -296,41 +296,69 @@ class Appended:
 
 
 def append_indexed(
-    existing: ExistingFiles, examples: pa.Table, sources: pa.Table, tag: str, rows_per_shard: int,
-    near_dup_threshold: float | None = None, contexts: Mapping[str, str] | None = None, folder: Path | None = None,
+    existing: ExistingFiles, night: Callable[[], Iterable[pa.Table]], tag: str, rows_per_shard: int,
+    folder: Path, near_dup_threshold: float | None = None,
+    passages: Callable[[pa.Table], Mapping[str, str]] = lambda rows: {},
+    on_fresh: Callable[[pa.Table], None] | None = None,
 ) -> Appended:
-    """This run's rows that the dataset does not hold yet, checked against its index (history.py)
+    """The night's rows that the dataset does not hold yet, checked against its index (history.py)
     and never against its data: the existing shards are neither read nor rewritten. A dataset
     without an index (published before it existed) is indexed once, here. Re-publishing a run
     (`tag`) yields the same files: its own shards, index part and stats entry count as not there.
-    With `folder`, the new shards are written there (see task_splits)."""
+
+    `night()` yields the night's rows a part at a time, and is called twice: once for the rows'
+    keys (history.RowKeys, 88 bytes a row: all the append holds of the night; `passages(part)`:
+    chunk_id -> text of the part's passages, see history.sketches), once to write the rows kept
+    to `folder` (write_splits, a shard at a time; `on_fresh` sees each part of them).
+    Rows are taken in example_id order: of rows sharing a key, the first is kept."""
     files: dict[str, Content] = {}
     if history.STATS_FILE in existing.paths:
         stats = history.DatasetStats.model_validate_json(existing.read(history.STATS_FILE)).without(tag)
     else:
         stats, migrated = index_existing(existing, tag)
         files |= migrated
-    own_part = history.index_part_path(tag)
-    new = examples.select(EXAMPLES.names).cast(EXAMPLES).sort_by("example_id")
-    sketched = history.sketches(new, contexts or {})
-    seen = history.check_history(_index_parts(existing, stats, files), new, sketched, near_dup_threshold)
+    parts, example_ids = [], []
+    for rows in night():
+        parts.append(history.RowKeys.of(rows, passages(rows)))
+        example_ids.append(rows["example_id"].combine_chunks())
+    order = pc.sort_indices(pa.chunked_array(example_ids, pa.string())).to_numpy() if example_ids else \
+        np.zeros(0, np.int64)  # a stable sort: rows with one example_id stay in part order
+    del example_ids
+    new = history.RowKeys.concat(parts).take(order)
+    seen = history.check_history(_index_parts(existing, stats, files), new, near_dup_threshold)
     keep = ~(seen.ids | seen.pairs) & _first_of_each(new)
     exact_fresh = int(keep.sum())
     if near_dup_threshold is not None and exact_fresh:
         keep &= ~seen.near
-        keep &= ~history.near_within(sketched, keep, near_dup_threshold)
-    fresh, fresh_sketches = new.filter(pa.array(keep)), sketched[keep]
-    new_splits = task_splits(fresh, rows_per_shard, tag, folder)
+        keep &= ~history.near_within(new.sketches, keep, near_dup_threshold)
+    kept_rows = np.empty(len(new), dtype=bool)
+    kept_rows[order] = keep  # per row in part order
+    models: set[tuple[str, str]] = set()
+    sampling: set[str] = set()
+
+    def fresh_parts() -> Iterator[pa.Table]:
+        start = 0
+        for rows in night():
+            fresh = rows.filter(pa.array(kept_rows[start:start + rows.num_rows]))
+            start += rows.num_rows
+            models.update((m["model_id"], m["model_revision"])
+                          for m in fresh.group_by(["model_id", "model_revision"]).aggregate([]).to_pylist())
+            sampling.update(pc.unique(fresh["sampling_params"]).to_pylist())
+            if on_fresh:
+                on_fresh(fresh)
+            yield fresh
+
+    new_splits = write_splits(fresh_parts(), folder, rows_per_shard, exact_fresh, tag)
     added = history.RunStats(
         splits={s.task_type: history.SplitStats(rows=s.rows, num_bytes=s.num_bytes, download_size=s.download_size,
                                                 shards=sorted(s.shards)) for s in new_splits},
-        models=sorted({(m, r) for m, r in zip(fresh["model_id"].to_pylist(), fresh["model_revision"].to_pylist())}),
-        sampling=sorted(set(fresh["sampling_params"].to_pylist())),
-        contributing=len({d for d, known in zip(fresh["doc_id"].to_pylist(), seen.docs[keep]) if not known}),
+        models=sorted(models), sampling=sorted(sampling),
+        contributing=len(np.unique(new.docs[keep & ~seen.docs])),
     )
-    if fresh.num_rows:
+    n_fresh = int(keep.sum())
+    if n_fresh:
         stats = stats.with_run(tag, added)
-        files[own_part] = history.index_bytes(history.index_table(fresh, fresh_sketches))
+        files[history.index_part_path(tag)] = history.index_bytes(new.take(keep).index_table())
     totals = stats.totals()
     by_type = {s.task_type: s for s in new_splits}
     splits = [TaskSplit(t, split.rows, by_type[t].shards if t in by_type else {}, split.num_bytes,
@@ -339,10 +367,10 @@ def append_indexed(
     files |= {path: data for split in new_splits for path, data in split.shards.items()}
     files[history.STATS_FILE] = stats.to_bytes()
     log.info("append: %d of %d new row(s) kept after checking %d indexed row(s); the dataset holds %d",
-             fresh.num_rows, new.num_rows, seen.rows_scanned, sum(s.rows for s in splits))
-    return Appended(files=files, splits=splits, fresh=fresh, totals=totals,
-                    runs=sum(1 for run in stats.runs.values() if run.splits), skipped=new.num_rows - fresh.num_rows,
-                    near_duplicates=exact_fresh - fresh.num_rows, rows_scanned=seen.rows_scanned)
+             n_fresh, len(new), seen.rows_scanned, sum(s.rows for s in splits))
+    return Appended(files=files, splits=splits, added={s.task_type: s.rows for s in new_splits}, totals=totals,
+                    runs=sum(1 for run in stats.runs.values() if run.splits), skipped=len(new) - n_fresh,
+                    near_duplicates=exact_fresh - n_fresh, rows_scanned=seen.rows_scanned)
 
 
 def _index_parts(existing: ExistingFiles, stats: history.DatasetStats, rebuilt: dict[str, Content]
@@ -364,7 +392,7 @@ def _index_parts(existing: ExistingFiles, stats: history.DatasetStats, rebuilt: 
                     "unreadable" if data is not None else "missing", len(shards))
         rows = pa.concat_tables([_read_examples(p, existing.read(p)) for p in shards]) if shards else \
             EXAMPLES.empty_table()
-        data = rebuilt[path] = history.index_bytes(history.index_table(rows, history.sketches(rows, {})))
+        data = rebuilt[path] = history.index_bytes(history.RowKeys.of(rows, {}).index_table())
         yield data
 
 
@@ -396,19 +424,17 @@ def index_existing(existing: ExistingFiles, tag: str) -> tuple[history.DatasetSt
     indexed.sampling = sorted(set(old["sampling_params"].to_pylist()))
     indexed.contributing = len(set(old["doc_id"].to_pylist()))
     files[history.index_part_path("_published-before-the-index")] = history.index_bytes(
-        history.index_table(old, history.sketches(old, {})))
+        history.RowKeys.of(old, {}).index_table())
     log.info("indexed %d published row(s)", old.num_rows)
     return history.DatasetStats(runs={"_published-before-the-index": indexed}), files
 
 
-def _first_of_each(rows: pa.Table) -> np.ndarray:
+def _first_of_each(rows: history.RowKeys) -> np.ndarray:
     """Per row: whether no earlier row has its example_id or its (input, output) pair."""
-    ids = history.key64(rows["example_id"].to_pylist())
-    pairs = history.pair_keys(rows["input"].to_pylist(), rows["output"].to_pylist())
-    first = np.ones(rows.num_rows, dtype=bool)
-    for keys in (ids, pairs):
+    first = np.ones(len(rows), dtype=bool)
+    for keys in (rows.ids, rows.pairs):
         _, index = np.unique(keys, return_index=True)
-        mask = np.zeros(rows.num_rows, dtype=bool)
+        mask = np.zeros(len(rows), dtype=bool)
         mask[index] = True
         first &= mask
     return first

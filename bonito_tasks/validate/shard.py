@@ -41,6 +41,7 @@ from bonito_tasks.contracts import (
     ValidateMetrics,
     generate_shard_parts,
 )
+from bonito_tasks.passages import chunk_texts
 from bonito_tasks.stage import Stage, StageWriter
 from bonito_tasks.store import ArtifactStore
 from bonito_tasks.tokens import count_tokens, tokenizer_name
@@ -158,23 +159,7 @@ class ValidateShard(Stage):
         for index in range(len(self.generated.shards_of("examples"))):
             ids = self.store.read_shard(self.generated, "examples", index, columns=["chunk_id"])["chunk_id"]
             wanted.update(i for i in pc.unique(ids.combine_chunks()).to_pylist() if i is not None)
-        n_parts = len(self.chunks.shards_of("chunks"))
-        own = [p for p in generate_shard_parts(self.chunks, self.shard) if p < n_parts]
-        found: list[pa.Table] = []
-        for index in own + [p for p in range(n_parts) if p not in own]:
-            if not wanted:
-                break
-            if index not in own:  # a chunk of another shard: read its ids before any text
-                ids = self.store.read_shard(self.chunks, "chunks", index, columns=["chunk_id"])["chunk_id"]
-                if not pc.any(pc.is_in(ids, value_set=pa.array(sorted(wanted)))).as_py():
-                    continue
-            part = self.store.read_shard(self.chunks, "chunks", index, columns=["chunk_id", "text"])
-            part = part.filter(pc.is_in(part["chunk_id"], value_set=pa.array(sorted(wanted))))
-            wanted -= set(part["chunk_id"].to_pylist())
-            found.append(part)
-        if not found:
-            return pa.table({"chunk_id": pa.array([], pa.string()), "text": pa.array([], pa.large_string())})
-        return pa.concat_tables(found)
+        return chunk_texts(self.store, self.chunks, wanted, generate_shard_parts(self.chunks, self.shard))
 
 
 def pair_digests(inputs: pa.Array, outputs: pa.Array) -> list[bytes]:

@@ -9,9 +9,10 @@ import pytest
 from test_publish import make_inputs
 
 from bonito_tasks.contracts import EXAMPLES, ChunkMetrics, RunRef, sha256_hex
+from bonito_tasks.publish import files as content
 from bonito_tasks.publish import publish
 from bonito_tasks.publish.history import readable
-from bonito_tasks.publish.layout import PUBLISHED, append_indexed, append_snapshot, task_splits, with_messages
+from bonito_tasks.publish.layout import PUBLISHED, Appended, append_indexed, append_snapshot, task_splits, with_messages
 from bonito_tasks.publish.neardup import near_duplicates
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore, parquet_bytes
@@ -116,13 +117,20 @@ def test_publish_counts_near_duplicates_and_the_card_lists_the_chunk_filters(tmp
     assert "| already generated from by an earlier run | 5 |" in card and "| of which near duplicates | 3 |" in card
 
 
-def test_an_indexed_append_finds_near_duplicates_of_published_rows_without_their_passage():
+def append(existing: Files, rows: pa.Table, tag: str, folder, threshold: float | None = None,
+           part_rows: int = 2) -> tuple[Appended, dict[str, bytes]]:
+    """append_indexed over `rows` in parts of `part_rows`; also its files as bytes."""
+    appended = append_indexed(existing, lambda: (rows.slice(i, part_rows) for i in range(0, rows.num_rows, part_rows)),
+                              tag, 100, folder / tag, threshold, lambda part: {"c1": PASSAGE})
+    return appended, {path: content.read(data) for path, data in appended.files.items()}
+
+
+def test_an_indexed_append_finds_near_duplicates_of_published_rows_without_their_passage(tmp_path):
     """The same near-duplicates as above, found through the index of the published rows (sketches
     without the passage), and the old shards are never read."""
     first = pa.Table.from_pylist([row(0, "Who keeps the register of every vessel?", "The harbour master")],
                                  schema=EXAMPLES)
-    sources = pa.table({"doc_id": ["x"], "source_uri": ["a.txt"], "media_type": ["text/plain"], "size_bytes": [1]})
-    published = append_indexed(Files({}), first, sources, "r1", 100, 0.9, {"c1": PASSAGE}).files
+    _, published = append(Files({}), first, "r1", tmp_path, 0.9)
     reads: list[str] = []
 
     class Watched(Files):
@@ -135,9 +143,10 @@ def test_an_indexed_append_finds_near_duplicates_of_published_rows_without_their
         row(2, "When is the register open to the public?", "On weekdays", run_id="r2"),  # same passage, new question
         row(3, "When is the register open to the public ?", "On weekdays.", run_id="r2"),  # repeats row 2
     ], schema=EXAMPLES)
-    appended = append_indexed(Watched(published), new, sources, "r2", 100, 0.9, {"c1": PASSAGE})
-    assert (appended.skipped, appended.near_duplicates) == (2, 2)
-    [kept] = appended.fresh["input"].to_pylist()  # one of rows 2 and 3 (the first by example_id)
+    appended, files = append(Watched(published), new, "r2", tmp_path, 0.9)
+    assert (appended.skipped, appended.near_duplicates) == (2, 2) and appended.added == {"exqa": 1}
+    [kept] = pq.read_table(pa.BufferReader(files["data/exqa/train-r2-00000-of-00001.parquet"]))["input"].to_pylist()
+    assert kept == min((r for r in new.to_pylist() if "open" in r["input"]), key=lambda r: r["example_id"])["input"]
     assert "open to the public" in kept
     assert not [p for p in reads if p.startswith("data/")]
     assert sorted(appended.files) == [".bonito/index/part-r2.parquet", ".bonito/stats.json",
@@ -146,18 +155,37 @@ def test_an_indexed_append_finds_near_duplicates_of_published_rows_without_their
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
-def test_a_missing_or_corrupt_index_part_is_rebuilt_from_its_shards_never_skipped(damage, caplog):
+def test_a_missing_or_corrupt_index_part_is_rebuilt_from_its_shards_never_skipped(damage, caplog, tmp_path):
     first = pa.Table.from_pylist([row(0, "Who keeps the register of every vessel?", "The harbour master")],
                                  schema=EXAMPLES)
-    sources = pa.table({"doc_id": ["x"], "source_uri": ["a.txt"], "media_type": ["text/plain"], "size_bytes": [1]})
-    published = append_indexed(Files({}), first, sources, "r1", 100, 0.9, {"c1": PASSAGE}).files
+    _, published = append(Files({}), first, "r1", tmp_path, 0.9)
     if damage == "missing":
         del published[".bonito/index/part-r1.parquet"]
     else:
         published[".bonito/index/part-r1.parquet"] = b"not parquet"
     again = pa.Table.from_pylist([row(1, "Who keeps the register of every vessel?", "The harbour master",
                                       run_id="r2")], schema=EXAMPLES)
-    appended = append_indexed(Files(published), again, sources, "r2", 100, None)
-    assert appended.skipped == 1 and appended.fresh.num_rows == 0  # the duplicate did not slip through
+    appended, files = append(Files(published), again, "r2", tmp_path)
+    assert appended.skipped == 1 and appended.added == {}  # the duplicate did not slip through
     assert "rebuilding it from its 1 shard(s)" in caplog.text
-    assert readable(appended.files[".bonito/index/part-r1.parquet"])  # the commit repairs it
+    assert readable(files[".bonito/index/part-r1.parquet"])  # the commit repairs it
+
+
+def test_an_indexed_append_writes_the_same_files_whatever_parts_the_night_comes_in(tmp_path):
+    """The night is read a validate part at a time: one part or many give the same rows kept (the
+    first of each example_id and pair, by example_id, across parts) and byte-identical files."""
+    questions = ["Who keeps the register?", "When is it open?", "Where are old volumes?", "Who uses them?"]
+    rows = [row(i, questions[i % 4], f"answer {i % 4}", run_id="r1") for i in range(12)]  # each pair 3 times
+    rows += [dict(rows[0], output="another answer")]  # repeats row 0's example_id
+    night = pa.Table.from_pylist(rows, schema=EXAMPLES)
+    whole, whole_files = append(Files({}), night, "r1", tmp_path / "whole", part_rows=100)
+    single, single_files = append(Files({}), night, "r1", tmp_path / "single", part_rows=1)
+    assert whole_files == single_files and whole.added == single.added == {"exqa": 4}
+    ids, pairs, expected = set(), set(), []
+    for r in sorted(rows, key=lambda r: r["example_id"]):  # stable: row 0 before its repeat
+        if r["example_id"] not in ids and (r["input"], r["output"]) not in pairs:
+            expected.append(r["example_id"])
+        ids.add(r["example_id"])
+        pairs.add((r["input"], r["output"]))
+    kept = pq.read_table(pa.BufferReader(whole_files["data/exqa/train-r1-00000-of-00001.parquet"]))
+    assert kept["example_id"].to_pylist() == expected and "another answer" not in kept["output"].to_pylist()
