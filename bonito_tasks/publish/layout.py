@@ -25,8 +25,9 @@ import json
 import logging
 import os
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import itemgetter
@@ -373,27 +374,38 @@ def append_indexed(
                     near_duplicates=exact_fresh - n_fresh, rows_scanned=seen.rows_scanned)
 
 
+PREFETCH_PARTS = 1  # index parts downloading while the one before is scanned
+
+
 def _index_parts(existing: ExistingFiles, stats: history.DatasetStats, rebuilt: dict[str, Content]
                  ) -> Iterator[bytes]:
     """The index part of every run the stats list; one that is missing or unreadable is rebuilt from
-    the shards it indexes (and goes into `rebuilt`, so the commit repairs it): never skipped."""
+    the shards it indexes (and goes into `rebuilt`, so the commit repairs it): never skipped. The
+    next PREFETCH_PARTS parts download while the caller scans one."""
     migrated = {p: content.read(data) for p, data in rebuilt.items() if p.startswith(f"{history.INDEX_DIR}/")}
     yield from migrated.values()
-    for tag, run in stats.runs.items():
-        path = history.index_part_path(tag)
-        if path in migrated:
-            continue
-        data = existing.read(path) if path in existing.paths else None
-        if data is not None and history.readable(data):
+    runs = [(history.index_part_path(tag), run) for tag, run in stats.runs.items()
+            if history.index_part_path(tag) not in migrated]
+
+    def read(path: str) -> bytes | None:
+        return existing.read(path) if path in existing.paths else None
+
+    with ThreadPoolExecutor(max_workers=PREFETCH_PARTS) as pool:
+        pending = deque(pool.submit(read, path) for path, _ in runs[:PREFETCH_PARTS])
+        for i, (path, run) in enumerate(runs):
+            data = pending.popleft().result()
+            if i + PREFETCH_PARTS < len(runs):
+                pending.append(pool.submit(read, runs[i + PREFETCH_PARTS][0]))
+            if data is not None and history.readable(data):
+                yield data
+                continue
+            shards = [p for split in run.splits.values() for p in split.shards]
+            log.warning("index part %s is %s: rebuilding it from its %d shard(s)", path,
+                        "unreadable" if data is not None else "missing", len(shards))
+            rows = pa.concat_tables([_read_examples(p, existing.read(p)) for p in shards]) if shards else \
+                EXAMPLES.empty_table()
+            data = rebuilt[path] = history.index_bytes(history.RowKeys.of(rows, {}).index_table())
             yield data
-            continue
-        shards = [p for split in run.splits.values() for p in split.shards]
-        log.warning("index part %s is %s: rebuilding it from its %d shard(s)", path,
-                    "unreadable" if data is not None else "missing", len(shards))
-        rows = pa.concat_tables([_read_examples(p, existing.read(p)) for p in shards]) if shards else \
-            EXAMPLES.empty_table()
-        data = rebuilt[path] = history.index_bytes(history.RowKeys.of(rows, {}).index_table())
-        yield data
 
 
 def index_existing(existing: ExistingFiles, tag: str) -> tuple[history.DatasetStats, dict[str, bytes]]:
