@@ -1,13 +1,14 @@
-"""The publish stage at two run sizes: peak memory and time of a snapshot publish at S and 10·S rows.
+"""The publish stage at two run sizes: peak memory and time of a publish at S and 10·S rows.
 
     .venv/bin/python benchmarks/publish_bench.py                      # S = 100,000, 10·S = 1,000,000
     .venv/bin/python benchmarks/publish_bench.py --rows 20000         # a quick look
     .venv/bin/python benchmarks/publish_bench.py --code /tmp/old      # the worker runs another checkout
     .venv/bin/python benchmarks/publish_bench.py --hub                # and uploads to the Hub stand-in
+    .venv/bin/python benchmarks/publish_bench.py --mode append        # a first append night (indexed)
 
 For each size, a validate stage of --rows example rows in parts of --part-rows (as the validate
 reduce lists the generate shards' parts) and an extract stage (a document per 40 rows) are
-committed to a temporary local store; then the real publish stage (publish_mode=overwrite, the
+committed to a temporary local store; then the real publish stage (publish_mode --mode, the
 store's dataset folder as its target; with --hub also a dataset repo in the loopback Hub stand-in
 the tests use, tests/hub_server.py, which takes the shards as LFS blobs as the Hub does) runs in a
 fresh process, which reports its wall time and peak RSS. Inputs hold a passage of --input-chars
@@ -81,7 +82,7 @@ def build(root: Path, rows: int, part_rows: int, input_chars: int) -> None:
     extract.commit(metrics=ExtractMetrics())
 
 
-def child(root: Path, rows_per_shard: int, hub: list[str] | None) -> dict:
+def child(root: Path, rows_per_shard: int, hub: list[str] | None, mode: str) -> dict:
     """Publish the run under `root` as the publish task does; its wall time and this process's peak RSS."""
     from bonito_tasks.config import RunConfig
     from bonito_tasks.contracts import RunRef
@@ -93,7 +94,7 @@ def child(root: Path, rows_per_shard: int, hub: list[str] | None) -> dict:
     examples, documents = (StageWriter(store, run, stage).committed() for stage in ("validate", "extract"))
     assert examples is not None and documents is not None
     config = RunConfig(source="s3://docs/", store=str(root), task_types=list(TASK_TYPES),
-                       hub_repo_id="bench/publish" if hub else None)
+                       hub_repo_id="bench/publish" if hub else None, publish_mode=mode)
     url, token = hub or (None, None)
     started, cpu = time.perf_counter(), time.process_time()
     manifest = publish(store, run, config, examples, documents, token, endpoint=url, rows_per_shard=rows_per_shard)
@@ -113,7 +114,8 @@ def measure(rows: int, args: argparse.Namespace) -> dict:
         build(Path(tmp), rows, args.part_rows, args.input_chars)
         build_s = time.perf_counter() - started
         command = [sys.executable, __file__, "--child", tmp, "--rows-per-shard", str(args.rows_per_shard),
-                   "--code", str(args.code)] + (["--to-hub", hub.url, hub.token] if args.hub else [])
+                   "--code", str(args.code), "--mode", args.mode]
+        command += ["--to-hub", hub.url, hub.token] if args.hub else []
         env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(Path(tmp) / "hf"),
                "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
@@ -130,12 +132,14 @@ def main() -> None:
     parser.add_argument("--input-chars", type=int, default=1200, help="characters of passage per input")
     parser.add_argument("--code", type=Path, default=REPO_ROOT, help="the checkout whose bonito_tasks the worker runs")
     parser.add_argument("--hub", action="store_true", help="also upload to the Hub stand-in (shards as LFS blobs)")
+    parser.add_argument("--mode", choices=("overwrite", "append"), default="overwrite",
+                        help="publish_mode: append is a first night, checked against an empty dataset's index")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--to-hub", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path[:0] = [str(args.code)]
     if args.child:
-        print(json.dumps(child(args.child, args.rows_per_shard, args.to_hub)))
+        print(json.dumps(child(args.child, args.rows_per_shard, args.to_hub, args.mode)))
         return
     small, large = measure(args.rows, args), measure(10 * args.rows, args)
     for m in (small, large):
@@ -151,7 +155,7 @@ def main() -> None:
                       "publish_rss_mib_large": large["peak_rss_mib"], "publish_wall_s_large": large["wall_s"],
                       "publish_cpu_s_large": large["cpu_s"],
                       "rows_small": small["rows"], "rows_large": large["rows"], "rows_per_shard": args.rows_per_shard,
-                      "hub": args.hub, "code": str(args.code)}))
+                      "hub": args.hub, "mode": args.mode, "code": str(args.code)}))
 
 
 if __name__ == "__main__":

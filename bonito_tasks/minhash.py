@@ -196,20 +196,27 @@ def _ngrams(words: np.ndarray, word_counts: np.ndarray, ngram: int) -> Shingles:
     return Shingles(out, offsets)
 
 
+SIGNATURE_BATCH = 2_048  # texts whose signatures rensa returns at once (as Python lists: about 4.6 KB a text)
+
+
 def signatures(shingled: Shingles) -> np.ndarray:
     """MinHash signatures (uint32, one row of NUM_PERM per text). A text without words gets a row
     of 0xFFFFFFFF (rensa's empty set): compare only texts that have words."""
     import rensa
 
-    if len(shingled) == 0:
-        return np.zeros((0, NUM_PERM), dtype=np.uint32)
-    matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
-        shingled.hashes, shingled.offsets.astype(np.uint64), NUM_PERM, SEED)
-    rows = matrix.to_rows()  # lists of ints: packed row by row (faster than numpy's conversion of nested lists)
-    if array("I").itemsize == 4:
-        return np.frombuffer(b"".join(array("I", row).tobytes() for row in rows), dtype=np.uint32).reshape(
-            len(shingled), NUM_PERM).copy()
-    return np.asarray(rows, dtype=np.uint32).reshape(len(shingled), NUM_PERM)
+    out = np.zeros((len(shingled), NUM_PERM), dtype=np.uint32)
+    for start in range(0, len(shingled), SIGNATURE_BATCH):
+        stop = min(start + SIGNATURE_BATCH, len(shingled))
+        lo, hi = shingled.offsets[start], shingled.offsets[stop]
+        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(
+            shingled.hashes[lo:hi], (shingled.offsets[start:stop + 1] - lo).astype(np.uint64), NUM_PERM, SEED)
+        rows = matrix.to_rows()  # lists of ints: packed row by row (faster than numpy's conversion of nested lists)
+        if array("I").itemsize == 4:
+            out[start:stop] = np.frombuffer(b"".join(array("I", row).tobytes() for row in rows),
+                                            dtype=np.uint32).reshape(stop - start, NUM_PERM)
+        else:
+            out[start:stop] = np.asarray(rows, dtype=np.uint32).reshape(stop - start, NUM_PERM)
+    return out
 
 
 def text_signatures(texts: list[str]) -> np.ndarray:
@@ -232,15 +239,22 @@ def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
     return num_perm, 1
 
 
+BAND_BATCH = 65_536  # signatures whose band keys are computed at once (bounds the uint64 copy of their values)
+
+
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One 64-bit key per band (shape: len(sigs) x bands); keys of different bands never collide by design."""
-    values = sigs[:, : bands * rows].astype(np.uint64).reshape(len(sigs), bands, rows)
-    acc = np.repeat((np.arange(1, bands + 1, dtype=np.uint64) * _Q)[None, :], len(sigs), axis=0)
-    with np.errstate(over="ignore"):
-        for col in range(rows):  # every band at once
-            acc *= _P
-            acc += values[:, :, col]
-    return _mix(acc)
+    keys = np.empty((len(sigs), bands), dtype=np.uint64)
+    seeds = np.arange(1, bands + 1, dtype=np.uint64) * _Q
+    for start in range(0, len(sigs), BAND_BATCH):
+        values = sigs[start:start + BAND_BATCH, : bands * rows].astype(np.uint64).reshape(-1, bands, rows)
+        acc = np.repeat(seeds[None, :], len(values), axis=0)
+        with np.errstate(over="ignore"):
+            for col in range(rows):  # every band at once
+                acc *= _P
+                acc += values[:, :, col]
+        keys[start:start + len(values)] = _mix(acc)
+    return keys
 
 
 class _BandRuns:

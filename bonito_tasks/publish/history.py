@@ -120,6 +120,13 @@ def key64(values: list[str]) -> np.ndarray:
     return np.array([int(sha256_hex(v)[:16], 16) for v in values], dtype=np.uint64)
 
 
+def sort_keys(example_ids: list[str]) -> np.ndarray:
+    """The first 16 hex digits of each example_id (a sha256 hex) as a number: sorted stably by it,
+    rows are in example_id order, but for ids sharing those digits (about one pair in 2**64 / n**2),
+    which stay in the order given."""
+    return np.array([int(i[:16], 16) for i in example_ids], dtype=np.uint64)
+
+
 def pair_keys(inputs: list[str], outputs: list[str]) -> np.ndarray:
     return key64([canonical_json([i, o]) for i, o in zip(inputs, outputs)])
 
@@ -301,26 +308,30 @@ class _BandHeads:
 
 def near_within(sketched: np.ndarray, keep: np.ndarray, threshold: float) -> np.ndarray:
     """Per row: whether it nearly repeats an earlier row that is kept (rows in publish order). Only
-    kept rows that share a band key with another kept row are compared, one at a time in order."""
-    n = len(sketched)
-    near = np.zeros(n, dtype=bool)
+    kept rows that share a band key with another kept row are compared, in order, each with the
+    kept rows of its bands at once. Memory: a group number per kept row and band, and the lists
+    of the kept rows that share a band."""
+    near = np.zeros(len(sketched), dtype=bool)
     kept = np.flatnonzero(keep)
     if len(kept) < 2:
         return near
     bands = _band_keys(sketched[kept], threshold)
+    groups = np.empty(bands.shape, dtype=np.int64)  # per kept row and band: its band key's number
     shared = np.zeros(len(kept), dtype=bool)
-    for column in bands.T:
-        _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+    numbered = 0
+    for band, column in enumerate(bands.T):
+        keys, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+        groups[:, band] = inverse + numbered
+        numbered += len(keys)
         shared |= counts[inverse] > 1
-    first: dict[tuple[int, int], list[int]] = {}  # (band, key) -> rows kept so far that have it
-    for i, row in zip(np.flatnonzero(shared).tolist(), kept[shared].tolist()):
-        row_bands = list(enumerate(bands[i].tolist()))
-        candidates = {j for key in row_bands for j in first.get(key, ())}
-        if any(np.mean(sketched[row] == sketched[j]) >= threshold for j in candidates):
+    members: dict[int, list[int]] = {}  # group number -> the rows kept so far that are in it
+    for row, row_groups in zip(kept[shared].tolist(), groups[shared].tolist()):
+        candidates = [j for group in row_groups for j in members.get(group, ())]
+        if candidates and ((sketched[candidates] == sketched[row]).mean(axis=1) >= threshold).any():
             near[row] = True
             continue
-        for key in row_bands:
-            first.setdefault(key, []).append(row)
+        for group in row_groups:
+            members.setdefault(group, []).append(row)
     return near
 
 

@@ -311,21 +311,23 @@ def append_indexed(
     keys (history.RowKeys, 88 bytes a row: all the append holds of the night; `passages(part)`:
     chunk_id -> text of the part's passages, see history.sketches), once to write the rows kept
     to `folder` (write_splits, a shard at a time; `on_fresh` sees each part of them).
-    Rows are taken in example_id order: of rows sharing a key, the first is kept."""
+    Rows are taken in example_id order (history.sort_keys): of rows sharing a key, the first is kept."""
     files: dict[str, Content] = {}
     if history.STATS_FILE in existing.paths:
         stats = history.DatasetStats.model_validate_json(existing.read(history.STATS_FILE)).without(tag)
     else:
         stats, migrated = index_existing(existing, tag)
         files |= migrated
-    parts, example_ids = [], []
+    parts, places = [], []
     for rows in night():
         parts.append(history.RowKeys.of(rows, passages(rows)))
-        example_ids.append(rows["example_id"].combine_chunks())
-    order = pc.sort_indices(pa.chunked_array(example_ids, pa.string())).to_numpy() if example_ids else \
-        np.zeros(0, np.int64)  # a stable sort: rows with one example_id stay in part order
-    del example_ids
-    new = history.RowKeys.concat(parts).take(order)
+        places.append(history.sort_keys(rows["example_id"].to_pylist()))
+    order = np.argsort(np.concatenate(places), kind="stable") if places else np.zeros(0, np.int64)
+    del places
+    unsorted = history.RowKeys.concat(parts)
+    parts.clear()
+    new = unsorted.take(order)
+    del unsorted
     seen = history.check_history(_index_parts(existing, stats, files), new, near_dup_threshold)
     keep = ~(seen.ids | seen.pairs) & _first_of_each(new)
     exact_fresh = int(keep.sum())
