@@ -325,13 +325,15 @@ def near_within(sketched: np.ndarray, keep: np.ndarray, threshold: float) -> np.
         numbered += len(keys)
         shared |= counts[inverse] > 1
     members: dict[int, list[int]] = {}  # group number -> the rows kept so far that are in it
-    for row, row_groups in zip(kept[shared].tolist(), groups[shared].tolist()):
-        candidates = [j for group in row_groups for j in members.get(group, ())]
-        if candidates and ((sketched[candidates] == sketched[row]).mean(axis=1) >= threshold).any():
-            near[row] = True
-            continue
-        for group in row_groups:
-            members.setdefault(group, []).append(row)
+    rows, groups = kept[shared], groups[shared]
+    for start in range(0, len(rows), 4_096):  # as Python ints a batch at a time
+        for row, row_groups in zip(rows[start:start + 4_096].tolist(), groups[start:start + 4_096].tolist()):
+            candidates = [j for group in row_groups for j in members.get(group, ())]
+            if candidates and ((sketched[candidates] == sketched[row]).mean(axis=1) >= threshold).any():
+                near[row] = True
+                continue
+            for group in row_groups:
+                members.setdefault(group, []).append(row)
     return near
 
 

@@ -351,14 +351,14 @@ def append_indexed(
                 on_fresh(fresh)
             yield fresh
 
-    new_splits = write_splits(fresh_parts(), folder, rows_per_shard, exact_fresh, tag)
+    n_fresh = int(keep.sum())
+    new_splits = write_splits(fresh_parts(), folder, rows_per_shard, n_fresh, tag)
     added = history.RunStats(
         splits={s.task_type: history.SplitStats(rows=s.rows, num_bytes=s.num_bytes, download_size=s.download_size,
                                                 shards=sorted(s.shards)) for s in new_splits},
         models=sorted(models), sampling=sorted(sampling),
         contributing=len(np.unique(new.docs[keep & ~seen.docs])),
     )
-    n_fresh = int(keep.sum())
     if n_fresh:
         stats = stats.with_run(tag, added)
         files[history.index_part_path(tag)] = history.index_bytes(new.take(keep).index_table())
