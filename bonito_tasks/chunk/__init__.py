@@ -15,11 +15,13 @@ import hashlib
 import logging
 import math
 import os
+import tempfile
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bonito_tasks import minhash
 from bonito_tasks.checks import check_chunks
@@ -44,7 +46,7 @@ from bonito_tasks.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 PART_ROWS = 2048  # chunks per part: a generate shard is a run of parts, read one at a time
-SIGNATURE_PART_ROWS = 65_536  # signatures per part of the stage's chunk_signatures (32 MiB)
+SIGNATURE_PART_ROWS = 16_384  # signatures per part of the stage's chunk_signatures (8 MiB: a bounded buffer)
 # Airflow maps at most [core] max_map_length tasks (default 1024): more generate shards cannot run.
 MAX_SHARDS = int(os.environ.get("AIRFLOW__CORE__MAX_MAP_LENGTH", "1024"))
 
@@ -52,10 +54,6 @@ MAX_SHARDS = int(os.environ.get("AIRFLOW__CORE__MAX_MAP_LENGTH", "1024"))
 class TooManyShards(PermanentFailure):
     """chunk_shard_size makes more generate shards than Airflow can map."""
 ENGINE_START_SHARE_INVERSE = 9  # engine start at most 10% of a shard's wall time: generation >= 9x start
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode()).digest()[:16]
 
 
 def _page(page_starts: list[int] | None, char_start: int) -> int | None:
@@ -166,9 +164,11 @@ class PlanShards(Stage):
     once (with every other place in `also_in`: a near-duplicate goes to the first kept chunk it
     matches), chunks an earlier run generated from dropped (or narrowed to the task types still
     missing), in parts of at most PART_ROWS that make up the generate shards.
-    Memory: the digests and places of the distinct chunks (Python dicts), the kept chunks' MinHash
-    signatures and band keys (about 720 bytes each) and one part; never the texts. It grows with
-    the night's chunks (docs/scale.md, "A night's cost as the night grows")."""
+    Memory: fixed-size arrays per chunk (a 16-byte digest, a keep flag; while the plan is made, the
+    sort of the digests), one part, and per duplicate its place; the band keys of the LSH bands go
+    to temporary files, read one band at a time, and only the chunks sharing a band key with
+    another have their signatures read back. Never the texts (docs/scale.md, "A night's cost as the
+    night grows")."""
 
     name = StageName.CHUNK
     reads = (StageName.CHUNK,)
@@ -182,9 +182,11 @@ class PlanShards(Stage):
         tonight = ((partition, neardup.read_signatures(store, manifest, i))
                    for partition, manifest in enumerate(partitions) for i in range(len(manifest.shards_of("chunks"))))
         plan = _Dedup(config, neardup.load_earlier(store, self.run.dag_id, config, tonight))
-        columns = ["doc_id", "char_start", "char_end", "text", "pending_task_types"]
-        for partition, part, sigs in _parts(store, partitions, columns, signatures=plan.near):
+        for _, partition, part, sigs in _parts(store, partitions, ["text", "pending_task_types"],
+                                               signatures=plan.near):
             plan.add_part(partition, part, sigs)
+        plan.finish(lambda wanted: _parts(store, partitions, ["doc_id", "char_start", "char_end"],
+                                          signatures=plan.near, only=wanted))
         kept = plan.kept
         shard_size = generate_shard_size(kept, config, read_figures(store, self.run, config))
         part_rows = min(shard_size, PART_ROWS)
@@ -195,20 +197,15 @@ class PlanShards(Stage):
         buffer: list[pa.Table] = []
         buffer_sigs: list[pa.Table] = []
         buffered = 0
-        for partition, part, sigs in _parts(store, partitions, signatures=plan.near):
-            digests = [_digest(t) for t in part["text"].to_pylist()]
-            places = [(partition, row) for row in part["_row"].to_pylist()]
-            keep = [plan.first[d] == place for d, place in zip(digests, places)]
-            pending = [plan.pending.get(place, p) for place, p, k in
-                       zip(places, part["pending_task_types"].to_pylist(), keep) if k]
-            also_in = [plan.duplicates.get(d, []) for d, k in zip(digests, keep) if k]
+        for index, _, part, sigs in _parts(store, partitions, signatures=plan.near):
+            keep = plan.keep_of(index)
             mask = pa.array(keep)
+            pending = plan.pending_of(index, part["pending_task_types"].filter(mask))
             part = part.filter(mask).drop_columns(["also_in", "_row", "pending_task_types"])
-            part = part.append_column("pending_task_types", pa.array(pending, CHUNKS.field("pending_task_types").type))
-            buffer.append(part.append_column("also_in", pa.array(also_in, CHUNKS.field("also_in").type)))
+            part = part.append_column("pending_task_types", pending)
+            buffer.append(part.append_column("also_in", plan.also_in_of(index)))
             if sigs is not None:
-                buffer_sigs.append(neardup.chunk_signatures_table(
-                    part["chunk_id"].to_pylist(), sigs[np.asarray(keep, dtype=bool)], pending))
+                buffer_sigs.append(neardup.chunk_signatures_table(part["chunk_id"], sigs[keep], pending))
                 if sum(t.num_rows for t in buffer_sigs) >= SIGNATURE_PART_ROWS:
                     writer.add("chunk_signatures", pa.concat_tables(buffer_sigs))
                     buffer_sigs = []
@@ -257,88 +254,183 @@ def plan_shards(store: ArtifactStore, run: RunRef, config: RunConfig, partitions
     return PlanShards(store, run, config, partitions).execute()
 
 
-EARLIER = (-1, -1)  # first[digest] of a text dropped because an earlier run generated from it
+Place = tuple[str, int, int]  # doc_id, char_start, char_end
+Parts = Iterator[tuple[int, int, pa.Table, np.ndarray | None]]
 
 
 class _Dedup:
-    """Pass 1 of plan_shards: which place keeps each text, in order over the partitions.
+    """Pass 1 of plan_shards: which chunk keeps each text, in order over the partitions.
 
-    `first[digest]` is the (partition, row) of the chunk that stands for the text (EARLIER: none,
-    an earlier run did); `duplicates[digest of a kept chunk]` lists the other places; `pending`
-    narrows a kept chunk's task types to those earlier runs have not generated."""
+    Chunks are numbered in that order (their *row* here). A text is known by the first 16 bytes of
+    the sha256 of its UTF-8 (a collision of two of a night's texts has a probability of about
+    n**2 / 2**129: none in practice). `add_part` keeps a part's digests, writes its rows' LSH band
+    keys to temporary files (one a band) and notes the rows earlier runs covered; `finish` decides,
+    all with numpy: the first row of each text stands for it, unless earlier runs generated every
+    task type it needs; a chunk that shares a band key with another is verified on its signature
+    (read back, with the places of the duplicates, by a second pass over only the parts that hold
+    them) and joins the first kept chunk it nearly repeats. Then `keep` flags the kept rows,
+    `duplicates[kept row]` lists the other places, `pending[kept row]` narrows its task types to
+    those earlier runs have not generated."""
 
     def __init__(self, config: RunConfig, earlier: neardup.EarlierRuns | None):
         self.config = config
-        threshold = config.near_dup_threshold
-        self.near = threshold is not None
-        self.index = minhash.NearDupIndex(threshold) if threshold is not None else None
+        self.threshold = config.near_dup_threshold
+        self.near = self.threshold is not None
         self.earlier = earlier if earlier is not None and len(earlier) else None
-        self.first: dict[bytes, tuple[int, int]] = {}
-        self.duplicates: dict[bytes, list[dict]] = {}
-        self.rep_of: dict[bytes, bytes] = {}  # near-duplicate's digest -> digest of the kept chunk it joined
-        self.kept_digests: list[bytes] = []  # index id -> digest of that kept chunk
-        self.pending: dict[tuple[int, int], list[str]] = {}
+        self.bands, self.rows_per_band = minhash.lsh_params(self.threshold) if self.threshold is not None else (0, 0)
+        self.band_files = [tempfile.TemporaryFile() for _ in range(self.bands)]
+        self.digests: list[np.ndarray] = []  # per part, 16-byte digests
+        self.starts = [0]  # part index -> its first row (and, last, the number of rows)
+        self.missing: dict[int, list[str]] = {}  # row earlier runs covered -> the task types they did not
+        self.keep = np.zeros(0, dtype=bool)
+        self.duplicates: dict[int, list[Place]] = {}
+        self.pending: dict[int, list[str]] = {}
         self.kept = self.near_duplicates = self.earlier_duplicates = 0
 
     def add_part(self, partition: int, part: pa.Table, sigs: np.ndarray | None) -> None:
-        columns = (part[c].to_pylist() for c in ("doc_id", "char_start", "char_end", "text", "pending_task_types",
-                                                  "_row"))
-        # `sigs` is None exactly when near-duplicates are off (no threshold): then there is no index
-        # and no earlier runs either.
-        index = self.index if sigs is not None else None
-        earlier = self.earlier if sigs is not None else None
-        earlier_rep = index.first_match(sigs) if index is not None and sigs is not None and len(index) else None
-        covered = earlier.covered(partition, part["_row"].to_numpy()) if earlier is not None else None
-        keys = minhash.band_keys(sigs, index.bands, index.rows) if index is not None and sigs is not None else None
-        # Rows sharing a band key with an earlier row of this part: only they can nearly repeat one.
-        maybe_local = _repeats_an_earlier_key(keys) if keys is not None else None
-        position = np.full(part.num_rows, -1, dtype=np.int64)  # row -> its place among this part's kept rows
-        kept_rows: list[int] = []
-        for j, (doc_id, start, end, text, pending, row) in enumerate(zip(*columns)):
-            digest = _digest(text)
-            place = (doc_id, start, end)
-            if digest in self.first:
-                if self.first[digest] == EARLIER:
-                    self.earlier_duplicates += 1
-                else:
-                    self._also_in(self.rep_of.get(digest, digest), place)
-                continue
-            if covered is not None and covered[j]:
-                missing = [t for t in (pending or self.config.task_types) if t not in covered[j]]
-                if not missing:
-                    self.first[digest] = EARLIER
-                    self.earlier_duplicates += 1
-                    continue
-                self.pending[(partition, row)] = missing
-            rep = -1
-            if index is not None:
-                rep = int(earlier_rep[j]) if earlier_rep is not None else -1
-                if rep < 0 and sigs is not None and keys is not None and maybe_local is not None and maybe_local[j]:
-                    rep = self._local_match(index, sigs, keys, j, position)
-            if rep >= 0:
-                kept_digest = self.kept_digests[rep]
-                self.first[digest] = self.first[kept_digest]
-                self.rep_of[digest] = kept_digest
-                self._also_in(kept_digest, place)
-                self.pending.pop((partition, row), None)
-                self.near_duplicates += 1
-                continue
-            self.first[digest] = (partition, row)
-            self.kept += 1
-            if index is not None:
-                position[j] = len(kept_rows)
-                kept_rows.append(j)
-                self.kept_digests.append(digest)
-        if index is not None and sigs is not None and kept_rows:
-            index.add(sigs[kept_rows])
+        first = self.starts[-1]
+        self.digests.append(_digests(part["text"]))
+        self.starts.append(first + part.num_rows)
+        if sigs is None:  # near-duplicates are off (no threshold): then there are no earlier runs either
+            return
+        keys = minhash.band_keys(sigs, self.bands, self.rows_per_band)
+        for band, file in enumerate(self.band_files):
+            np.ascontiguousarray(keys[:, band]).tofile(file)
+        covered = self.earlier.hits(partition, part["_row"].to_numpy()) if self.earlier is not None else {}
+        if covered:
+            positions = sorted(covered)
+            needed = part["pending_task_types"].take(pa.array(positions, pa.int64())).to_pylist()
+            for j, pending in zip(positions, needed):
+                self.missing[first + j] = [t for t in (pending or self.config.task_types) if t not in covered[j]]
 
-    def _also_in(self, kept_digest: bytes, place: tuple[str, int, int]) -> None:
-        doc_id, start, end = place
-        self.duplicates.setdefault(kept_digest, []).append({"doc_id": doc_id, "char_start": start, "char_end": end})
+    def finish(self, gather: Callable[[set[int]], Parts]) -> None:
+        """Decide (see the class); `gather(part indices)`: those parts' places and signatures."""
+        digests = np.concatenate(self.digests) if self.digests else np.zeros(0, dtype="S16")
+        self.digests = []
+        n = len(digests)
+        _, first_index, inverse = np.unique(digests, return_index=True, return_inverse=True)
+        del digests
+        first_of = first_index[inverse.ravel()]
+        del first_index, inverse
+        rows = np.arange(n)
+        is_first = first_of == rows
+        done = np.zeros(n, dtype=bool)  # earlier runs generated every task type it needs
+        done[[row for row, missing in self.missing.items() if not missing]] = True
+        self.keep = is_first & ~done
+        near_rows = self._sharing_a_band_key(self.keep)
+        repeats = np.flatnonzero(~is_first)
+        places, sigs = self._gather(gather, np.union1d(repeats, near_rows), near_rows)
+        rep_of = self._near_duplicates(near_rows, sigs)
+        self.keep[list(rep_of)] = False
+        self.near_duplicates = len(rep_of)
+        # Every other place of a kept text, in row order: its repeats, its near-duplicates and theirs.
+        others = np.union1d(repeats, np.fromiter(rep_of, np.int64, len(rep_of)))
+        stands_for = first_of[others]
+        gone = done[stands_for]
+        self.earlier_duplicates = int(np.count_nonzero(done & is_first) + np.count_nonzero(gone))
+        for row, first in zip(others[~gone].tolist(), stands_for[~gone].tolist()):
+            self.duplicates.setdefault(rep_of.get(first, first), []).append(places[row])
+        self.pending = {row: missing for row, missing in self.missing.items() if missing and self.keep[row]}
+        self.kept = int(np.count_nonzero(self.keep))
+        for file in self.band_files:
+            file.close()
+
+    def _sharing_a_band_key(self, eligible: np.ndarray) -> np.ndarray:
+        """The rows among `eligible` that share a band key with another of them, one band at a time."""
+        rows = np.flatnonzero(eligible)
+        sharing = np.zeros(len(rows), dtype=bool)
+        for file in self.band_files:
+            file.seek(0)
+            keys = np.fromfile(file, dtype=np.uint64)[rows]
+            ordered = np.sort(keys)
+            repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+            if len(repeated):
+                sharing |= np.isin(keys, repeated)
+        return rows[sharing]
+
+    def _gather(self, gather: Callable[[set[int]], Parts], wanted: np.ndarray,
+                near_rows: np.ndarray) -> tuple[dict[int, Place], np.ndarray]:
+        """The places of the rows `wanted`, and the signatures of `near_rows` (in their order)."""
+        places: dict[int, Place] = {}
+        sigs = np.zeros((len(near_rows), minhash.NUM_PERM), dtype=np.uint32)
+        starts = np.asarray(self.starts)
+        parts = set((np.searchsorted(starts, wanted, side="right") - 1).tolist())
+        for index, _, part, part_sigs in gather(parts) if parts else ():
+            first, last = self.starts[index], self.starts[index + 1]
+            local = wanted[(wanted >= first) & (wanted < last)]
+            columns = [part[c].take(pa.array(local - first)).to_pylist() for c in ("doc_id", "char_start", "char_end")]
+            places.update(zip(local.tolist(), zip(*columns)))
+            if part_sigs is not None:
+                at = np.flatnonzero((near_rows >= first) & (near_rows < last))
+                sigs[at] = part_sigs[near_rows[at] - first]
+        return places, sigs
+
+    def _near_duplicates(self, rows: np.ndarray, sigs: np.ndarray) -> dict[int, int]:
+        """Near-duplicate row -> the first kept row it nearly repeats, among `rows` (in order), in
+        batches of PART_ROWS: each checked against the earlier batches' kept rows (the index),
+        then against this batch's."""
+        if self.threshold is None or not len(rows):
+            return {}
+        index = minhash.NearDupIndex(self.threshold)
+        kept_rows: list[int] = []  # index id -> row
+        rep_of: dict[int, int] = {}
+        for start in range(0, len(rows), PART_ROWS):
+            batch, batch_sigs = rows[start:start + PART_ROWS].tolist(), sigs[start:start + PART_ROWS]
+            earlier_rep = index.first_match(batch_sigs) if len(index) else np.full(len(batch), -1)
+            keys = minhash.band_keys(batch_sigs, index.bands, index.rows)
+            # Rows sharing a band key with an earlier row of this batch: only they can nearly repeat one.
+            maybe_local = _repeats_an_earlier_key(keys)
+            position = np.full(len(batch), -1, dtype=np.int64)  # row -> its place among this batch's kept rows
+            added: list[int] = []
+            for j, row in enumerate(batch):
+                rep = int(earlier_rep[j])
+                if rep < 0 and maybe_local[j]:
+                    rep = self._local_match(index, batch_sigs, keys, j, position)
+                if rep >= 0:
+                    rep_of[row] = kept_rows[rep]
+                    continue
+                position[j] = len(added)
+                added.append(j)
+                kept_rows.append(row)
+            if added:
+                index.add(batch_sigs[added])
+        return rep_of
+
+    def keep_of(self, index: int) -> np.ndarray:
+        return self.keep[self.starts[index]:self.starts[index + 1]]
+
+    def pending_of(self, index: int, pending: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+        """The kept rows' pending task types (`pending`, their documents'), narrowed where earlier runs covered them."""
+        kept = np.flatnonzero(self.keep[self.starts[index]:self.starts[index + 1]]) + self.starts[index]
+        narrowed = [(j, self.pending[row]) for j, row in enumerate(kept.tolist()) if row in self.pending] \
+            if self.pending else []
+        if not narrowed:
+            return pending
+        which = np.full(len(kept), -1)
+        which[[j for j, _ in narrowed]] = np.arange(len(narrowed))
+        values = pa.array([m for _, m in narrowed], CHUNKS.field("pending_task_types").type)
+        return pc.if_else(pa.array(which >= 0), values.take(pa.array(np.maximum(which, 0))), pending)
+
+    def also_in_of(self, index: int) -> pa.Array:
+        """The kept rows' other places (CHUNKS' also_in)."""
+        kept = np.flatnonzero(self.keep[self.starts[index]:self.starts[index + 1]]) + self.starts[index]
+        counts = np.zeros(len(kept), dtype=np.int32)
+        places: list[Place] = []
+        if self.duplicates:
+            for j, row in enumerate(kept.tolist()):
+                if row in self.duplicates:
+                    counts[j] = len(self.duplicates[row])
+                    places += self.duplicates[row]
+        offsets = np.zeros(len(kept) + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        doc_ids, starts, ends = (list(c) for c in zip(*places)) if places else ([], [], [])
+        values = pa.StructArray.from_arrays([pa.array(doc_ids, pa.string()), pa.array(starts, pa.int64()),
+                                             pa.array(ends, pa.int64())], names=["doc_id", "char_start", "char_end"])
+        return pa.ListArray.from_arrays(pa.array(offsets), values, type=CHUNKS.field("also_in").type)
 
     def _local_match(self, index: minhash.NearDupIndex, sigs: np.ndarray, keys: np.ndarray, j: int,
                      position: np.ndarray) -> int:
-        """The index id the first kept row of this part that row j nearly repeats will get, or -1."""
+        """The index id the first kept row of this batch that row j nearly repeats will get, or -1."""
         earlier = np.flatnonzero((keys[:j] == keys[j]).any(axis=1))
         candidates = earlier[position[earlier] >= 0]
         if not len(candidates):
@@ -393,14 +485,28 @@ def _duplicate_documents(store: ArtifactStore, documents: Manifest, partition: i
 
 
 def _parts(store: ArtifactStore, partitions: list[Manifest], columns: list[str] | None = None, *,
-           signatures: bool = False) -> Iterator[tuple[int, pa.Table, np.ndarray | None]]:
-    """(partition, chunks part, its rows' signatures or None) over every partition in order; rows
-    are numbered per partition."""
+           signatures: bool = False, only: set[int] | None = None) -> Parts:
+    """(part index, partition, chunks part, its rows' signatures or None) over every partition in
+    order (`only`: those parts); a part's `_row` numbers its rows within the partition."""
+    index = 0
     for partition, manifest in enumerate(partitions):
         offset = 0
-        for i in range(len(manifest.shards_of("chunks"))):
-            table = store.read_shard(manifest, "chunks", i, columns)
-            sigs = neardup.read_signatures(store, manifest, i) if signatures else None
-            yield (partition, table.append_column("_row", pa.array(range(offset, offset + table.num_rows), pa.int64())),
-                   sigs)
-            offset += table.num_rows
+        for i, ref in enumerate(manifest.shards_of("chunks")):
+            if only is None or index in only:
+                table = store.read_shard(manifest, "chunks", i, columns)
+                sigs = neardup.read_signatures(store, manifest, i) if signatures else None
+                rows = pa.array(np.arange(offset, offset + ref.rows, dtype=np.int64))
+                yield index, partition, table.append_column("_row", rows), sigs
+            offset += ref.rows
+            index += 1
+
+
+def _digests(texts: pa.ChunkedArray) -> np.ndarray:
+    """The first 16 bytes of the sha256 of each text's UTF-8 (`S16`), hashed from Arrow's buffers."""
+    out = []
+    for chunk in texts.cast(pa.large_string()).chunks:
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = memoryview(chunk.buffers()[2] or b"")
+        out.append(b"".join(hashlib.sha256(data[a:b]).digest()[:16]
+                            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())))
+    return np.frombuffer(b"".join(out), dtype="S16")

@@ -88,18 +88,27 @@ def sketch_of(sigs: np.ndarray) -> np.ndarray:
 
 class EarlierRuns:
     """For tonight's chunks, by (partition, row): the task types earlier runs generated for chunks
-    nearly the same (empty: none)."""
+    nearly the same (kept only for the chunks that have some)."""
 
-    def __init__(self, covered: dict[int, list[frozenset[str]]], scanned: int):
-        self._covered, self.scanned = covered, scanned
+    def __init__(self, covered: dict[int, tuple[np.ndarray, list[frozenset[str]]]], scanned: int):
+        self._covered, self.scanned = covered, scanned  # partition -> (its covered rows, sorted; their kinds)
 
     def __len__(self) -> int:
         """Recorded chunks scanned for this target."""
         return self.scanned
 
     def covered(self, partition: int, rows: np.ndarray) -> list[frozenset[str]]:
-        own = self._covered.get(partition, [])
-        return [own[r] for r in rows.tolist()]
+        """Per row of `rows`: the task types earlier runs generated for it (empty: none)."""
+        hits = self.hits(partition, rows)
+        return [hits.get(i, frozenset()) for i in range(len(rows))]
+
+    def hits(self, partition: int, rows: np.ndarray) -> dict[int, frozenset[str]]:
+        """Position in `rows` -> the task types earlier runs generated for it, for the covered rows only."""
+        if partition not in self._covered:
+            return {}
+        hit_rows, kinds = self._covered[partition]
+        positions = np.flatnonzero(np.isin(rows, hit_rows))
+        return dict(zip(positions.tolist(), (kinds[k] for k in np.searchsorted(hit_rows, rows[positions]).tolist())))
 
 
 def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig,
@@ -110,21 +119,24 @@ def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig,
     threshold = config.near_dup_threshold
     if threshold is None or not config.near_dup_across_runs or config.full_refresh:
         return None
+    folder = _parts(store, dag_id)
+    if not folder.snapshot().live:  # no history: tonight's chunks are not even read
+        return EarlierRuns({}, 0)
     bands, rows_per_band = minhash.lsh_params(threshold, SKETCH_PERM)
-    owners: list[tuple[int, int]] = []  # tonight's row i -> (partition, row)
+    owners, owner_rows = [], []  # tonight's row i -> partition, row
     sketches: list[np.ndarray] = []
     next_row: dict[int, int] = {}
     for partition, sigs in tonight:
         start = next_row.get(partition, 0)
-        owners += [(partition, start + i) for i in range(len(sigs))]
+        owners.append(np.full(len(sigs), partition, dtype=np.int64))
+        owner_rows.append(np.arange(start, start + len(sigs), dtype=np.int64))
         next_row[partition] = start + len(sigs)
         sketches.append(sketch_of(sigs))
     night = np.concatenate(sketches) if sketches else np.zeros((0, SKETCH_PERM), np.uint16)
     night_keys = minhash.band_keys(night.astype(np.uint32), bands, rows_per_band)
-    covered = [frozenset[str]()] * len(night)
+    covered: dict[int, frozenset[str]] = {}  # tonight's row -> the task types earlier runs generated
     scope = target_key(config)
     revoked = revoked_tags(store, dag_id)  # runs a rollback revoked: their chunks are generated again
-    folder = _parts(store, dag_id)
 
     def scan(snap: Snapshot) -> int:
         scanned = 0
@@ -145,14 +157,18 @@ def load_earlier(store: ArtifactStore, dag_id: str, config: RunConfig,
                 history = sketch_matrix(table["sketch"])
                 kinds = [frozenset(t) for t in table["task_types"].to_pylist()]
                 for i, j in _near_pairs(night, night_keys, history, bands, rows_per_band, threshold):
-                    covered[i] = covered[i] | kinds[j]
+                    covered[i] = covered.get(i, frozenset()) | kinds[j]
         return scanned
 
     scanned = folder.scanned(scan)
-    by_partition: dict[int, list[frozenset[str]]] = {}
-    for (partition, _), kinds in zip(owners, covered):
-        by_partition.setdefault(partition, []).append(kinds)
-    hits = sum(1 for kinds in covered if kinds)
+    partition_of = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    row_of = np.concatenate(owner_rows) if owner_rows else np.zeros(0, np.int64)
+    by_partition: dict[int, tuple[np.ndarray, list[frozenset[str]]]] = {}
+    hit = np.fromiter(sorted(covered), np.int64, len(covered))
+    for partition in np.unique(partition_of[hit]).tolist():
+        own = hit[partition_of[hit] == partition]  # in row order
+        by_partition[partition] = (row_of[own], [covered[i] for i in own.tolist()])
+    hits = len(covered)
     if scanned:
         log.info("near-duplicates: %d chunk sketch(es) of earlier runs scanned for this target; %d of tonight's %d "
                  "chunk(s) nearly repeat one", scanned, hits, len(night))
@@ -203,29 +219,20 @@ def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> L
     chunks = StageWriter(store, run, StageName.CHUNK).committed()
     if chunks is None or not chunks.shards_of("chunk_signatures"):
         return LedgerUpdate()
-    table = store.read_table(chunks, "chunk_signatures", columns=["signature", "task_types"])
-    task_types = [sorted(t) if t else sorted(config.task_types) for t in table["task_types"].to_pylist()]
-    sketch = sketch_of(signature_matrix(table["signature"]))
-    part = pa.table({
-        "scope": pa.array([target_key(config)] * table.num_rows, pa.string()),
-        "task_types": pa.array(task_types, pa.list_(pa.string())),
-        "sketch": pa.array([s.tobytes() for s in sketch], pa.binary(SKETCH_PERM * 2)),
-        "run_id": pa.array([run.run_id] * table.num_rows, pa.string()),
-    }, schema=SKETCHES)
-    data = _part_bytes(part)
+    data, recorded = _streamed_part_bytes(_sketch_rows(store, chunks, run, config))
     folder = _parts(store, run.dag_id)
     name = f"{safe_segment(run.run_id)}-{sha256_hex(data)[:16]}"
     for old in store.list(folder.prefix):  # an earlier attempt of this run that recorded otherwise
         if name_of(old).startswith(f"{PART}{safe_segment(run.run_id)}-") and name_of(old) != f"{PART}{name}.parquet":
             store.delete(old)
     key = folder.write(name, data)
-    result = LedgerUpdate(neardup_part=key, signatures_recorded=part.num_rows)
+    result = LedgerUpdate(neardup_part=key, signatures_recorded=recorded)
     try:
         result.neardup_compaction = compact(store, run.dag_id)
     except Exception as err:  # housekeeping: the next run compacts
         log.warning("near-duplicate signature compaction failed: %s: %s", type(err).__name__, err)
         result.neardup_compaction = Compaction(error=f"{type(err).__name__}: {err}")
-    log.info("near-duplicates: recorded %d chunk signature(s) in %s", part.num_rows, key)
+    log.info("near-duplicates: recorded %d chunk signature(s) in %s", recorded, key)
     return result
 
 
@@ -240,21 +247,69 @@ def compact(store: ArtifactStore, dag_id: str, max_parts: int = COMPACT_AFTER_PA
     return folder.compact(max_parts, merge)
 
 
+def _sketch_rows(store: ArtifactStore, chunks: Manifest, run: RunRef, config: RunConfig) -> Iterator[pa.Table]:
+    """The rows of SKETCHES for the chunks' signatures, one `chunk_signatures` part at a time."""
+    scope, every = target_key(config), pa.scalar(sorted(config.task_types), pa.list_(pa.string()))
+    for i in range(len(chunks.shards_of("chunk_signatures"))):
+        table = store.read_shard(chunks, "chunk_signatures", i, ["signature", "task_types"])
+        n = table.num_rows
+        # Task types sorted; null or none (a chunk of a document with all of them to do): all of the run's.
+        given = table["task_types"].combine_chunks()
+        task_types = _sorted_lists(pc.if_else(pc.fill_null(pc.greater(pc.list_value_length(given), 0), False),
+                                              given, every))
+        sketch = np.ascontiguousarray(sketch_of(signature_matrix(table["signature"])))
+        yield pa.table({
+            "scope": pa.repeat(scope, n),
+            "task_types": task_types,
+            "sketch": pa.FixedSizeBinaryArray.from_buffers(pa.binary(SKETCH_PERM * 2), n,
+                                                           [None, pa.py_buffer(sketch.tobytes())]),
+            "run_id": pa.repeat(run.run_id, n),
+        }, schema=SKETCHES)
+
+
+def _sorted_lists(lists: pa.Array) -> pa.Array:
+    """Each list (none null) with its values sorted."""
+    flat, owner = pc.list_flatten(lists), pc.list_parent_indices(lists)
+    order = pc.sort_indices(pa.table({"owner": owner, "value": flat}),
+                            sort_keys=[("owner", "ascending"), ("value", "ascending")])
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(pc.list_value_length(lists).to_numpy(zero_copy_only=False), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), flat.take(order), type=pa.list_(pa.string()))
+
+
 def _part_bytes(table: pa.Table) -> bytes:
+    return _streamed_part_bytes([table])[0]
+
+
+def _streamed_part_bytes(tables: Iterable[pa.Table]) -> tuple[bytes, int]:
+    """A part's Parquet bytes (row groups of ROW_GROUP rows, written as `tables` come) and its rows."""
     sink = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata({PARAMS_KEY: canonical_json(PARAMS).encode()}), sink,
-                   row_group_size=ROW_GROUP, compression="zstd")
-    return sink.getvalue()
+    schema = SKETCHES.with_metadata({PARAMS_KEY: canonical_json(PARAMS).encode()})
+    rows, pending = 0, []
+    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        for table in tables:
+            pending.append(table)
+            rows += table.num_rows
+            buffered = pa.concat_tables(pending)
+            while buffered.num_rows >= ROW_GROUP:
+                writer.write_table(buffered.slice(0, ROW_GROUP).cast(schema), row_group_size=ROW_GROUP)
+                buffered = buffered.slice(ROW_GROUP)
+            pending = [buffered]
+        buffered = pa.concat_tables(pending) if pending else schema.empty_table()
+        if buffered.num_rows or not rows:
+            writer.write_table(buffered.cast(schema), row_group_size=ROW_GROUP)
+    return sink.getvalue(), rows
 
 
 def _parts(store: ArtifactStore, dag_id: str) -> PartsFolder:
     return PartsFolder(store, neardup_prefix(dag_id), REPLACES_KEY)
 
 
-def chunk_signatures_table(chunk_ids: list[str], sigs: np.ndarray, task_types: list[list[str] | None]) -> pa.Table:
+def chunk_signatures_table(chunk_ids: list[str] | pa.Array | pa.ChunkedArray, sigs: np.ndarray,
+                           task_types: list[list[str] | None] | pa.Array | pa.ChunkedArray) -> pa.Table:
     """Rows of CHUNK_SIGNATURES."""
-    return pa.table({"chunk_id": pa.array(chunk_ids, pa.string()), "signature": signature_array(sigs),
-                     "task_types": pa.array(task_types, pa.list_(pa.string()))}, schema=CHUNK_SIGNATURES)
+    return pa.table({"chunk_id": chunk_ids, "signature": signature_array(sigs), "task_types": task_types},
+                    schema=CHUNK_SIGNATURES)
 
 
 def read_signatures(store: ArtifactStore, manifest: Manifest, part: int) -> np.ndarray:
