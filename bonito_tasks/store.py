@@ -81,6 +81,11 @@ class ArtifactStore(ABC):
     def delete_prefix(self, prefix: str) -> int: ...
 
     @abstractmethod
+    def copy(self, source: str, key: str) -> None:
+        """Copy the object `source` to `key` (atomically, as write_bytes), within the store: on S3
+        a server-side copy, whose bytes never pass through this process."""
+
+    @abstractmethod
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
@@ -187,6 +192,17 @@ class LocalStore(ArtifactStore):
             raise
         return self.uri(key)
 
+    def copy(self, source: str, key: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(path)
+        os.close(fd)
+        try:
+            shutil.copyfile(self._path(source), tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
@@ -232,6 +248,10 @@ class S3Store(ArtifactStore):
         # A single PUT is atomic in S3: the object appears whole or not at all.
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
         return self.uri(key)
+
+    def copy(self, source: str, key: str) -> None:
+        # boto3's managed copy: one CopyObject, or a multipart copy for objects over its threshold
+        self.client.copy({"Bucket": self.bucket, "Key": self.prefix + source}, self.bucket, self.prefix + key)
 
     def read_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()

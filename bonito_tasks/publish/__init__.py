@@ -55,7 +55,6 @@ from bonito_tasks.publish.layout import (
     ExistingFiles,
     TaskSplit,
     append_indexed,
-    append_snapshot,
     merged_sources,
     public_sources,
     sources_jsonl,
@@ -63,7 +62,7 @@ from bonito_tasks.publish.layout import (
 )
 from bonito_tasks.release import scorecard_files, tag_name
 from bonito_tasks.release.card import changes_section
-from bonito_tasks.release.tags import rows_added, tag_release
+from bonito_tasks.release.tags import tag_release
 from bonito_tasks.retry import RetryPolicy
 from bonito_tasks.stage import Stage, StageWriter
 from bonito_tasks.store import ArtifactStore, StoreError, open_store, safe_segment
@@ -139,13 +138,11 @@ class Publish(Stage):
         built: list[Built] = []
         chunked = self.chunks  # this run's chunk stage: filters, passages
         chunking = chunked.metrics if chunked and isinstance(chunked.metrics, ChunkMetrics) else None
-        # Append to the Hub or the store: against the dataset's index, a validate part at a time,
-        # writing only the night's files (history.py). An S3 export is a complete snapshot behind a
-        # pointer: its append reads the snapshot and the night whole (layout.append_snapshot).
-        indexed = config.publish_mode == "append" and export is None
-        rows = store.read_table(examples, "examples") if config.publish_mode == "append" and not indexed else None
-        overwrite = None if config.publish_mode == "append" else self._snapshot(scratch / "snapshot", sources)
-        contexts = self._passages(rows) if rows is not None else {}
+        # Append: against the dataset's index (the Hub's, else the export's), a validate part at a
+        # time, writing only the night's files (history.py); an export's new snapshot carries the
+        # rest over (export.py). A snapshot publish streams its shards.
+        indexed = config.publish_mode == "append"
+        overwrite = None if indexed else self._snapshot(scratch / "snapshot", sources)
         tag = safe_segment(run.run_id)
         release_tag = tag_name(run.run_id)
 
@@ -154,28 +151,18 @@ class Publish(Stage):
             appended = None
             if overwrite is not None:  # a snapshot publish streamed its shards above
                 snapshot = overwrite
-            elif indexed:
+            else:
                 facts = RowFacts()
                 appended = append_indexed(existing, self._night, tag, rows_per_shard,
                                           Path(tempfile.mkdtemp(prefix="attempt-", dir=scratch)),
                                           config.example_near_dup_threshold, self._passages, facts.add)
                 snapshot = Built(appended.splits, facts, merged_sources(existing, sources), appended.added,
                                  appended.skipped, appended.near_duplicates)
-            else:
-                assert rows is not None  # an S3 export's append
-                old = append_snapshot(existing, rows, sources, tag, rows_per_shard,
-                                      config.example_near_dup_threshold, contexts)
-                snapshot = Built(old.splits, RowFacts.of(old.examples), old.sources, rows_added(old.examples),
-                                 old.skipped, old.near_duplicates)
             # No local filesystem path is published: local sources relative to the source root.
             snapshot = replace(snapshot, sources=public_sources(snapshot.sources, config.source))
             built.append(snapshot)
-            if snapshot.skipped == n_rows and CARD_FILE in existing.paths:
-                # An append that adds no row changes nothing, the card included.
-                if indexed:
-                    return {}
-                kept = [p for p in existing.paths if p in (CARD_FILE, SOURCES_FILE) or p.startswith(REPLACED)]
-                return {p: existing.read(p) for p in kept}
+            if indexed and snapshot.skipped == n_rows and CARD_FILE in existing.paths:
+                return {}  # an append that adds no row changes nothing, the card included
             card = render_card(
                 run=run, config=config, splits=snapshot.splits, facts=snapshot.facts,
                 documents=snapshot.sources, quality=quality, plots=[(label, path) for label, path, _ in assets],
@@ -208,6 +195,7 @@ class Publish(Stage):
             )
         else:
             files = build(ExportFiles(export) if export else NoFiles())
+        carry = ExportFiles(export) if export and indexed else None  # the export's files an append keeps
         snapshot = built[-1]
 
         dataset_key = f"{writer.prefix}/{DATASET_DIR}"
@@ -240,7 +228,7 @@ class Publish(Stage):
                 metrics.hub_tag = tag_release(config.hub_repo_id, commit.commit_sha, release_tag, token,
                                               self.endpoint or os.environ.get("HF_ENDPOINT") or None)
         if export:
-            metrics.export_snapshot_uri = export_files(export, files, run.run_id)
+            metrics.export_snapshot_uri = export_files(export, files, run.run_id, carry)
             metrics.export_uri = export.root_uri
         return metrics
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from bonito_tasks.contracts import canonical_json, sha256_hex
 from bonito_tasks.publish import files as content
@@ -66,20 +66,33 @@ def read_pointer(export: ArtifactStore) -> dict | None:
     return pointer
 
 
-def export_files(export: ArtifactStore, files: Mapping[str, Content], run_id: str) -> str:
+def export_files(export: ArtifactStore, files: Mapping[str, Content], run_id: str,
+                 carry: ExportFiles | None = None) -> str:
     """Publish `files` (bytes or local files, written one at a time) as the export's current
     snapshot (see the module docstring); returns the snapshot's URI. Readers following the pointer
-    see the previous snapshot or this one, whole."""
+    see the previous snapshot or this one, whole. With `carry` (an append: the export as it was
+    read before), the snapshot also holds every file of the current one that `files` does not
+    replace, copied within the store (on S3 server-side: never read here); an append that adds no
+    file leaves the export as it is."""
     previous = read_pointer(export)
+    carried = carry.carried(files) if carry is not None else {}
+    if carry is not None and previous is not None and not files:
+        logger.info("nothing new to export: %s stays current", export.uri(previous["snapshot"]))
+        return export.uri(previous["snapshot"])
     hashes = {path: content.sha256(data) for path, data in files.items()}
+    sizes = {path: content.size(data) for path, data in files.items()}
+    hashes |= {path: meta["sha256"] for path, meta in carried.items()}
+    sizes |= {path: meta["bytes"] for path, meta in carried.items()}
     snapshot = snapshot_name(hashes, run_id)
     for path in sorted(files):
         export.write_bytes(f"{snapshot}/{path}", content.read(files[path]))
+    for path in sorted(carried):
+        export.copy(carried[path]["key"], f"{snapshot}/{path}")
     pointer = {
         "format": POINTER_FORMAT,
         "snapshot": snapshot,
         "run_id": run_id,
-        "files": {path: {"bytes": content.size(files[path]), "sha256": hashes[path]} for path in sorted(files)},
+        "files": {path: {"bytes": sizes[path], "sha256": hashes[path]} for path in sorted(hashes)},
     }
     export.write_bytes(POINTER, json.dumps(pointer, indent=1, sort_keys=True).encode())  # the switch
     keep = {snapshot, previous["snapshot"]} if previous else {snapshot}
@@ -88,7 +101,8 @@ def export_files(export: ArtifactStore, files: Mapping[str, Content], run_id: st
             export.delete(key)
     for key in [k for folder in LEGACY for k in export.list(folder.rstrip("/"))] + list(LEGACY_FILES):
         export.delete(key)  # the older layout; S3 deletes of missing keys are no-ops
-    logger.info("exported %d files to %s; %s now names it", len(files), export.uri(snapshot), export.uri(POINTER))
+    logger.info("exported %d new and %d carried files to %s; %s now names it", len(files), len(carried),
+                export.uri(snapshot), export.uri(POINTER))
     return export.uri(snapshot)
 
 
@@ -116,11 +130,26 @@ class ExportFiles:
         pointer = read_pointer(export)
         if pointer is not None:
             self._prefix = f"{pointer['snapshot']}/"
-            self.paths = sorted(pointer["files"])
+            self._files: dict[str, dict] = pointer["files"]
+            self.paths = sorted(self._files)
         else:
-            self._prefix = ""
+            self._prefix, self._files = "", {}
             top = [name for name in LEGACY_FILES if export.exists(name)]
             self.paths = sorted(top + [key for folder in LEGACY for key in export.list(folder.rstrip("/"))])
 
     def read(self, path: str) -> bytes:
         return self.export.read_bytes(self._prefix + path)
+
+    def carried(self, replaced: Collection[str]) -> dict[str, dict]:
+        """path -> {key, bytes, sha256} of each file not in `replaced`: from the pointer, or for the
+        older layout (no pointer; once) by reading the file."""
+        carried = {}
+        for path in self.paths:
+            if path in replaced:
+                continue
+            meta = self._files.get(path)
+            if meta is None:
+                data = self.read(path)
+                meta = {"bytes": len(data), "sha256": sha256_hex(data)}
+            carried[path] = {"key": self._prefix + path, "bytes": meta["bytes"], "sha256": meta["sha256"]}
+        return carried

@@ -9,12 +9,13 @@
 Append never adds a row twice: a new row is dropped when its `example_id` or its (input, output)
 pair is already in the dataset or earlier in the same run (rows taken in example_id order), and,
 with a near-duplicate threshold, when its instruction and output nearly repeat such a row
-(neardup.py; counted apart).
+(counted apart); it checks the dataset's index, never its data (`append_indexed`, history.py).
 
 Every published row also has `messages`, the example as a chat ([{role: user, content: input},
 {role: assistant, content: output}]), the format trl's SFTTrainer and chat templates read as is.
 It is added here, at publish time: the stages' EXAMPLES contract stays input/output. Shards of an
-earlier publish without it get it when an append rewrites the dataset (one schema per dataset).
+earlier publish without it get it when the dataset is indexed (`index_existing`: one schema per
+dataset).
 """
 
 from __future__ import annotations
@@ -39,12 +40,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bonito_tasks.contracts import DOCUMENTS, EXAMPLES, canonical_json, sha256_hex
+from bonito_tasks.contracts import DOCUMENTS, EXAMPLES
 from bonito_tasks.publish import files as content
 from bonito_tasks.publish import history
 from bonito_tasks.publish.files import Content
 from bonito_tasks.publish.hub import PublishError
-from bonito_tasks.publish.neardup import near_duplicates
 from bonito_tasks.store import ROW_GROUP_ROWS, parquet_bytes
 
 log = logging.getLogger(__name__)
@@ -94,17 +94,6 @@ class TaskSplit:
     @property
     def download_size(self) -> int:
         return self.stored_size + sum(map(content.size, self.shards.values()))
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything the dataset will hold: shards per task type, every row and every source."""
-
-    splits: list[TaskSplit]
-    examples: pa.Table
-    sources: pa.Table
-    skipped: int = 0  # rows of this run an append left out as duplicates (exact or near)
-    near_duplicates: int = 0  # of them, those left out as near-duplicates
 
 
 class ExistingFiles(Protocol):
@@ -229,57 +218,6 @@ def parquet_arrow_bytes(data: Content) -> int:
     """Bytes the rows of one Parquet shard take in memory as Arrow once read back: what `datasets`
     adds up as a split's num_bytes (it reads a shard a row group at a time)."""
     return pq.read_table(io.BytesIO(data) if isinstance(data, bytes) else data).nbytes
-
-
-def arrow_bytes(table: pa.Table) -> int:
-    """`parquet_arrow_bytes` of the shard `table` makes. Not `table.nbytes`: `take` and `sort_by`
-    leave slack in string buffers, which a card's num_bytes would count and `datasets` does not."""
-    return parquet_arrow_bytes(parquet_bytes(table))
-
-
-def append_snapshot(
-    existing: ExistingFiles, examples: pa.Table, sources: pa.Table, tag: str, rows_per_shard: int,
-    near_dup_threshold: float | None = None, contexts: Mapping[str, str] | None = None,
-) -> Snapshot:
-    """The existing dataset plus this run's rows that it does not hold yet, as shards tagged `tag`.
-
-    Shards already tagged `tag` (this run, published before) count as not there: re-publishing a
-    run yields the same files. With `near_dup_threshold`, rows that nearly repeat a kept one are left
-    out too (`contexts`: chunk_id -> chunk text of this run's rows, see neardup.py).
-    """
-    own = f"{SPLIT}-{tag}-"
-    old_shards = {
-        path: existing.read(path)
-        for path in existing.paths
-        if path.startswith(f"{DATA_DIR}/") and path.endswith(".parquet") and not path.rsplit("/", 1)[-1].startswith(own)
-    }
-    old_tables = {path: with_messages(_read_examples(path, data)) for path, data in old_shards.items()}
-    for path, data in old_shards.items():  # a shard published before `messages` existed gets it
-        if "messages" not in pq.read_schema(io.BytesIO(data)).names:
-            old_shards[path] = parquet_bytes(old_tables[path])
-    old = pa.concat_tables(t.select(EXAMPLES.names) for t in old_tables.values()) if old_tables else \
-        EXAMPLES.empty_table()
-    fresh = _new_rows(old, examples.select(EXAMPLES.names).cast(EXAMPLES))
-    exact_fresh = fresh.num_rows
-    if near_dup_threshold is not None and fresh.num_rows:
-        fresh = fresh.filter(pa.array(~near_duplicates(old, fresh, near_dup_threshold, contexts or {})))
-    new_splits = {s.task_type: s for s in task_splits(fresh, rows_per_shard, tag)}
-
-    splits = []
-    for task_type in sorted({path.split("/")[1] for path in old_shards} | set(new_splits)):
-        paths = sorted(p for p in old_shards if p.split("/")[1] == task_type)
-        new = new_splits.get(task_type, TaskSplit(task_type, 0, {}))
-        rows = sum(old_tables[p].num_rows for p in paths) + new.rows
-        num_bytes = sum(arrow_bytes(old_tables[p]) for p in paths) + new.num_bytes
-        shards: dict[str, Content] = {p: old_shards[p] for p in paths}
-        splits.append(TaskSplit(task_type, rows, shards | new.shards, num_bytes))
-    return Snapshot(
-        splits=splits,
-        examples=pa.concat_tables([old, fresh]),
-        sources=merged_sources(existing, sources),
-        skipped=examples.num_rows - fresh.num_rows,
-        near_duplicates=exact_fresh - fresh.num_rows,
-    )
 
 
 @dataclass(frozen=True)
@@ -458,25 +396,6 @@ def merged_sources(existing: ExistingFiles, sources: pa.Table) -> pa.Table:
     """The dataset's sources (sources.jsonl) and this run's, one row each."""
     old = _read_sources(existing)
     return _unique_sources(pa.concat_tables([old, sources.select(SOURCE_COLUMNS).cast(old.schema)]))
-
-
-def pair_key(input_text: str, output_text: str) -> str:
-    return sha256_hex(canonical_json([input_text, output_text]))
-
-
-def _new_rows(old: pa.Table, new: pa.Table) -> pa.Table:
-    """Rows of `new` whose example_id and (input, output) are in neither `old` nor an earlier new row."""
-    seen_ids = set(old.column("example_id").to_pylist())
-    seen_pairs = {pair_key(i, o) for i, o in zip(old.column("input").to_pylist(), old.column("output").to_pylist())}
-    new = new.sort_by("example_id")
-    keep = []
-    columns = (new.column(c).to_pylist() for c in ("example_id", "input", "output"))
-    for example_id, input_text, output_text in zip(*columns):
-        pair = pair_key(input_text, output_text)
-        keep.append(example_id not in seen_ids and pair not in seen_pairs)
-        seen_ids.add(example_id)
-        seen_pairs.add(pair)
-    return new.filter(pa.array(keep, pa.bool_())) if keep else new
 
 
 def _read_examples(path: str, data: bytes) -> pa.Table:

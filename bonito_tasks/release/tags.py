@@ -5,9 +5,6 @@ from __future__ import annotations
 import logging
 import os
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from bonito_tasks.errors import PermanentFailure
 
 log = logging.getLogger(__name__)
@@ -15,13 +12,6 @@ log = logging.getLogger(__name__)
 
 class RollbackRefused(PermanentFailure):
     """A rollback that cannot be made as asked (no such tag, no write access): nothing was changed."""
-
-
-def rows_added(examples: pa.Table) -> dict[str, int]:
-    """Rows per task type of the rows a release added."""
-    if examples.num_rows == 0:
-        return {}
-    return {c["values"]: c["counts"] for c in pc.value_counts(examples["task_type"]).to_pylist()}
 
 
 def _api(token: str | None, endpoint: str | None):

@@ -12,8 +12,7 @@ from bonito_tasks.contracts import EXAMPLES, ChunkMetrics, RunRef, sha256_hex
 from bonito_tasks.publish import files as content
 from bonito_tasks.publish import publish
 from bonito_tasks.publish.history import readable
-from bonito_tasks.publish.layout import PUBLISHED, Appended, append_indexed, append_snapshot, task_splits, with_messages
-from bonito_tasks.publish.neardup import near_duplicates
+from bonito_tasks.publish.layout import PUBLISHED, Appended, append_indexed, with_messages
 from bonito_tasks.stage import StageWriter
 from bonito_tasks.store import LocalStore, parquet_bytes
 from conftest import TINY_MODEL, make_config
@@ -61,18 +60,16 @@ def test_the_published_folder_loads_with_messages_and_a_chat_template_reads_them
     assert "| `messages` |" in card
 
 
-def test_near_duplicates_ignore_the_shared_passage():
+def test_without_its_passage_a_new_question_on_a_published_passage_is_no_near_duplicate(tmp_path):
+    """Rows whose passage is unknown are compared whole: the shared passage does not make a new
+    question a repeat."""
     old = pa.Table.from_pylist([row(0, "Who keeps the register of every vessel?", "The harbour master")],
                                schema=EXAMPLES)
-    new = pa.Table.from_pylist([
-        row(1, "Who keeps the register of every vessel ?", "The harbour master", run_id="r2"),  # near: skipped
-        row(2, "When is the register open to the public?", "On weekdays", run_id="r2"),  # same passage, new question
-        row(3, "When is the register open to the public ?", "On weekdays.", run_id="r2"),  # repeats row 2
-    ], schema=EXAMPLES)
-    contexts = {"c1": PASSAGE}
-    assert near_duplicates(old, new, 0.9, contexts).tolist() == [True, False, True]
-    # Without the passage known the rows are compared whole: still no false repeat of a new question.
-    assert near_duplicates(old, new.slice(1, 1), 0.9, {}).tolist() == [False]
+    _, published = append(Files({}), old, "r1", tmp_path, 0.9, passages={})
+    new = pa.Table.from_pylist([row(2, "When is the register open to the public?", "On weekdays", run_id="r2")],
+                               schema=EXAMPLES)
+    appended, _ = append(Files(published), new, "r2", tmp_path, 0.9, passages={})
+    assert (appended.skipped, appended.added) == (0, {"exqa": 1})
 
 
 class Files:
@@ -84,22 +81,26 @@ class Files:
         return self.files[path]
 
 
-def test_append_skips_and_counts_near_duplicates_and_adds_messages_to_old_shards():
+def test_a_dataset_published_before_the_index_is_indexed_once_and_its_shards_get_messages(tmp_path, caplog):
     old_rows = pa.Table.from_pylist([row(0, "Who keeps the register of every vessel?", "The harbour master")],
                                     schema=EXAMPLES)
-    legacy = {"data/exqa/train-00000-of-00001.parquet": parquet_bytes(old_rows)}  # published before messages
-    new = pa.Table.from_pylist([row(1, "Who keeps the register of every vessel ?", "The harbour master", run_id="r2"),
-                                row(2, "What does the register record?", "Tonnage, cargo and captain", run_id="r2")],
-                               schema=EXAMPLES)
-    sources = pa.table({"doc_id": ["x"], "source_uri": ["a.txt"], "media_type": ["text/plain"], "size_bytes": [1]})
-    snapshot = append_snapshot(Files(legacy), new, sources, "r2", 100, 0.9, {"c1": PASSAGE})
-    assert (snapshot.skipped, snapshot.near_duplicates, snapshot.examples.num_rows) == (1, 1, 2)
-    for split in snapshot.splits:
-        for data in split.shards.values():
-            assert pq.read_table(pa.BufferReader(data)).schema.names == PUBLISHED.names
-    off = append_snapshot(Files(legacy), new, sources, "r2", 100, None)
-    assert (off.skipped, off.near_duplicates) == (0, 0)
-    assert [s.rows for s in task_splits(new)] == [2]
+    shard = "data/exqa/train-00000-of-00001.parquet"
+    legacy = {shard: parquet_bytes(old_rows), "README.md": b"---\n---\n"}  # published before messages and the index
+    new = pa.Table.from_pylist([
+        row(1, "Who keeps the register of every vessel?", "The harbour master", run_id="r2"),  # the published pair
+        row(2, "What does the register record?", "Tonnage, cargo and captain", run_id="r2"),
+        row(3, "What does the register record ?", "Tonnage, cargo and captain", run_id="r2"),  # nearly row 2
+    ], schema=EXAMPLES)
+    caplog.set_level("INFO")
+    appended, files = append(Files(legacy), new, "r2", tmp_path, 0.9)
+    assert (appended.skipped, appended.near_duplicates, appended.added) == (2, 1, {"exqa": 1})
+    assert pq.read_schema(pa.BufferReader(files[shard])).names == PUBLISHED.names  # rewritten once, with messages
+    assert "indexing the published dataset once" in caplog.text
+    assert [(s.task_type, s.rows) for s in appended.splits] == [("exqa", 2)]
+    caplog.clear()
+    again, _ = append(Files(legacy | files), new.slice(0, 1).set_column(
+        0, "example_id", pa.array([sha256_hex("r3-2")])), "r3", tmp_path)
+    assert again.skipped == 1 and "indexing" not in caplog.text  # the pair is found in the index, never re-indexed
 
 
 def test_publish_counts_near_duplicates_and_the_card_lists_the_chunk_filters(tmp_path):
@@ -118,10 +119,12 @@ def test_publish_counts_near_duplicates_and_the_card_lists_the_chunk_filters(tmp
 
 
 def append(existing: Files, rows: pa.Table, tag: str, folder, threshold: float | None = None,
-           part_rows: int = 2) -> tuple[Appended, dict[str, bytes]]:
-    """append_indexed over `rows` in parts of `part_rows`; also its files as bytes."""
+           part_rows: int = 2, passages: dict[str, str] | None = None) -> tuple[Appended, dict[str, bytes]]:
+    """append_indexed over `rows` in parts of `part_rows` (passages: chunk c1's by default); also
+    its files as bytes."""
+    known = {"c1": PASSAGE} if passages is None else passages
     appended = append_indexed(existing, lambda: (rows.slice(i, part_rows) for i in range(0, rows.num_rows, part_rows)),
-                              tag, 100, folder / tag, threshold, lambda part: {"c1": PASSAGE})
+                              tag, 100, folder / tag, threshold, lambda part: known)
     return appended, {path: content.read(data) for path, data in appended.files.items()}
 
 
