@@ -5,7 +5,8 @@ S3 has no multi-object commit, so an export never changes files a reader may be 
     <export>/snapshots/<run>-<hash>/...   one complete dataset (data/, assets/, sources.jsonl, README.md)
     <export>/_latest.json                 the pointer: {"snapshot": "snapshots/<run>-<hash>", "files": ...}
 
-An export writes every file of the new snapshot first, then `_latest.json` in one PUT (atomic on
+An export writes every file of the new snapshot first (an append: the night's files, and the
+current snapshot's others copied within the bucket), then `_latest.json` in one PUT (atomic on
 S3), then deletes the snapshots that are neither the new one nor the one the old pointer named
 (that one stays until the next export, so a reader that read the old pointer can finish), and the
 files of the older layout (the dataset directly under the prefix). A crash at any point leaves the
