@@ -35,6 +35,7 @@ combination (about 100 bytes per document); it never reads texts.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -374,12 +375,26 @@ def write_part(store: ArtifactStore, run: RunRef, table: pa.Table, targets: dict
     id and a digest of its rows (recorded_at aside), so equal names mean equal facts."""
     table = table.select(LEDGER.names).cast(LEDGER).sort_by([(c, "ascending") for c in [*IDENTITY, "source_uri"]])
     facts = table.drop_columns(["recorded_at"]).combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, facts.schema) as stream:
+    digest = hashlib.sha256()  # of the facts' Arrow IPC stream, hashed as it is written (never held)
+    with pa.ipc.new_stream(pa.PythonFile(_Hashing(digest), mode="w"), facts.schema) as stream:
         stream.write_table(facts)
-    digest = sha256_hex(sink.getvalue().to_pybytes())
-    name = f"{safe_segment(run.run_id)}-{digest[:16]}"
+    del facts
+    name = f"{safe_segment(run.run_id)}-{digest.hexdigest()[:16]}"
     return store.uri(_parts(store, run.dag_id).write(name, _part_bytes(table, targets or {})))
+
+
+class _Hashing(io.RawIOBase):
+    """A write-only file that feeds what is written to a hash."""
+
+    def __init__(self, digest: Any):
+        self.digest = digest
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return memoryview(data).nbytes
 
 
 def _read_shard(store: ArtifactStore, manifest: Manifest, table: str, shard: int, columns: list[str],
@@ -418,30 +433,38 @@ def update_ledger(store: ArtifactStore, run: RunRef, documents: Manifest, config
     when it has more than `compact_after` live parts."""
     recorded_at = datetime.now(UTC).isoformat()
     target, scope = target_key(config), reject_scope(config)
-    columns: dict[str, list] = {name: [] for name in LEDGER.names}
+    all_types = pa.scalar(list(config.task_types), pa.list_(pa.string()))
+    tables: list[pa.Table] = []
 
-    def add(kind: str, key: str, row_scope: str, task_type: str | None, reason: str | None, uri: str) -> None:
-        for name, value in zip(LEDGER.names, (kind, key, row_scope, task_type, reason, uri, run.run_id, recorded_at)):
-            columns[name].append(value)
+    def rows(kind: str, keys: pa.Array, row_scope: str, task_types: pa.Array, reasons: pa.Array,
+             uris: pa.Array) -> pa.Table:
+        n = len(keys)
+        return pa.table({"kind": pa.repeat(kind, n), "key": keys, "scope": pa.repeat(row_scope, n),
+                         "task_type": task_types, "reason": reasons, "source_uri": uris,
+                         "run_id": pa.repeat(run.run_id, n), "recorded_at": pa.repeat(recorded_at, n)}, schema=LEDGER)
 
     documents_recorded = rejects_recorded = 0
     for shard in range(len(documents.shards_of("documents")) if published else 0):
         table = _read_shard(store, documents, "documents", shard, ["doc_id", "source_uri"], "pending_task_types")
-        for doc_id, uri, pending in zip(*(table[c].to_pylist() for c in table.column_names)):
-            documents_recorded += 1
-            for task_type in pending or config.task_types:
-                add(DONE, doc_id, target, task_type, None, uri)
+        documents_recorded += table.num_rows
+        # A document's rows: one per task type it was processed for (null or none pending: all of the run's).
+        pending = table["pending_task_types"].combine_chunks()
+        every = pc.fill_null(pc.equal(pc.list_value_length(pending), 0), True)
+        done = pc.if_else(every, all_types, pending)
+        owner = pc.list_parent_indices(done)
+        tables.append(rows(DONE, table["doc_id"].take(owner), target, pc.list_flatten(done),
+                           pa.nulls(len(owner), pa.string()), table["source_uri"].take(owner)))
     for shard in range(len(documents.shards_of("rejects"))):
         table = _read_shard(store, documents, "rejects", shard, ["source_uri", "stage", "reason"], "ledger_key")
-        for uri, stage, reason, key in zip(*(table[c].to_pylist() for c in table.column_names)):
-            if stage == "extract" and key:
-                rejects_recorded += 1
-                add(REJECT, key, scope, None, reason, uri)
+        remembered = table.filter(pc.and_(pc.equal(table["stage"], "extract"),
+                                          pc.fill_null(pc.not_equal(table["ledger_key"], ""), False)))
+        rejects_recorded += remembered.num_rows
+        tables.append(rows(REJECT, remembered["ledger_key"], scope, pa.nulls(remembered.num_rows, pa.string()),
+                           remembered["reason"], remembered["source_uri"]))
 
     result = LedgerUpdate(recorded=documents_recorded, rejects_recorded=rejects_recorded)
-    if columns["kind"]:
-        result.ledger_part = write_part(store, run, pa.table(columns, schema=LEDGER),
-                                        {target: processing_target(config)})
+    if any(t.num_rows for t in tables):
+        result.ledger_part = write_part(store, run, pa.concat_tables(tables), {target: processing_target(config)})
     try:
         result.compaction = compact_ledger(store, run.dag_id, max_parts=compact_after)
     except Exception as err:  # housekeeping: the part is written, the next run compacts

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tempfile
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -282,8 +283,9 @@ def _part_bytes(table: pa.Table) -> bytes:
 
 
 def _streamed_part_bytes(tables: Iterable[pa.Table]) -> tuple[bytes, int]:
-    """A part's Parquet bytes (row groups of ROW_GROUP rows, written as `tables` come) and its rows."""
-    sink = io.BytesIO()
+    """A part's Parquet bytes (row groups of ROW_GROUP rows, written as `tables` come, to a temporary
+    file: only the finished part is held) and its rows."""
+    sink = tempfile.TemporaryFile()
     schema = SKETCHES.with_metadata({PARAMS_KEY: canonical_json(PARAMS).encode()})
     rows, pending = 0, []
     with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
@@ -298,7 +300,10 @@ def _streamed_part_bytes(tables: Iterable[pa.Table]) -> tuple[bytes, int]:
         buffered = pa.concat_tables(pending) if pending else schema.empty_table()
         if buffered.num_rows or not rows:
             writer.write_table(buffered.cast(schema), row_group_size=ROW_GROUP)
-    return sink.getvalue(), rows
+        del pending, buffered
+    with sink:
+        sink.seek(0)
+        return sink.read(), rows
 
 
 def _parts(store: ArtifactStore, dag_id: str) -> PartsFolder:
