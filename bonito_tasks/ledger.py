@@ -30,7 +30,9 @@ crash are deleted by the next compaction. Parts written before this format (`doc
 `source_uri`, `run_id`, `recorded_at`) are read as done for every target and task type.
 
 Memory: `load_ledger` keeps 32-byte digests and one shared set of task types per distinct
-combination (about 100 bytes per document); it never reads texts.
+combination (about 100 bytes per document); it never reads texts. `update_ledger` holds the run's
+part as Arrow tables (233 bytes per document and task type in benchmarks/plan_ledger_bench.py),
+built per documents shard with Arrow compute, no Python object per row.
 """
 
 from __future__ import annotations

@@ -12,11 +12,13 @@ generated every task type it needs; otherwise it goes on for the task types stil
 that adds `ynqa` to `[exqa]` still generates ynqa for the chunks it has seen). `full_refresh`
 ignores them; so does every run for the chunks of runs a rollback revoked (`ledger.revoked_tags`).
 
-A night's cost follows the night: `load_earlier` takes tonight's chunks' sketches, then scans the
-recorded ones a row group at a time (LSH bands over the sketches find candidates, a candidate that
-agrees on at least the threshold's share of its sketch is a near-duplicate), keeping only what
-covers tonight's chunks. Memory: tonight's sketches and band keys (about 350 bytes a chunk) and one
-row group, never the history.
+A night's cost follows the night: `load_earlier` takes tonight's chunks' sketches (only when
+some are recorded), then scans the recorded ones a row group at a time (LSH bands over the
+sketches find candidates, a candidate that agrees on at least the threshold's share of its sketch
+is a near-duplicate), keeping only what covers tonight's chunks. Memory: tonight's sketches and
+band keys (about 350 bytes a chunk) and one row group, never the history. `record_signatures`
+streams the chunk stage's signatures into its part through a temporary file and holds only the
+finished part's bytes (256 bytes a chunk: the store writes bytes).
 
 Past COMPACT_AFTER_PARTS parts, recording compacts them into one (parts.py, the ledger's protocol:
 a crash at any point loses nothing, and a part that vanishes under a reader makes it list again).
