@@ -241,7 +241,7 @@ class _Keys:
 
     def pairs(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(history index, night row) of every equal pair."""
-        candidates = np.flatnonzero(self.present[values.astype(np.uint64) >> self.shift])
+        candidates = np.flatnonzero(self.present[np.asarray(values, dtype=np.uint64) >> self.shift])
         lo = np.searchsorted(self.sorted, values[candidates], side="left")
         hi = np.searchsorted(self.sorted, values[candidates], side="right")
         found = np.flatnonzero(hi > lo)
