@@ -167,8 +167,11 @@ def alert_webhook(monkeypatch):
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), the tests that share an expensive
     fixture run on one worker: every vLLM test shares one engine (and two engines never compile at
-    once), the deployment tests share one Airflow stack. The rest spread over the workers."""
+    once), the deployment tests share one Airflow stack. A test that names its own xdist_group keeps
+    it (test_make_ui.py: its own local Airflow, beside the stack). The rest spread over the workers."""
     for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
         if item.get_closest_marker("deployment"):
             item.add_marker(pytest.mark.xdist_group("deployment"))
         elif item.get_closest_marker("vllm"):

@@ -1,4 +1,4 @@
-"""One real Airflow 3 deployment, shared by test_stack.py and test_ui.py.
+"""One real Airflow 3 deployment, shared by every test of this package but test_make_ui.py.
 
 What runs (see stack.py): a fresh PostgreSQL database as the metadata DB and Celery result
 backend; CeleryExecutor with a Redis database as broker; `airflow api-server`, `scheduler`,
@@ -110,6 +110,8 @@ def _airflow_env(home: Path, db: str, redis_db: int, port: int, passwords: Path,
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        # The DAG file never changes here: parsed once, not every 30 s (a process and the DAG's imports each time).
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
         "BONITO_SOURCE": str(source),
         "BONITO_SCHEDULE": "* * * * *",
         "BONITO_SCHEDULE_CONFIG": json.dumps(SCHEDULE_SETTINGS),
@@ -184,8 +186,15 @@ def deployment(tmp_path_factory):
 
 
 def _stop(services: Services) -> None:
-    left = services.stop()
+    # A short grace: the database and the Redis database are dropped next, so nothing is kept.
+    left = services.stop(grace_s=5)
     assert not left, f"deployment processes outlived their process groups' SIGKILL: {left}"
+
+
+def pytest_collection_modifyitems(items):
+    """test_make_ui.py first: it starts an Airflow of its own, so the stack above (started for the
+    first test that needs it) is not up, idle, while it runs."""
+    items.sort(key=lambda item: item.path.name != "test_make_ui.py")
 
 
 @pytest.fixture

@@ -32,7 +32,9 @@ from conftest import REPO, SAMPLE_DOCS
 from deployment.stack import AirflowApi, wait_until
 from deployment.test_ui import chromium_page
 
-pytestmark = [pytest.mark.deployment, pytest.mark.timeout(2400)]
+# Its own xdist group (tests/conftest.py): it shares nothing with the stack of conftest.py, so under
+# `make test` it runs on the other worker while the stack's tests run.
+pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("make_ui"), pytest.mark.timeout(2400)]
 
 DAG_ID = "bonito_dataset"
 ENV = dict(os.environ) | {"PYTHONPATH": os.pathsep.join(["plugins", "dags", "."])}  # as the Makefile runs them
