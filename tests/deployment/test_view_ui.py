@@ -1,13 +1,9 @@
-"""The Dataset view and the approval gate in the real UI (Debian's chromium driven by Playwright, the
-deployment of conftest.py), as the on-call and a reviewer use them:
-
-1. A run whose validate fails (every output is over `max_output_tokens=1`, so the pass rate falls
-   under the 0.9 threshold). From the DAG's Grid view: click the run, click its "Dataset" tab; the
-   failed expectation with observed value and threshold and an example quarantined row are on screen.
-   The test counts those clicks (target: at most 3).
-2. A run with `require_approval`: the approve task waits; in its Required Actions the reviewer
-   writes a note and presses Approve; the run publishes, and the decision and the reviewer are in
-   the publish manifest (the view's summary.json) and the dataset card.
+"""The Dataset view in the real UI (Debian's chromium driven by Playwright, the deployment of
+conftest.py), as the on-call uses it: a run whose validate fails (every output is over
+`max_output_tokens=1`, so the pass rate falls under the 0.9 threshold). From the DAG's Grid view:
+click the run, click its "Dataset" tab; the failed expectation with observed value and threshold
+and an example quarantined row are on screen. The test counts those clicks (target: at most 3).
+(The reviewer's path, approving in the UI, is test_ui.py's run.)
 
 A screenshot of every step goes to the artifacts folder.
 """
@@ -20,42 +16,12 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import expect
 
-from deployment.conftest import DAG_ID, TRIGGERER
-from deployment.stack import wait_until
-from deployment.test_ui import page  # noqa: F401 - the browser fixture
+from deployment.conftest import DAG_ID
+from deployment.test_ui import Shots, page, sign_in  # noqa: F401 - page: the browser fixture
 
 pytestmark = [pytest.mark.deployment, pytest.mark.timeout(1800)]
 
 MAX_CLICKS = 3
-
-
-class Shots:
-    """Numbered screenshots; on a failure, the page's URL, HTML and frames' HTML too."""
-
-    def __init__(self, browser, folder):
-        self.page, self.folder, self.n = browser, folder, 0
-
-    def __call__(self, name: str) -> None:
-        self.n += 1
-        self.page.screenshot(path=self.folder / f"{self.n:02d}-{name}.png", full_page=True)
-
-    def __enter__(self) -> Shots:
-        return self
-
-    def __exit__(self, kind, error, tb) -> None:
-        if kind is not None:
-            self("failure")
-            frames = "\n\n".join(f"<!-- frame {f.url} -->\n{f.content()}" for f in self.page.frames)
-            (self.folder / "failure.html").write_text(f"<!-- {self.page.url} -->\n{frames}")
-
-
-def sign_in(browser, deployment) -> None:
-    browser.goto(f"{deployment.url}/dags/{DAG_ID}")
-    browser.wait_for_url("**/auth/login**")  # a fresh browser: the UI sends us to sign in first
-    browser.get_by_label("Username").fill(deployment.username)
-    browser.get_by_label("Password").fill(deployment.password)
-    browser.get_by_role("button", name="Sign in").click()
-    browser.wait_for_url(f"**/dags/{DAG_ID}**")
 
 
 def run_to_end(deployment, conf: dict, expect: str) -> str:
@@ -129,47 +95,3 @@ def _find_the_cause(deployment, page, run_id, shot):  # noqa: F811
     assert alert["task_id"] == "validate" and alert["runbook_url"].endswith("/tasks/validate/runbook")
     runbook = page.context.request.get(alert["runbook_url"])
     assert runbook.status == 200 and "Safe to clear" in runbook.text()
-
-
-def test_approve_in_the_ui_then_publish(deployment, page, artifacts):  # noqa: F811
-    with Shots(page, artifacts) as shot:
-        _approve(deployment, page, shot)
-
-
-def _approve(deployment, page, shot):  # noqa: F811
-    conf = {"task_types": ["exqa"], "full_refresh": True, "require_approval": True, "min_pass_rate": 0,
-            "max_duplicate_rate": 1, "max_label_share": 1}
-    deployment.api.set_paused(DAG_ID, False)
-    try:
-        # Another account triggers: the one who triggered a run cannot approve it (test_untrusted.py).
-        run_id = deployment.api_as(TRIGGERER).trigger(DAG_ID, conf)
-
-        def approve_waiting():
-            states = {ti["task_id"]: ti["state"] for ti in deployment.api.task_instances(DAG_ID, run_id)}
-            assert states.get("validate") not in ("failed", "upstream_failed"), states
-            return states.get("approve") in ("awaiting_input", "deferred")
-
-        wait_until(approve_waiting, 900, "the approve task to wait for a decision", interval=5,
-                   details=lambda: deployment.api.failure_report(DAG_ID, run_id) + deployment.details())
-        sign_in(page, deployment)
-        page.goto(f"{deployment.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/approve/required_actions")
-        page.get_by_text(re.compile(r"Publish \d+ examples of run")).first.wait_for()
-        assert page.get_by_text(re.compile(r"pass rate")).first.is_visible()
-        assert page.get_by_role("link", name="Dataset view").first.get_attribute("href").endswith("#samples")
-        shot("required-action")
-        page.locator('[name="element_note"]').fill("spot-checked the exqa samples")
-        page.get_by_test_id("hitl-option-Approve").click()
-        page.get_by_text(re.compile("response successful|Response received", re.I)).first.wait_for()
-        shot("approved")
-        deployment.api.wait_for_run(DAG_ID, run_id, timeout=900, details=deployment.details)
-    finally:
-        deployment.api.set_paused(DAG_ID, True)
-
-    decision = deployment.api.xcom(DAG_ID, run_id, "approve")
-    assert decision["decision"] == "approved" and decision["reviewer"] == deployment.username
-    assert decision["note"] == "spot-checked the exqa samples"
-    summary = deployment.api.http.get(f"/bonito/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/summary.json").json()
-    assert summary["published"]["approval"]["reviewer"] == deployment.username
-    page.goto(f"{deployment.url}/bonito/dags/{DAG_ID}/runs/{quote(run_id, safe='')}#published")
-    page.get_by_text("spot-checked the exqa samples").wait_for()
-    shot("published-with-approval")
