@@ -11,6 +11,7 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pyarrow as pa
@@ -194,6 +195,12 @@ def first_forbidden_char(text: str) -> tuple[int, str] | None:
 
 def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex of a file's bytes, read a buffer at a time."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def canonical_json(value: Any) -> str:

@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
@@ -108,10 +109,14 @@ class PartsFolder:
                 log.info("part %s vanished while read (a compaction ran): reading again", gone)
         raise StoreError(f"the parts under {self.prefix} kept changing while they were read")
 
-    def write(self, name: str, data: bytes) -> str:
-        """Add one part (`part-<name>.parquet`) in one atomic write; returns its key."""
+    def write(self, name: str, data: bytes | Path) -> str:
+        """Add one part (`part-<name>.parquet`: bytes, or a local file streamed) in one atomic
+        write; returns its key."""
         key = f"{self.prefix}/{PART}{name}.parquet"
-        self.store.write_bytes(key, data)
+        if isinstance(data, Path):
+            self.store.write_file(key, data)
+        else:
+            self.store.write_bytes(key, data)
         return key
 
     def compact(self, max_parts: int, merge: Callable[[list[str]], tuple[pa.Table, dict[bytes, bytes]]]

@@ -81,6 +81,11 @@ class ArtifactStore(ABC):
     def delete_prefix(self, prefix: str) -> int: ...
 
     @abstractmethod
+    def write_file(self, key: str, path: Path) -> str:
+        """`write_bytes(key, path.read_bytes())` without holding the file: streamed from it (on S3
+        a multipart upload, whose object appears only when complete)."""
+
+    @abstractmethod
     def copy(self, source: str, key: str) -> None:
         """Copy the object `source` to `key` (atomically, as write_bytes), within the store: on S3
         a server-side copy, whose bytes never pass through this process."""
@@ -192,13 +197,22 @@ class LocalStore(ArtifactStore):
             raise
         return self.uri(key)
 
+    def write_file(self, key: str, path: Path) -> str:
+        self._copy_from(path, key)
+        return self.uri(key)
+
     def copy(self, source: str, key: str) -> None:
+        self._copy_from(self._path(source), key)
+
+    def _copy_from(self, file: Path, key: str) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(path)
         os.close(fd)
         try:
-            shutil.copyfile(self._path(source), tmp)
+            shutil.copyfile(file, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -247,6 +261,10 @@ class S3Store(ArtifactStore):
     def write_bytes(self, key: str, data: bytes) -> str:
         # A single PUT is atomic in S3: the object appears whole or not at all.
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        return self.uri(key)
+
+    def write_file(self, key: str, path: Path) -> str:
+        self.client.upload_file(str(path), self.bucket, self.prefix + key)
         return self.uri(key)
 
     def copy(self, source: str, key: str) -> None:

@@ -17,8 +17,8 @@ some are recorded), then scans the recorded ones a row group at a time (LSH band
 sketches find candidates, a candidate that agrees on at least the threshold's share of its sketch
 is a near-duplicate), keeping only what covers tonight's chunks. Memory: tonight's sketches and
 band keys (about 350 bytes a chunk) and one row group, never the history. `record_signatures`
-streams the chunk stage's signatures into its part through a temporary file and holds only the
-finished part's bytes (256 bytes a chunk: the store writes bytes).
+streams the chunk stage's signatures into its part, a local file that the store uploads from its
+path (ArtifactStore.write_file): it holds a row group.
 
 Past COMPACT_AFTER_PARTS parts, recording compacts them into one (parts.py, the ledger's protocol:
 a crash at any point loses nothing, and a part that vanishes under a reader makes it list again).
@@ -31,6 +31,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +40,14 @@ import pyarrow.parquet as pq
 
 from bonito_tasks import minhash
 from bonito_tasks.config import RunConfig
-from bonito_tasks.contracts import CHUNK_SIGNATURES, Manifest, RunRef, StageName, canonical_json, sha256_hex
+from bonito_tasks.contracts import (
+    CHUNK_SIGNATURES,
+    Manifest,
+    RunRef,
+    StageName,
+    canonical_json,
+    file_sha256,
+)
 from bonito_tasks.ledger import LedgerUpdate, of_runs, revoked_tags, target_key
 from bonito_tasks.parts import PART, Compaction, PartsFolder, Snapshot, name_of
 from bonito_tasks.stage import StageWriter
@@ -222,13 +230,16 @@ def record_signatures(store: ArtifactStore, run: RunRef, config: RunConfig) -> L
     chunks = StageWriter(store, run, StageName.CHUNK).committed()
     if chunks is None or not chunks.shards_of("chunk_signatures"):
         return LedgerUpdate()
-    data, recorded = _streamed_part_bytes(_sketch_rows(store, chunks, run, config))
     folder = _parts(store, run.dag_id)
-    name = f"{safe_segment(run.run_id)}-{sha256_hex(data)[:16]}"
-    for old in store.list(folder.prefix):  # an earlier attempt of this run that recorded otherwise
-        if name_of(old).startswith(f"{PART}{safe_segment(run.run_id)}-") and name_of(old) != f"{PART}{name}.parquet":
-            store.delete(old)
-    key = folder.write(name, data)
+    with tempfile.TemporaryDirectory(prefix="bonito-signatures-") as scratch:
+        part = Path(scratch) / "part.parquet"
+        recorded = _write_part_file(_sketch_rows(store, chunks, run, config), part)
+        name = f"{safe_segment(run.run_id)}-{file_sha256(part)[:16]}"
+        for old in store.list(folder.prefix):  # an earlier attempt of this run that recorded otherwise
+            if name_of(old).startswith(f"{PART}{safe_segment(run.run_id)}-") and \
+                    name_of(old) != f"{PART}{name}.parquet":
+                store.delete(old)
+        key = folder.write(name, part)
     result = LedgerUpdate(neardup_part=key, signatures_recorded=recorded)
     try:
         result.neardup_compaction = compact(store, run.dag_id)
@@ -281,13 +292,15 @@ def _sorted_lists(lists: pa.Array) -> pa.Array:
 
 
 def _part_bytes(table: pa.Table) -> bytes:
-    return _streamed_part_bytes([table])[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        part = Path(scratch) / "part.parquet"
+        _write_part_file([table], part)
+        return part.read_bytes()
 
 
-def _streamed_part_bytes(tables: Iterable[pa.Table]) -> tuple[bytes, int]:
-    """A part's Parquet bytes (row groups of ROW_GROUP rows, written as `tables` come, to a temporary
-    file: only the finished part is held) and its rows."""
-    sink = tempfile.TemporaryFile()
+def _write_part_file(tables: Iterable[pa.Table], sink: Path) -> int:
+    """Write a part's Parquet file (row groups of ROW_GROUP rows, written as `tables` come: a row
+    group is held at a time); returns its rows."""
     schema = SKETCHES.with_metadata({PARAMS_KEY: canonical_json(PARAMS).encode()})
     rows, pending = 0, []
     with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
@@ -303,9 +316,7 @@ def _streamed_part_bytes(tables: Iterable[pa.Table]) -> tuple[bytes, int]:
         if buffered.num_rows or not rows:
             writer.write_table(buffered.cast(schema), row_group_size=ROW_GROUP)
         del pending, buffered
-    with sink:
-        sink.seek(0)
-        return sink.read(), rows
+    return rows
 
 
 def _parts(store: ArtifactStore, dag_id: str) -> PartsFolder:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from bonito_tasks.contracts import file_sha256, sha256_hex
+
 Content = bytes | Path
 
 
@@ -20,10 +22,7 @@ def read(content: Content) -> bytes:
 
 
 def sha256(content: Content) -> str:
-    if isinstance(content, bytes):
-        return hashlib.sha256(content).hexdigest()
-    with content.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()  # a 256 KiB buffer at a time
+    return sha256_hex(content) if isinstance(content, bytes) else file_sha256(content)
 
 
 def git_blob_id(content: Content) -> str:

@@ -25,6 +25,17 @@ def test_bytes_roundtrip_list_and_delete(store):
     assert store.list("a") == []
 
 
+def test_write_file_and_copy_make_whole_objects(store, tmp_path):
+    """A part streamed from a local file, and an object copied within the store (S3: server-side)."""
+    data = bytes(range(256)) * 4096  # 1 MiB
+    (tmp_path / "part.bin").write_bytes(data)
+    assert store.write_file("parts/one.bin", tmp_path / "part.bin") == store.uri("parts/one.bin")
+    store.copy("parts/one.bin", "snapshots/s/one.bin")
+    store.write_bytes("parts/one.bin", b"replaced")  # the copy is its own object
+    assert store.read_bytes("snapshots/s/one.bin") == data and store.read_bytes("parts/one.bin") == b"replaced"
+    assert store.list("snapshots") == ["snapshots/s/one.bin"]  # no temporary file left beside it
+
+
 def test_local_store_rejects_escaping_keys(tmp_path):
     with pytest.raises(StoreError, match="escapes"):
         LocalStore(tmp_path).write_bytes("../outside", b"x")
