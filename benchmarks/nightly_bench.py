@@ -342,7 +342,8 @@ def seed_history(history_rows: int) -> dict[str, bytes]:
         for night, first in enumerate(range(0, history_rows, SEED_NIGHT)):
             tag = f"seed-{night:04d}"
             batch = rows(first, min(SEED_NIGHT, history_rows - first), tag)
-            appended = append_indexed(Files(files), lambda batch=batch: [batch], tag, 100_000, Path(tmp) / tag, 0.9)
+            appended = append_indexed(Files(files), lambda batch=batch: [batch], batch.num_rows, tag, 100_000,
+                                      Path(tmp) / tag, 0.9)
             files |= {path: content.read(data) for path, data in appended.files.items()}
     return files
 

@@ -153,7 +153,7 @@ class Publish(Stage):
                 snapshot = overwrite
             else:
                 facts = RowFacts()
-                appended = append_indexed(existing, self._night, tag, rows_per_shard,
+                appended = append_indexed(existing, self._night, n_rows, tag, rows_per_shard,
                                           Path(tempfile.mkdtemp(prefix="attempt-", dir=scratch)),
                                           config.example_near_dup_threshold, self._passages, facts.add)
                 snapshot = Built(appended.splits, facts, merged_sources(existing, sources), appended.added,
@@ -199,8 +199,11 @@ class Publish(Stage):
         snapshot = built[-1]
 
         dataset_key = f"{writer.prefix}/{DATASET_DIR}"
-        for path, data in sorted(files.items()):  # one file in memory at a time
-            store.write_bytes(f"{dataset_key}/{path}", content.read(data))
+        for path, data in sorted(files.items()):  # a file is copied from its path, never held
+            if isinstance(data, Path):
+                store.write_file(f"{dataset_key}/{path}", data)
+            else:
+                store.write_bytes(f"{dataset_key}/{path}", data)
         logger.info("wrote %d files (%d examples) to %s", len(files), sum(split.rows for split in snapshot.splits),
                     store.uri(dataset_key))
         # Rows this publish added: none when the Hub already held the files (a re-publish of this

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -131,26 +133,43 @@ def pair_keys(inputs: list[str], outputs: list[str]) -> np.ndarray:
     return key64([canonical_json([i, o]) for i, o in zip(inputs, outputs)])
 
 
+SKETCH_BATCH = 4_096  # rows sketched at a time: bounds the shingle arrays (about 2 KB a row)
+_SALT = np.uint64(0x9E3779B97F4A7C15)
+
+
 def sketches(rows: pa.Table, contexts: Mapping[str, str]) -> np.ndarray:
     """(rows x SKETCH_PERM) uint16: MinHash of input + output without the row's passage
     (`contexts`: chunk_id -> chunk text; a row whose passage is unknown is sketched whole)."""
-    n = rows.num_rows
-    if not n:
-        return np.zeros((0, SKETCH_PERM), dtype=np.uint16)
-    texts = [f"{i}\n{o}" for i, o in zip(rows["input"].to_pylist(), rows["output"].to_pylist())]
-    shingled = minhash.shingles(texts)
-    chunk_ids = rows["chunk_id"].to_pylist()
-    passages = {c: np.unique(minhash.shingles([contexts[c]]).hashes) for c in set(chunk_ids) if contexts.get(c)}
-    hashes, offsets = [], [0]
-    for i, chunk_id in enumerate(chunk_ids):
-        own = shingled.hashes[shingled.offsets[i]:shingled.offsets[i + 1]]
-        passage = passages.get(chunk_id)
-        kept = own if passage is None else own[~np.isin(own, passage)]
-        hashes.append(kept)
-        offsets.append(offsets[-1] + len(kept))
-    stripped = minhash.Shingles(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
-                                np.asarray(offsets, dtype=np.int64))
-    return (minhash.signatures(stripped)[:, :SKETCH_PERM] & 0xFFFF).astype(np.uint16)
+    out = np.zeros((rows.num_rows, SKETCH_PERM), dtype=np.uint16)
+    for start in range(0, rows.num_rows, SKETCH_BATCH):
+        batch = rows.slice(start, SKETCH_BATCH)
+        texts = [f"{i}\n{o}" for i, o in zip(batch["input"].to_pylist(), batch["output"].to_pylist())]
+        stripped = _without_passages(minhash.shingles(texts), batch["chunk_id"].to_pylist(), contexts)
+        out[start:start + batch.num_rows] = minhash.signatures(stripped)[:, :SKETCH_PERM] & 0xFFFF
+    return out
+
+
+def _without_passages(shingled: minhash.Shingles, chunk_ids: list[str], contexts: Mapping[str, str]
+                      ) -> minhash.Shingles:
+    """Each text's shingles less those of its passage (`contexts[chunk_id]`), in one hash lookup for
+    the batch: a (passage, shingle) pair is one 64-bit key, the shingle's hash xor a salt per passage
+    (a false match needs two 64-bit hashes to agree)."""
+    known = sorted({c for c in chunk_ids if contexts.get(c)})
+    if not known:
+        return shingled
+    number = {c: i for i, c in enumerate(known)}
+    salts = np.arange(1, len(known) + 1, dtype=np.uint64) * _SALT
+    passages = minhash.shingles([contexts[c] for c in known])
+    passage_keys = passages.hashes ^ np.repeat(salts, passages.counts())
+    owner = np.array([number.get(c, -1) for c in chunk_ids], dtype=np.int64)
+    counts = shingled.counts()
+    has_passage = np.repeat(owner >= 0, counts)
+    keys = shingled.hashes ^ np.repeat(salts[np.maximum(owner, 0)], counts)
+    drop = pc.is_in(pa.array(keys), value_set=pa.array(passage_keys)).to_numpy(zero_copy_only=False) & has_passage
+    kept_counts = counts - np.bincount(np.repeat(np.arange(len(counts)), counts)[drop], minlength=len(counts))
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(kept_counts, out=offsets[1:])
+    return minhash.Shingles(shingled.hashes[~drop], offsets)
 
 
 @dataclass(frozen=True)
@@ -171,11 +190,9 @@ class RowKeys:
                    key64(rows["doc_id"].to_pylist()), sketches(rows, contexts))
 
     @classmethod
-    def concat(cls, parts: list[RowKeys]) -> RowKeys:
-        if not parts:
-            empty = np.zeros(0, np.uint64)
-            return cls(empty, empty, empty, np.zeros((0, SKETCH_PERM), np.uint16))
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "pairs", "docs", "sketches")))
+    def empty(cls, n: int) -> RowKeys:
+        return cls(np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(n, np.uint64),
+                   np.empty((n, SKETCH_PERM), np.uint16))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -195,6 +212,46 @@ class RowKeys:
         }, schema=INDEX)
 
 
+@dataclass(frozen=True)
+class NightKeys:
+    """The keys of a night's rows in the order they were read (`keys`), and that order sorted by
+    example_id (`order`: row numbers, publish order)."""
+
+    keys: RowKeys
+    order: np.ndarray
+
+    @classmethod
+    def read(cls, parts: Iterable[pa.Table], rows: int, contexts: Callable[[pa.Table], Mapping[str, str]]) -> NightKeys:
+        """The keys of `rows` rows yielded a part at a time (`contexts(part)`: as for `sketches`),
+        filled into arrays sized once: 88 bytes a row, then 8 for the order."""
+        keys, places, start = RowKeys.empty(rows), np.empty(rows, np.uint64), 0
+        for part in parts:
+            end = start + part.num_rows
+            if end > rows:
+                raise ValueError(f"the night holds more than the {rows} rows it was said to hold")
+            own = RowKeys.of(part, contexts(part))
+            for field in ("ids", "pairs", "docs", "sketches"):
+                getattr(keys, field)[start:end] = getattr(own, field)
+            places[start:end] = sort_keys(part["example_id"].to_pylist())
+            start = end
+        if start != rows:
+            raise ValueError(f"the night holds {start} rows, not the {rows} it was said to hold")
+        return cls(keys, np.argsort(places, kind="stable"))
+
+    def in_order(self, rows: np.ndarray) -> np.ndarray:
+        """The rows of a boolean mask over `keys`, in publish order."""
+        return self.order[rows[self.order]]
+
+
+def write_index(keys: RowKeys, rows: np.ndarray, path: Path) -> Path:
+    """An index part of the rows `rows` of `keys` (in that order), written to `path` a row group at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, INDEX, compression="zstd") as writer:
+        for start in range(0, len(rows), ROW_GROUP):
+            writer.write_table(keys.take(rows[start:start + ROW_GROUP]).index_table(), row_group_size=ROW_GROUP)
+    return path
+
+
 def index_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=ROW_GROUP, compression="zstd")
@@ -209,9 +266,17 @@ def readable(data: bytes) -> bool:
         return False
 
 
-def _band_keys(sketched: np.ndarray, threshold: float) -> np.ndarray:
-    bands, rows = minhash.lsh_params(threshold, SKETCH_PERM)
-    return minhash.band_keys(sketched, bands, rows)
+def _band_keys(sketched: np.ndarray, threshold: float, rows: np.ndarray | None = None) -> np.ndarray:
+    """(rows x bands) uint32: the top half of each LSH band key of the sketches (of `rows` only,
+    when given), computed ROW_GROUP rows at a time. A false match of 32 bits costs one comparison
+    of sketches, never a wrong answer."""
+    bands, per_band = minhash.lsh_params(threshold, SKETCH_PERM)
+    n = len(sketched) if rows is None else len(rows)
+    keys = np.empty((n, bands), dtype=np.uint32)
+    for start in range(0, n, ROW_GROUP):
+        block = sketched[start:start + ROW_GROUP] if rows is None else sketched[rows[start:start + ROW_GROUP]]
+        keys[start:start + len(block)] = minhash.band_keys(block, bands, per_band) >> np.uint64(32)
+    return keys
 
 
 @dataclass
@@ -227,21 +292,32 @@ class Seen:
 
 
 class _Keys:
-    """The night's keys sorted once: a history batch is looked up by binary search (no hashing of
-    the history)."""
+    """The night's keys (unsigned integers) sorted once: a history batch is looked up by binary
+    search (no hashing of the history). Memory: the sorted keys and a uint32 row number each."""
 
     PREFIX_BITS = 20  # a bitmap of the keys' top bits (128 KiB) filters a batch before the search
 
     def __init__(self, keys: np.ndarray):
-        self.order = np.argsort(keys, kind="stable")
-        self.sorted = keys[self.order]
-        self.shift = np.uint64(64 - self.PREFIX_BITS)
+        order = np.argsort(keys, kind="stable")
+        self.sorted = keys[order]
+        self.order = order.astype(np.uint32) if len(keys) < 2**32 else order
+        del order
+        self.dtype = keys.dtype
         self.present = np.zeros(1 << self.PREFIX_BITS, dtype=bool)
-        self.present[keys >> self.shift] = True
+        self.present[self._prefixes(keys)] = True
+
+    def _prefixes(self, values: np.ndarray) -> np.ndarray:
+        """The top PREFIX_BITS bits of each key (of a uint64 key: from its high 32-bit word, half
+        the work of shifting the whole key)."""
+        if values.dtype == np.uint64 and values.flags.c_contiguous:
+            words = values.view(np.uint32)
+            return (words[1::2] if np.little_endian else words[0::2]) >> np.uint32(32 - self.PREFIX_BITS)
+        return values >> values.dtype.type(8 * values.dtype.itemsize - self.PREFIX_BITS)
 
     def pairs(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(history index, night row) of every equal pair."""
-        candidates = np.flatnonzero(self.present[np.asarray(values, dtype=np.uint64) >> self.shift])
+        values = np.asarray(values, dtype=self.dtype)
+        candidates = np.flatnonzero(self.present[self._prefixes(values)])
         lo = np.searchsorted(self.sorted, values[candidates], side="left")
         hi = np.searchsorted(self.sorted, values[candidates], side="right")
         found = np.flatnonzero(hi > lo)
@@ -250,7 +326,7 @@ class _Keys:
             return history, history
         counts = hi - lo
         starts = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        return np.repeat(history, counts), self.order[starts]
+        return np.repeat(history, counts), self.order[starts].astype(np.int64)
 
 
 def check_history(parts: Iterator[bytes], night: RowKeys, threshold: float | None) -> Seen:
@@ -259,7 +335,7 @@ def check_history(parts: Iterator[bytes], night: RowKeys, threshold: float | Non
     keys = {"id_key": _Keys(night.ids), "pair_key": _Keys(night.pairs), "doc_key": _Keys(night.docs)}
     seen = Seen(np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
     marks = {"id_key": seen.ids, "pair_key": seen.pairs, "doc_key": seen.docs}
-    bands = [_Keys(column) for column in _band_keys(night_sketches, threshold).T] \
+    bands = [_Keys(np.ascontiguousarray(column)) for column in _band_keys(night_sketches, threshold).T] \
         if threshold is not None and n else []
     heads = _BandHeads(night_sketches, threshold) if bands and threshold is not None else None
     for data in parts:
@@ -284,7 +360,7 @@ def check_history(parts: Iterator[bytes], night: RowKeys, threshold: float | Non
 
 
 class _BandHeads:
-    """A bitmap of the first 20 bits of each band of the night's sketches: a history row can share a
+    """A bitmap of 20 bits of each band of the night's sketches (_heads): a history row can share a
     band with a night row only where its own bits are set, so band keys are computed for those
     rows alone (about 1 in 200 for a night of 5,000 rows)."""
 
@@ -296,8 +372,12 @@ class _BandHeads:
             present[self._heads(sketched, start)] = True
 
     def _heads(self, sketched: np.ndarray, start: int) -> np.ndarray:
-        head = sketched[:, start].astype(np.uint32) << 4
-        return head | (sketched[:, start + 1] >> 12) if self.rows > 1 else head
+        """20 bits of the band's first two values: the second's 16 and the first's top 4 (where the
+        two are one aligned 32-bit word of the row, that word shifted: one operation)."""
+        if self.rows > 1 and start % 2 == 0 and np.little_endian and sketched.flags.c_contiguous:
+            return sketched.view(np.uint32)[:, start // 2] >> np.uint32(12)
+        head = sketched[:, start + 1].astype(np.uint32) << 4 if self.rows > 1 else np.zeros(len(sketched), np.uint32)
+        return head | (sketched[:, start] >> 12)
 
     def candidates(self, sketched: np.ndarray) -> np.ndarray:
         hit = np.zeros(len(sketched), dtype=bool)
@@ -306,31 +386,34 @@ class _BandHeads:
         return np.flatnonzero(hit)
 
 
-def near_within(sketched: np.ndarray, keep: np.ndarray, threshold: float) -> np.ndarray:
-    """Per row: whether it nearly repeats an earlier row that is kept (rows in publish order). Only
-    kept rows that share a band key with another kept row are compared, in order, each with the
-    kept rows of its bands at once. Memory: a group number per kept row and band, and the lists
-    of the kept rows that share a band."""
-    near = np.zeros(len(sketched), dtype=bool)
-    kept = np.flatnonzero(keep)
-    if len(kept) < 2:
+def near_within(sketched: np.ndarray, rows: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row of `rows` (row numbers of `sketched`, in publish order): whether it nearly repeats
+    an earlier row of `rows` that is not itself such a repeat. Only rows that share a band key with
+    another are compared, in order, each with the rows kept so far of its bands at once. Memory: a
+    group number per row and band, and the lists of the rows kept that share a band."""
+    near = np.zeros(len(rows), dtype=bool)
+    if len(rows) < 2:
         return near
-    bands = _band_keys(sketched[kept], threshold)
-    groups = np.empty(bands.shape, dtype=np.int64)  # per kept row and band: its band key's number
-    shared = np.zeros(len(kept), dtype=bool)
+    bands = _band_keys(sketched, threshold, rows)
+    # per row and band: its band key's number
+    groups = np.empty(bands.shape, dtype=np.int64 if bands.size >= 2**31 else np.int32)
+    shared = np.zeros(len(rows), dtype=bool)
     numbered = 0
-    for band, column in enumerate(bands.T):
-        keys, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+    for band in range(bands.shape[1]):
+        keys, inverse, counts = np.unique(bands[:, band], return_inverse=True, return_counts=True)
         groups[:, band] = inverse + numbered
         numbered += len(keys)
         shared |= counts[inverse] > 1
+    del bands
     members: dict[int, list[int]] = {}  # group number -> the rows kept so far that are in it
-    rows, groups = kept[shared], groups[shared]
-    for start in range(0, len(rows), 4_096):  # as Python ints a batch at a time
-        for row, row_groups in zip(rows[start:start + 4_096].tolist(), groups[start:start + 4_096].tolist()):
+    positions, groups = np.flatnonzero(shared), groups[shared]
+    for start in range(0, len(positions), 4_096):  # as Python ints a batch at a time
+        for position, row_groups in zip(positions[start:start + 4_096].tolist(),
+                                        groups[start:start + 4_096].tolist()):
+            row = int(rows[position])
             candidates = [j for group in row_groups for j in members.get(group, ())]
             if candidates and ((sketched[candidates] == sketched[row]).mean(axis=1) >= threshold).any():
-                near[row] = True
+                near[position] = True
                 continue
             for group in row_groups:
                 members.setdefault(group, []).append(row)

@@ -140,36 +140,40 @@ def write_shard(rows: pa.Table, path: str, folder: Path | None) -> Content:
     return file
 
 
-RUN_GROUP = 1_024  # at most, rows per row group of a sorted run (write_splits): what a merge reads of a run at a time
+SPILL_ROWS = 20_000  # at most, rows of a sorted run (write_splits): the window sorted in memory at a time
 
 
 def write_splits(parts: Iterable[pa.Table], folder: Path, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
                  rows: int | None = None, tag: str | None = None) -> list[TaskSplit]:
     """`task_splits(concat(parts), rows_per_shard, tag, folder)`, the same files, without ever
-    holding more than a window of rows: an external merge sort. Parts are read one at a time and
-    gathered up to `rows_per_shard` rows; each window is sorted by example_id per task type into a
-    run (a Parquet file in a scratch folder). Then each task type's runs are merged one shard at a
-    time: the merge reads the runs' example_ids a row group at a time, and a shard's rows are a
-    contiguous slice of each run, read and sorted once more. Memory: a window, or a shard and up to
-    two row groups per run. `rows` (the parts' total, when known) sizes the runs' row groups so that
-    those add up to at most half a shard, however many runs there are."""
-    windows = -(-rows // rows_per_shard) if rows else 4
-    group = max(1, min(RUN_GROUP, rows_per_shard // (4 * windows)))
+    holding more than a part and a window of rows: an external merge sort. Parts are read one at a
+    time and cut into windows of at most SPILL_ROWS rows; each window is sorted by example_id per
+    task type into a run (a Parquet file in a scratch folder). Then each task type's runs are
+    merged into its shards a row group (ROW_GROUP_ROWS rows) at a time: the merge reads the runs'
+    example_ids a run row group at a time, and a row group's rows are a contiguous slice of each
+    run, read and sorted once more, then written to the shard's file. Memory: a part and a window,
+    then a row group and up to two run row groups per run. `rows` (the parts' total, when known)
+    sizes the runs' row groups so that those add up to at most a row group written, however many
+    runs there are."""
+    window, written = min(rows_per_shard, SPILL_ROWS), min(rows_per_shard, ROW_GROUP_ROWS)
+    windows = -(-rows // window) if rows else 4
+    group = max(1, min(written // (2 * windows), window))
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="runs-", dir=folder) as scratch:
-        runs = _sorted_runs(parts, Path(scratch), rows_per_shard, group)
+        runs = _sorted_runs(parts, Path(scratch), window, group)
         return [_merge_runs(task_type, runs[task_type], folder, rows_per_shard, tag) for task_type in sorted(runs)]
 
 
-def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, rows_per_shard: int, group: int) -> dict[str, list[Path]]:
-    """The parts in windows of at least `rows_per_shard` rows, each sorted by example_id per task
-    type into a run file of row groups of `group` rows (task type -> its runs, in part order)."""
+def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, window: int, group: int) -> dict[str, list[Path]]:
+    """The parts' rows in windows of `window` rows (the last may be shorter), each sorted by
+    example_id per task type into a run file of row groups of `group` rows (task type -> its runs,
+    in part order)."""
     runs: dict[str, list[Path]] = {}
-    window: list[pa.Table] = []
+    held: list[pa.Table] = []
 
     def spill() -> None:
-        rows = pa.concat_tables(window)
-        window.clear()
+        rows = pa.concat_tables(held)
+        held.clear()
         for task_type in sorted(set(rows["task_type"].to_pylist())):
             run = scratch / f"{task_type}-{len(runs.get(task_type, [])):06d}.parquet"
             pq.write_table(rows.filter(pc.equal(rows["task_type"], task_type)).sort_by("example_id"), run,
@@ -177,29 +181,42 @@ def _sorted_runs(parts: Iterable[pa.Table], scratch: Path, rows_per_shard: int, 
             runs.setdefault(task_type, []).append(run)
 
     for part in parts:
-        window.append(part.select(EXAMPLES.names).cast(EXAMPLES))
-        if sum(t.num_rows for t in window) >= rows_per_shard:
-            spill()
-    if window:
+        part = part.select(EXAMPLES.names).cast(EXAMPLES)
+        start = 0
+        while start < part.num_rows:
+            room = window - sum(t.num_rows for t in held)
+            held.append(part.slice(start, room))
+            start += room
+            if sum(t.num_rows for t in held) >= window:
+                spill()
+    if held:
         spill()
     return runs
 
 
 def _merge_runs(task_type: str, runs: list[Path], folder: Path, rows_per_shard: int, tag: str | None) -> TaskSplit:
+    """The task type's shards from its sorted runs, each written a row group at a time: the same
+    bytes as `write_shard` of the shard's rows."""
     files = [pq.ParquetFile(run) for run in runs]
     total = sum(f.metadata.num_rows for f in files)
     merged = heapq.merge(*(_ids(f, r) for r, f in enumerate(files)))  # (example_id, run): ties in run order
     taken = [0] * len(files)
     shards: dict[str, Content] = {}
-    num_bytes = 0
-    for path in shard_paths(task_type, -(-total // rows_per_shard), tag):
-        counts = Counter(map(itemgetter(1), islice(merged, rows_per_shard)))
-        rows = pa.concat_tables([_slice(files[r], taken[r], counts[r]) for r in sorted(counts)]).sort_by("example_id")
-        for r, n in counts.items():
-            taken[r] += n
-        shards[path] = write_shard(with_messages(rows), path, folder)
-        num_bytes += parquet_arrow_bytes(shards[path])
-    return TaskSplit(task_type, total, shards, num_bytes)
+    for i, path in enumerate(shard_paths(task_type, -(-total // rows_per_shard), tag)):
+        file = folder / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with pq.ParquetWriter(file, PUBLISHED, compression="zstd") as writer:
+            left = min(rows_per_shard, total - i * rows_per_shard)
+            while left:
+                counts = Counter(map(itemgetter(1), islice(merged, min(ROW_GROUP_ROWS, left))))
+                rows = pa.concat_tables([_slice(files[r], taken[r], counts[r]) for r in sorted(counts)]
+                                        ).sort_by("example_id")  # the runs' row groups read are freed here
+                for r, n in counts.items():
+                    taken[r] += n
+                    left -= n
+                writer.write_table(with_messages(rows), row_group_size=ROW_GROUP_ROWS)
+        shards[path] = file
+    return TaskSplit(task_type, total, shards, sum(map(parquet_arrow_bytes, shards.values())))
 
 
 def _ids(run: pq.ParquetFile, index: int) -> Iterator[tuple[str, int]]:
@@ -216,8 +233,9 @@ def _slice(run: pq.ParquetFile, start: int, n: int) -> pa.Table:
 
 def parquet_arrow_bytes(data: Content) -> int:
     """Bytes the rows of one Parquet shard take in memory as Arrow once read back: what `datasets`
-    adds up as a split's num_bytes (it reads a shard a row group at a time)."""
-    return pq.read_table(io.BytesIO(data) if isinstance(data, bytes) else data).nbytes
+    adds up as a split's num_bytes (it reads a shard a row group at a time, and so does this)."""
+    file = pq.ParquetFile(io.BytesIO(data) if isinstance(data, bytes) else data)
+    return sum(file.read_row_group(i).nbytes for i in range(file.num_row_groups))
 
 
 @dataclass(frozen=True)
@@ -235,8 +253,8 @@ class Appended:
 
 
 def append_indexed(
-    existing: ExistingFiles, night: Callable[[], Iterable[pa.Table]], tag: str, rows_per_shard: int,
-    folder: Path, near_dup_threshold: float | None = None,
+    existing: ExistingFiles, night: Callable[[], Iterable[pa.Table]], night_rows: int, tag: str,
+    rows_per_shard: int, folder: Path, near_dup_threshold: float | None = None,
     passages: Callable[[pa.Table], Mapping[str, str]] = lambda rows: {},
     on_fresh: Callable[[pa.Table], None] | None = None,
 ) -> Appended:
@@ -245,10 +263,11 @@ def append_indexed(
     without an index (published before it existed) is indexed once, here. Re-publishing a run
     (`tag`) yields the same files: its own shards, index part and stats entry count as not there.
 
-    `night()` yields the night's rows a part at a time, and is called twice: once for the rows'
-    keys (history.RowKeys, 88 bytes a row: all the append holds of the night; `passages(part)`:
-    chunk_id -> text of the part's passages, see history.sketches), once to write the rows kept
-    to `folder` (write_splits, a shard at a time; `on_fresh` sees each part of them).
+    `night()` yields the night's `night_rows` rows a part at a time, and is called twice: once for
+    the rows' keys (history.NightKeys, 96 bytes a row: all the append holds of the night;
+    `passages(part)`: chunk_id -> text of the part's passages, see history.sketches), freed before
+    the second, which writes the rows kept to `folder` (write_splits, a shard at a time;
+    `on_fresh` sees each part of them). The new index part goes to `folder` too.
     Rows are taken in example_id order (history.sort_keys): of rows sharing a key, the first is kept."""
     files: dict[str, Content] = {}
     if history.STATS_FILE in existing.paths:
@@ -256,31 +275,27 @@ def append_indexed(
     else:
         stats, migrated = index_existing(existing, tag)
         files |= migrated
-    parts, places = [], []
-    for rows in night():
-        parts.append(history.RowKeys.of(rows, passages(rows)))
-        places.append(history.sort_keys(rows["example_id"].to_pylist()))
-    order = np.argsort(np.concatenate(places), kind="stable") if places else np.zeros(0, np.int64)
-    del places
-    unsorted = history.RowKeys.concat(parts)
-    parts.clear()
-    new = unsorted.take(order)
-    del unsorted
+    night_keys = history.NightKeys.read(night(), night_rows, passages)
+    new = night_keys.keys
     seen = history.check_history(_index_parts(existing, stats, files), new, near_dup_threshold)
-    keep = ~(seen.ids | seen.pairs) & _first_of_each(new)
+    keep = ~(seen.ids | seen.pairs) & _first_of_each(night_keys)
     exact_fresh = int(keep.sum())
     if near_dup_threshold is not None and exact_fresh:
         keep &= ~seen.near
-        keep &= ~history.near_within(new.sketches, keep, near_dup_threshold)
-    kept_rows = np.empty(len(new), dtype=bool)
-    kept_rows[order] = keep  # per row in part order
+        candidates = night_keys.in_order(keep)
+        keep[candidates[history.near_within(new.sketches, candidates, near_dup_threshold)]] = False
+    n_fresh = int(keep.sum())
+    contributing, rows_scanned = len(np.unique(new.docs[keep & ~seen.docs])), seen.rows_scanned
+    index_part = history.write_index(new, night_keys.in_order(keep), folder / history.index_part_path(tag)) \
+        if n_fresh else None
+    del night_keys, new, seen  # the night's keys: not held while its rows are written
     models: set[tuple[str, str]] = set()
     sampling: set[str] = set()
 
     def fresh_parts() -> Iterator[pa.Table]:
         start = 0
         for rows in night():
-            fresh = rows.filter(pa.array(kept_rows[start:start + rows.num_rows]))
+            fresh = rows.filter(pa.array(keep[start:start + rows.num_rows]))
             start += rows.num_rows
             models.update((m["model_id"], m["model_revision"])
                           for m in fresh.group_by(["model_id", "model_revision"]).aggregate([]).to_pylist())
@@ -289,17 +304,15 @@ def append_indexed(
                 on_fresh(fresh)
             yield fresh
 
-    n_fresh = int(keep.sum())
     new_splits = write_splits(fresh_parts(), folder, rows_per_shard, n_fresh, tag)
     added = history.RunStats(
         splits={s.task_type: history.SplitStats(rows=s.rows, num_bytes=s.num_bytes, download_size=s.download_size,
                                                 shards=sorted(s.shards)) for s in new_splits},
-        models=sorted(models), sampling=sorted(sampling),
-        contributing=len(np.unique(new.docs[keep & ~seen.docs])),
+        models=sorted(models), sampling=sorted(sampling), contributing=contributing,
     )
-    if n_fresh:
+    if index_part is not None:
         stats = stats.with_run(tag, added)
-        files[history.index_part_path(tag)] = history.index_bytes(new.take(keep).index_table())
+        files[history.index_part_path(tag)] = index_part
     totals = stats.totals()
     by_type = {s.task_type: s for s in new_splits}
     splits = [TaskSplit(t, split.rows, by_type[t].shards if t in by_type else {}, split.num_bytes,
@@ -308,10 +321,10 @@ def append_indexed(
     files |= {path: data for split in new_splits for path, data in split.shards.items()}
     files[history.STATS_FILE] = stats.to_bytes()
     log.info("append: %d of %d new row(s) kept after checking %d indexed row(s); the dataset holds %d",
-             n_fresh, len(new), seen.rows_scanned, sum(s.rows for s in splits))
+             n_fresh, night_rows, rows_scanned, sum(s.rows for s in splits))
     return Appended(files=files, splits=splits, added={s.task_type: s.rows for s in new_splits}, totals=totals,
-                    runs=sum(1 for run in stats.runs.values() if run.splits), skipped=len(new) - n_fresh,
-                    near_duplicates=exact_fresh - n_fresh, rows_scanned=seen.rows_scanned)
+                    runs=sum(1 for run in stats.runs.values() if run.splits), skipped=night_rows - n_fresh,
+                    near_duplicates=exact_fresh - n_fresh, rows_scanned=rows_scanned)
 
 
 PREFETCH_PARTS = 1  # index parts downloading while the one before is scanned
@@ -381,14 +394,14 @@ def index_existing(existing: ExistingFiles, tag: str) -> tuple[history.DatasetSt
     return history.DatasetStats(runs={"_published-before-the-index": indexed}), files
 
 
-def _first_of_each(rows: history.RowKeys) -> np.ndarray:
-    """Per row: whether no earlier row has its example_id or its (input, output) pair."""
-    first = np.ones(len(rows), dtype=bool)
-    for keys in (rows.ids, rows.pairs):
-        _, index = np.unique(keys, return_index=True)
-        mask = np.zeros(len(rows), dtype=bool)
-        mask[index] = True
-        first &= mask
+def _first_of_each(night: history.NightKeys) -> np.ndarray:
+    """Per row: whether no row before it in publish order has its example_id or its (input, output) pair."""
+    first = np.ones(len(night.keys), dtype=bool)
+    for keys in (night.keys.ids, night.keys.pairs):
+        _, index = np.unique(keys[night.order], return_index=True)
+        in_order = np.zeros(len(keys), dtype=bool)
+        in_order[index] = True
+        first[night.order[~in_order]] = False
     return first
 
 

@@ -124,7 +124,7 @@ def append(existing: Files, rows: pa.Table, tag: str, folder, threshold: float |
     its files as bytes."""
     known = {"c1": PASSAGE} if passages is None else passages
     appended = append_indexed(existing, lambda: (rows.slice(i, part_rows) for i in range(0, rows.num_rows, part_rows)),
-                              tag, 100, folder / tag, threshold, lambda part: known)
+                              rows.num_rows, tag, 100, folder / tag, threshold, lambda part: known)
     return appended, {path: content.read(data) for path, data in appended.files.items()}
 
 
@@ -192,3 +192,12 @@ def test_an_indexed_append_writes_the_same_files_whatever_parts_the_night_comes_
         pairs.add((r["input"], r["output"]))
     kept = pq.read_table(pa.BufferReader(whole_files["data/exqa/train-r1-00000-of-00001.parquet"]))
     assert kept["example_id"].to_pylist() == expected and "another answer" not in kept["output"].to_pylist()
+
+
+@pytest.mark.parametrize("said", [2, 4])
+def test_a_night_holding_other_than_the_rows_its_manifest_lists_is_refused(tmp_path, said):
+    """The night's keys are filled into arrays sized from the manifest's row count: a validate part
+    with more or fewer rows than listed is an error, never rows silently dropped or left unchecked."""
+    night = pa.Table.from_pylist([row(i, f"Question {i}?", f"answer {i}") for i in range(3)], schema=EXAMPLES)
+    with pytest.raises(ValueError, match=f"not the {said} it was said to hold|more than the {said} rows"):
+        append_indexed(Files({}), lambda: [night], said, "r1", 100, tmp_path, 0.9)
