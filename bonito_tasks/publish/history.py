@@ -261,7 +261,7 @@ def index_bytes(table: pa.Table) -> bytes:
 def readable(data: bytes) -> bool:
     """Whether an index part is a Parquet file of the index's schema."""
     try:
-        return pq.read_schema(io.BytesIO(data)).remove_metadata() == INDEX
+        return pq.read_schema(pa.BufferReader(data)).remove_metadata() == INDEX
     except (pa.ArrowException, OSError):
         return False
 
@@ -339,7 +339,7 @@ def check_history(parts: Iterator[bytes], night: RowKeys, threshold: float | Non
         if threshold is not None and n else []
     heads = _BandHeads(night_sketches, threshold) if bands and threshold is not None else None
     for data in parts:
-        reader = pq.ParquetFile(io.BytesIO(data))
+        reader = pq.ParquetFile(pa.BufferReader(data))  # zero-copy reads of the bytes
         for batch in reader.iter_batches(batch_size=ROW_GROUP):
             seen.rows_scanned += batch.num_rows
             for column, sorted_keys in keys.items():

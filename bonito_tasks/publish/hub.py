@@ -19,7 +19,6 @@ a file is uploaded from its path (huggingface_hub streams it) and compared by a 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -60,18 +59,25 @@ class HubCommit:
 
 
 class HubFiles:
-    """The dataset repo's files at one commit; `read` downloads one (cached for the attempt)."""
+    """The dataset repo's files at one commit; `read` downloads one."""
 
-    def __init__(self, api: HfApi, repo_id: str, revision: str, files: Mapping[str, RepoFile], cache_dir: str):
-        self._api, self._repo_id, self._revision, self._cache_dir = api, repo_id, revision, cache_dir
+    def __init__(self, api: HfApi, repo_id: str, revision: str, files: Mapping[str, RepoFile]):
+        self._api, self._repo_id, self._revision = api, repo_id, revision
         self.paths = sorted(files)
 
     def read(self, path: str) -> bytes:
-        local = self._api.hf_hub_download(
-            self._repo_id, path, repo_type="dataset", revision=self._revision, cache_dir=self._cache_dir
-        )
-        with open(local, "rb") as f:
-            return f.read()
+        """The file at this commit, in one GET of its resolve URL, into memory (no cache file: an
+        append reads each file once); the Hub redirects LFS and Xet files to their storage. Errors
+        are huggingface_hub's (RepositoryNotFoundError, EntryNotFoundError, HfHubHTTPError)."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        url = hf_hub_url(self._repo_id, path, repo_type="dataset", revision=self._revision,
+                         endpoint=self._api.endpoint)
+        response = get_session().get(url, headers=build_hf_headers(token=self._api.token, library_name="bonito-etl"),
+                                     follow_redirects=True)
+        hf_raise_for_status(response)
+        return response.content
 
 
 def upload_dataset(
@@ -105,10 +111,10 @@ def upload_dataset(
     repo_url = f"{api.endpoint}/datasets/{repo_id}"
     unanswered: list[tuple[str, str]] = []  # (revision, parent) of each commit sent whose answer was lost
 
-    def attempt(cache_dir: str) -> tuple[HubCommit, dict[str, Content]]:
+    def attempt() -> tuple[HubCommit, dict[str, Content]]:
         head = _head_creating_repo(api, repo_id, private, retry.timeout_s)
         remote = _remote_files(api, repo_id, head)
-        files = dict(build(HubFiles(api, repo_id, head, remote, cache_dir)))
+        files = dict(build(HubFiles(api, repo_id, head, remote)))
         operations = _operations(files, remote, replace_folders)
         if not operations:
             ours = _is_unanswered_commit(api, repo_id, "main", head, commit_message, unanswered)
@@ -143,8 +149,8 @@ def upload_dataset(
         logger.info("committed %d change(s) to dataset repo %s at %s: %s", len(operations), repo_id, revision, info.oid)
         return HubCommit(repo_url, info.oid, created=True, pr_url=pr_url), files
 
-    with hf_request_timeout(retry.timeout_s), tempfile.TemporaryDirectory(prefix="bonito-hub-") as cache_dir:
-        return _with_retries(lambda: attempt(cache_dir), retry, repo_id, token)
+    with hf_request_timeout(retry.timeout_s):
+        return _with_retries(attempt, retry, repo_id, token)
 
 
 def _head_creating_repo(api: HfApi, repo_id: str, private: bool, timeout_s: float) -> str:
