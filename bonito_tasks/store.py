@@ -127,7 +127,10 @@ class ArtifactStore(ABC):
         return self.read_part(stage_key, manifest.shards_of(table)[index], columns)
 
     def read_part(self, stage_key: str, ref: ShardRef, columns: builtins.list[str] | None = None) -> pa.Table:
-        """One Parquet part of a stage folder, checked against its sha256 and the contract schema."""
+        """One Parquet part of a stage folder, checked against its sha256 and the contract schema.
+        Arrow's allocator first gives back the pages freed since (a task streams parts: it would
+        otherwise keep the pages of every part read, and its RSS grow with the run)."""
+        pa.default_memory_pool().release_unused()
         data = self.read_bytes(f"{stage_key}/{ref.path}")
         if sha256_hex(data) != ref.sha256:
             raise StoreError(f"{stage_key}/{ref.path} does not match its recorded sha256")
