@@ -295,7 +295,7 @@ class _Keys:
     """The night's keys (unsigned integers) sorted once: a history batch is looked up by binary
     search (no hashing of the history). Memory: the sorted keys and a uint32 row number each."""
 
-    PREFIX_BITS = 20  # a bitmap of the keys' top bits (128 KiB) filters a batch before the search
+    MAX_PREFIX_BITS = 20  # a bitmap of the keys' top bits (at most 1 MiB) filters a batch before the search
 
     def __init__(self, keys: np.ndarray):
         order = np.argsort(keys, kind="stable")
@@ -303,16 +303,18 @@ class _Keys:
         self.order = order.astype(np.uint32) if len(keys) < 2**32 else order
         del order
         self.dtype = keys.dtype
-        self.present = np.zeros(1 << self.PREFIX_BITS, dtype=bool)
+        # about 1 in 8 of the bitmap set: small enough to stay in cache, selective enough to search little
+        self.bits = min(self.MAX_PREFIX_BITS, max(8, len(keys).bit_length() + 3))
+        self.present = np.zeros(1 << self.bits, dtype=bool)
         self.present[self._prefixes(keys)] = True
 
     def _prefixes(self, values: np.ndarray) -> np.ndarray:
-        """The top PREFIX_BITS bits of each key (of a uint64 key: from its high 32-bit word, half
+        """The top `bits` bits of each key (of a uint64 key: from its high 32-bit word, half
         the work of shifting the whole key)."""
         if values.dtype == np.uint64 and values.flags.c_contiguous:
             words = values.view(np.uint32)
-            return (words[1::2] if np.little_endian else words[0::2]) >> np.uint32(32 - self.PREFIX_BITS)
-        return values >> values.dtype.type(8 * values.dtype.itemsize - self.PREFIX_BITS)
+            return (words[1::2] if np.little_endian else words[0::2]) >> np.uint32(32 - self.bits)
+        return values >> values.dtype.type(8 * values.dtype.itemsize - self.bits)
 
     def pairs(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(history index, night row) of every equal pair."""
@@ -360,8 +362,8 @@ def check_history(parts: Iterator[bytes], night: RowKeys, threshold: float | Non
 
 
 class _BandHeads:
-    """A bitmap of 20 bits of each band of the night's sketches (_heads): a history row can share a
-    band with a night row only where its own bits are set, so band keys are computed for those
+    """A bitmap of a 20-bit head of each band of the night's sketches (_heads): a history row can share
+    a band with a night row only where its own head is set, so band keys are computed for those
     rows alone (about 1 in 200 for a night of 5,000 rows)."""
 
     def __init__(self, sketched: np.ndarray, threshold: float):
@@ -372,12 +374,26 @@ class _BandHeads:
             present[self._heads(sketched, start)] = True
 
     def _heads(self, sketched: np.ndarray, start: int) -> np.ndarray:
-        """20 bits of the band's first two values: the second's 16 and the first's top 4 (where the
-        two are one aligned 32-bit word of the row, that word shifted: one operation)."""
-        if self.rows > 1 and start % 2 == 0 and np.little_endian and sketched.flags.c_contiguous:
-            return sketched.view(np.uint32)[:, start // 2] >> np.uint32(12)
-        head = sketched[:, start + 1].astype(np.uint32) << 4 if self.rows > 1 else np.zeros(len(sketched), np.uint32)
-        return head | (sketched[:, start] >> 12)
+        """20 bits hashed from the band's first values (up to four, read as two 32-bit words): rows
+        that share the band share its head; rows that only share a value or two (common in templated
+        text) mostly do not."""
+        words = self._words(sketched, start)
+        head = words[0] * np.uint32(0x9E3779B1)
+        if len(words) > 1:
+            head ^= words[1]
+        return head >> np.uint32(12)
+
+    def _words(self, sketched: np.ndarray, start: int) -> list[np.ndarray]:
+        """The band's first values as 32-bit words (value start + 2i in the low half of word i): of
+        an aligned row, views; else built from the values. A band of one value is one word of it."""
+        if self.rows < 2:
+            return [sketched[:, start].astype(np.uint32)]
+        n = min(self.rows, 4) // 2
+        if start % 2 == 0 and np.little_endian and sketched.flags.c_contiguous:
+            view = sketched.view(np.uint32)
+            return [view[:, start // 2 + i] for i in range(n)]
+        return [sketched[:, start + 2 * i].astype(np.uint32) | (sketched[:, start + 2 * i + 1].astype(np.uint32) << 16)
+                for i in range(n)]
 
     def candidates(self, sketched: np.ndarray) -> np.ndarray:
         hit = np.zeros(len(sketched), dtype=bool)
