@@ -170,10 +170,13 @@ class HubServer:
         return self.repos[(repo_type, repo_id)]
 
     def seed(self, repo_id: str, files: dict[str, bytes], repo_type: str = "dataset") -> None:
-        """Create a repo holding `files` in one commit, without HTTP (a benchmark's history)."""
+        """Create a repo holding `files` in one commit, without HTTP (a benchmark's history). Its
+        files' hashes are computed now, as the Hub stores them when a commit lands (else the first
+        listing of a large history would hash all of it while a benchmark measures)."""
         with self._lock:
             repo = self.repos[(repo_type, repo_id)] = Repo(repo_id, repo_type, private=True)
             self._commit(repo, "seeded", "", {".gitattributes": GITATTRIBUTES, **files}, parent=None)
+            _tree_entries(files, "", recursive=True)
 
     def merge(self, repo_id: str, num: int, repo_type: str = "dataset") -> None:
         """Merge pull request `num` into main (its tree becomes main's), as a reviewer would."""
