@@ -66,10 +66,11 @@ clean-demo:
 params-table: venv
 	$(BIN)/python -m bonito_dev.params_table
 
-# Lint first (ruff, configured in pyproject.toml), then the whole suite on 2 workers (pytest-xdist;
+# Lint first (ruff, configured in pyproject.toml), then the whole suite on 3 workers (pytest-xdist;
 # the vLLM tests share one worker and one engine, the deployment tests another: tests/conftest.py).
+# 3 on a 2-core machine: the deployment tests mostly wait on Airflow, so a third worker uses the idle CPU.
 test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 3 --dist loadgroup
 
 lint: venv
 	$(BIN)/ruff check .

@@ -165,7 +165,7 @@ def alert_webhook(monkeypatch):
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which tags node ids with their group
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), the tests that share an expensive
+    """Under pytest-xdist (`make test`: -n 3 --dist loadgroup), the tests that share an expensive
     fixture run on one worker: every vLLM test shares one engine (and two engines never compile at
     once), the deployment tests share one Airflow stack. A test that names its own xdist_group keeps
     it (test_make_ui.py: its own local Airflow, beside the stack). The rest spread over the workers."""
